@@ -1,0 +1,1 @@
+"""Records voice calls between a caller and a voice-AI agent."""

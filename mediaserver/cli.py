@@ -1,0 +1,221 @@
+"""The `mediaserver` command line."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from mediaserver.audio.lossless_stereo import mux_lossless_stereo
+from mediaserver.audio.stereo_merge import merge_stereo
+from mediaserver.errors import MediaServerError, MergeError
+from mediaserver.finalize import FinalizeOptions
+from mediaserver.log import configure_logging
+from mediaserver.pcap_import import import_pcap, parse_address, read_rtp_streams, select_streams
+from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
+from mediaserver.recording.channel import Channel
+from mediaserver.settings import Settings, load_settings
+from mediaserver.storage_backends.factory import create_store
+
+EXIT_USAGE = 2
+SAMPLE_CAPTURE = "sample-call.pcap"
+
+log = structlog.get_logger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> Any:
+        """Print the usage error and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override settings (after config file and environment)."""
+    group = parser.add_argument_group("settings (override config/mediaserver.toml and environment)")
+    group.add_argument("--config", type=Path, help="TOML settings file")
+    group.add_argument("--storage-type", choices=("local", "gcs"))
+    group.add_argument("--storage-path", help="directory (local) or bucket name (gcs)")
+    group.add_argument("--spool-path", help="where live calls' journals are kept")
+    group.add_argument("--stereo-mode", choices=("encode", "lossless"))
+    group.add_argument("--log-format", choices=("auto", "console", "json"))
+    group.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    parser = _Parser(prog="mediaserver", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = commands.add_parser(
+        "demo", help="record the bundled sample call through the recorder into storage"
+    )
+    _settings_flags(demo)
+
+    merge = commands.add_parser("merge", help="merge two mono Ogg Opus files into stereo")
+    merge.add_argument("left", type=Path, help="caller channel (left)")
+    merge.add_argument("right", type=Path, help="agent channel (right)")
+    merge.add_argument("-o", "--output", type=Path, required=True)
+    merge.add_argument("--mode", choices=("encode", "lossless"), default="encode")
+    merge.add_argument("--bitrate", type=int, default=64000, help="bits/s (encode mode)")
+    merge.add_argument("--complexity", type=int, default=10, choices=range(11), metavar="0-10")
+
+    pcap = commands.add_parser("import-pcap", help="build a recording from a capture of RTP")
+    pcap.add_argument("capture", type=Path, help="pcap or pcapng file")
+    pcap.add_argument("--caller", help="caller's source IP:PORT (default: first RTP stream)")
+    pcap.add_argument("--agent", help="agent's source IP:PORT (default: second RTP stream)")
+    pcap.add_argument("--call-id", help="id used in the file names (default: new)")
+    pcap.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    pcap.add_argument("--mode", choices=("encode", "lossless"), default="encode")
+
+    recover = commands.add_parser("recover", help="finalize journals left by a stopped server")
+    _settings_flags(recover)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """Settings with this command's flags applied."""
+    names = ("storage_type", "storage_path", "spool_path", "stereo_mode", "log_format", "log_level")
+    overrides = {name: getattr(args, name, None) for name in names}
+    settings = load_settings(config_path=getattr(args, "config", None), overrides=overrides)
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    return settings
+
+
+def _finalize_options(settings: Settings) -> FinalizeOptions:
+    """Build options from settings."""
+    return FinalizeOptions(
+        stereo_mode=settings.stereo_mode,
+        stereo_bitrate_bps=settings.stereo_bitrate_bps,
+        stereo_complexity=settings.stereo_complexity,
+    )
+
+
+def _recorder(settings: Settings, executor: ProcessPoolExecutor) -> Recorder:
+    """A recorder over the configured store."""
+    return Recorder(
+        spool_root=settings.spool_path,
+        store=create_store(settings),
+        executor=executor,
+        options=_finalize_options(settings),
+        retention_s=settings.retention_s,
+        sweep_interval_s=settings.sweep_interval_s,
+        flush_interval_s=settings.flush_interval_s,
+    )
+
+
+async def _run_demo(settings: Settings) -> int:
+    """Replay the bundled capture into a live call, finalize it and print where it went."""
+    sample = resources.files("mediaserver") / "samples" / SAMPLE_CAPTURE
+    with resources.as_file(sample) as path:
+        caller, agent = select_streams(read_rtp_streams(path), None, None)
+    with ProcessPoolExecutor(max_workers=settings.finalize_workers) as executor:
+        recorder = _recorder(settings, executor)
+        await recorder.start()
+        try:
+            call = recorder.open_call(metadata={"source": "demo"})
+            packets = [(p, Channel.CALLER) for p in caller.packets]
+            packets += [(p, Channel.AGENT) for p in agent.packets] if agent else []
+            base = min(p.arrival_ns for p, _ in packets)
+            for packet, channel in sorted(packets, key=lambda item: item[0].arrival_ns):
+                recorder.record(
+                    call.call_id,
+                    channel,
+                    arrival_ns=call.mono_start_ns + packet.arrival_ns - base,
+                    rtp_timestamp=packet.rtp_timestamp,
+                    ssrc=packet.ssrc,
+                    sequence=packet.sequence,
+                    payload_type=packet.payload_type,
+                    marker=packet.marker,
+                    payload=packet.payload,
+                )
+            task = recorder.end_call(call.call_id)
+            manifest = await task if task else None
+        finally:
+            await recorder.close()
+        await recorder.store.close()
+    if manifest is None:
+        print("the sample call could not be recorded (see the log above)", file=sys.stderr)
+        return 1
+    print(f"recorded call {manifest.call_id} ({manifest.duration_ms / 1000:.1f} s), stored as:")
+    root = Path(settings.storage_path) if settings.storage_type == "local" else None
+    for entry in manifest.files:
+        location = root / entry.key if root and entry.key else f"gs://{settings.storage_path}/{entry.key}"
+        print(f"  {entry.role:7} {location}")
+    print(f"  manifest {root / manifest.storage['manifest_key'] if root else manifest.storage['manifest_key']}")
+    return 0
+
+
+async def _run_recover(settings: Settings) -> int:
+    """Finalize every leftover spool now."""
+    with ProcessPoolExecutor(max_workers=settings.finalize_workers) as executor:
+        recorder = _recorder(settings, executor)
+        started = await recorder.recover()
+        results = [await recorder.wait_finalized(call_id) for call_id in started]
+        await recorder.close()
+        await recorder.store.close()
+    for call_id, manifest in zip(started, results, strict=True):
+        print(f"{call_id}: {manifest.status.value if manifest else 'failed'}")
+    print(f"{len(started)} call(s) recovered")
+    return 0 if all(results) else 1
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    """Merge two channel files."""
+    if args.mode == "lossless":
+        try:
+            with args.left.open("rb") as left, args.right.open("rb") as right:
+                with args.output.open("wb") as out:
+                    mux_lossless_stereo(left, right, out)
+            print(f"wrote {args.output} (lossless, 2 streams)")
+            return 0
+        except MergeError as exc:
+            print(f"lossless merge not possible ({exc}); encoding instead", file=sys.stderr)
+    merge_stereo(
+        args.left, args.right, args.output, bitrate_bps=args.bitrate, complexity=args.complexity
+    )
+    print(f"wrote {args.output} (encoded stereo, {args.bitrate} bit/s)")
+    return 0
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    """Import a capture."""
+    call_id = args.call_id or new_call_id()
+    if not CALL_ID_PATTERN.fullmatch(call_id):
+        raise MediaServerError(f"--call-id must match {CALL_ID_PATTERN.pattern}")
+    manifest = import_pcap(
+        args.capture,
+        args.output,
+        call_id=call_id,
+        caller=parse_address(args.caller) if args.caller else None,
+        agent=parse_address(args.agent) if args.agent else None,
+        options=FinalizeOptions(stereo_mode=args.mode),
+    )
+    print(f"call {call_id}: {manifest.duration_ms / 1000:.2f} s")
+    for entry in manifest.files:
+        print(f"  {entry.role:7} {args.output / entry.name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; errors print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return asyncio.run(_run_demo(_load(args)))
+        if args.command == "recover":
+            return asyncio.run(_run_recover(_load(args)))
+        configure_logging(log_format="auto", log_level="warning")
+        if args.command == "merge":
+            return _run_merge(args)
+        return _run_import(args)
+    except (MediaServerError, OSError) as exc:
+        message = str(exc) if not isinstance(exc, OSError) else f"{exc.filename}: {exc.strerror}"
+        print(f"mediaserver: error: {message}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,53 @@
+"""The one exception hierarchy of the media server."""
+
+
+class MediaServerError(Exception):
+    """Base of every error the media server raises on purpose."""
+
+
+class RtpParseError(MediaServerError, ValueError):
+    """An RTP or RTCP packet is malformed."""
+
+
+class OpusPacketError(MediaServerError, ValueError):
+    """An Opus packet violates RFC 6716 framing."""
+
+
+class OggError(MediaServerError, ValueError):
+    """An Ogg stream is malformed or is not Ogg Opus."""
+
+
+class JournalError(MediaServerError, ValueError):
+    """A packet journal is malformed."""
+
+
+class MergeError(MediaServerError):
+    """Channel files could not be merged to stereo."""
+
+
+class CallStateError(MediaServerError):
+    """An operation does not fit the call's current state."""
+
+
+class UnknownCallError(CallStateError, KeyError):
+    """No call has the given id."""
+
+
+class StorageError(MediaServerError):
+    """A storage backend failed to store, read or delete an object."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The storage backend has no object under the given key."""
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """An object key is empty, absolute or escapes the storage root."""
+
+
+class SettingsError(MediaServerError, ValueError):
+    """A setting has an invalid value."""
+
+
+class PcapImportError(MediaServerError, ValueError):
+    """A packet capture cannot be turned into a recording."""

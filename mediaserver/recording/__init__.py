@@ -1,0 +1,1 @@
+"""Call recording core: packet journal, timeline placement, call state and manifest."""

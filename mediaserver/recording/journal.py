@@ -1,0 +1,179 @@
+"""Append-only packet journal: every packet of one channel with both clocks, readable after a crash."""
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from mediaserver.errors import JournalError
+from mediaserver.recording.channel import Channel, Codec
+
+MAGIC = b"MSJ1"
+VERSION = 1
+MAX_PAYLOAD_BYTES = 65535
+
+# magic, version, channel, codec, reserved, clock_rate_hz, wall_start_ns, mono_start_ns, reserved
+_HEADER = struct.Struct("<4sBBBBIQQI")
+# arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, flags, payload_length
+_RECORD = struct.Struct("<QIIHBBH")
+_FLAG_MARKER = 0x01
+_CHANNEL_CODES = {Channel.CALLER: 0, Channel.AGENT: 1}
+_CODEC_CODES = {Codec.OPUS: 0, Codec.PCMU: 1, Codec.PCMA: 2}
+
+HEADER_SIZE = _HEADER.size
+RECORD_HEADER_SIZE = _RECORD.size
+
+
+@dataclass(frozen=True, slots=True)
+class JournalHeader:
+    """What a journal says about itself: whose packets, which codec, and the call's two start clocks."""
+
+    channel: Channel
+    codec: Codec
+    wall_start_ns: int
+    mono_start_ns: int
+
+    @property
+    def clock_rate_hz(self) -> int:
+        """RTP clock rate of the journalled packets."""
+        return self.codec.clock_rate_hz
+
+    def wall_time_ns(self, arrival_ns: int) -> int:
+        """Wall-clock (UTC epoch) time of a monotonic arrival time."""
+        return self.wall_start_ns + (arrival_ns - self.mono_start_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """One journalled RTP packet."""
+
+    arrival_ns: int
+    rtp_timestamp: int
+    ssrc: int
+    sequence: int
+    payload_type: int
+    marker: bool
+    payload: bytes
+
+
+def build_journal_header(header: JournalHeader) -> bytes:
+    """Encode a journal's fixed-size file header."""
+    return _HEADER.pack(
+        MAGIC,
+        VERSION,
+        _CHANNEL_CODES[header.channel],
+        _CODEC_CODES[header.codec],
+        0,
+        header.codec.clock_rate_hz,
+        header.wall_start_ns,
+        header.mono_start_ns,
+        0,
+    )
+
+
+def parse_journal_header(data: bytes) -> JournalHeader:
+    """Decode a journal's file header."""
+    if len(data) < HEADER_SIZE:
+        raise JournalError(f"journal header is truncated: {len(data)} of {HEADER_SIZE} bytes")
+    magic, version, channel, codec, _, clock_rate_hz, wall_ns, mono_ns, _ = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise JournalError(f"not a packet journal: magic {magic!r}")
+    if version != VERSION:
+        raise JournalError(f"unsupported journal version {version}")
+    try:
+        channel_value = next(c for c, code in _CHANNEL_CODES.items() if code == channel)
+        codec_value = next(c for c, code in _CODEC_CODES.items() if code == codec)
+    except StopIteration:
+        raise JournalError(f"journal header has unknown channel {channel} or codec {codec}") from None
+    if clock_rate_hz != codec_value.clock_rate_hz:
+        raise JournalError(f"journal clock rate {clock_rate_hz} Hz does not match {codec_value.value}")
+    return JournalHeader(channel_value, codec_value, wall_ns, mono_ns)
+
+
+def build_journal_record(
+    arrival_ns: int,
+    rtp_timestamp: int,
+    ssrc: int,
+    sequence: int,
+    payload_type: int,
+    marker: bool,
+    payload: bytes,
+) -> bytes:
+    """Encode one record: fixed header then payload."""
+    return _RECORD.pack(
+        arrival_ns,
+        rtp_timestamp,
+        ssrc,
+        sequence,
+        payload_type,
+        _FLAG_MARKER if marker else 0,
+        len(payload),
+    ) + bytes(payload)
+
+
+class JournalWriter:
+    """Appends records to a binary stream; the stream's owner decides when to flush."""
+
+    __slots__ = ("_out", "_pack", "packet_count", "byte_count")
+
+    def __init__(self, out: BinaryIO, header: JournalHeader) -> None:
+        self._out = out
+        self._pack = _RECORD.pack
+        out.write(build_journal_header(header))
+        self.packet_count = 0
+        self.byte_count = HEADER_SIZE
+
+    def append(
+        self,
+        arrival_ns: int,
+        rtp_timestamp: int,
+        ssrc: int,
+        sequence: int,
+        payload_type: int,
+        marker: bool,
+        payload: bytes | memoryview,
+    ) -> None:
+        """Append one packet; O(1), a copy into the stream's buffer."""
+        length = len(payload)
+        if length > MAX_PAYLOAD_BYTES:
+            raise JournalError(f"payload of {length} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        write = self._out.write
+        write(self._pack(arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, marker, length))
+        write(payload)
+        self.packet_count += 1
+        self.byte_count += RECORD_HEADER_SIZE + length
+
+    def flush(self) -> None:
+        """Hand buffered records to the operating system (survives a killed process)."""
+        self._out.flush()
+
+
+def iter_journal_records(data: bytes | memoryview) -> Iterator[JournalRecord]:
+    """Yield the records after the header, stopping silently at a torn last record."""
+    view = memoryview(data)
+    offset = HEADER_SIZE
+    end = len(view)
+    unpack_from = _RECORD.unpack_from
+    while offset + RECORD_HEADER_SIZE <= end:
+        arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(
+            view, offset
+        )
+        start = offset + RECORD_HEADER_SIZE
+        if start + length > end:
+            return  # a record cut short by a crash: everything before it is whole
+        yield JournalRecord(
+            arrival_ns,
+            timestamp,
+            ssrc,
+            sequence,
+            payload_type,
+            bool(flags & _FLAG_MARKER),
+            bytes(view[start : start + length]),
+        )
+        offset = start + length
+
+
+def parse_journal(data: bytes) -> tuple[JournalHeader, list[JournalRecord]]:
+    """Decode a whole journal file's bytes into its header and records."""
+    header = parse_journal_header(data)
+    return header, list(iter_journal_records(data))

@@ -1,0 +1,1 @@
+"""RTP and RTCP wire formats (RFC 3550), pure."""

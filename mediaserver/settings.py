@@ -1,0 +1,152 @@
+"""Settings: TOML defaults, then the environment, then command-line flags; validated at start."""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mediaserver.errors import SettingsError
+
+ENV_PREFIX = "MEDIASERVER_"
+DEFAULT_CONFIG_PATH = Path("config/mediaserver.toml")
+
+# The environment variables of the audio cache service this server replaces (see the README).
+SEED_ENV = {
+    "AUDIO_STORAGE_TYPE": "storage_type",
+    "AUDIO_STORAGE_PATH": "storage_path",
+    "AUDIO_CACHE_ENABLED": "recording_enabled",
+}
+_CHOICES = {
+    "stereo_mode": ("encode", "lossless"),
+    "storage_type": ("local", "gcs"),
+    "log_format": ("auto", "console", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_POSITIVE = (
+    "flush_interval_s",
+    "retention_s",
+    "sweep_interval_s",
+    "stereo_bitrate_bps",
+    "finalize_workers",
+    "upload_deadline_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the server, with its embedded default."""
+
+    recording_enabled: bool = True
+    spool_path: Path = Path("./data/spool")
+    flush_interval_s: float = 1.0
+    retention_s: float = 1800.0
+    sweep_interval_s: float = 600.0
+    stereo_mode: str = "encode"
+    stereo_bitrate_bps: int = 64000
+    stereo_complexity: int = 10
+    finalize_workers: int = 2
+    storage_type: str = "local"
+    storage_path: str = "./data/recordings"
+    upload_deadline_s: float = 120.0
+    gcs_create_bucket: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: type(f.default) if not isinstance(f.default, Path) else Path for f in fields(Settings)
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a raw value to the field's type, naming the setting when it does not fit."""
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is Path:
+            return Path(str(value))
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"setting {name} ({source}) must be a {kind.__name__}, got {value!r}"
+        ) from None
+
+
+def validate_settings(settings: Settings) -> Settings:
+    """Reject values that cannot work, naming the setting."""
+    for name, choices in _CHOICES.items():
+        value = getattr(settings, name)
+        if value not in choices:
+            raise SettingsError(f"setting {name} must be one of {', '.join(choices)}, got {value!r}")
+    for name in _POSITIVE:
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"setting {name} must be positive, got {getattr(settings, name)!r}")
+    if not 0 <= settings.stereo_complexity <= 10:
+        raise SettingsError(
+            f"setting stereo_complexity must be 0..10, got {settings.stereo_complexity}"
+        )
+    if not 6000 <= settings.stereo_bitrate_bps <= 510000:
+        raise SettingsError(  # RFC 6716 §2.1.1: Opus runs from 6 to 510 kbit/s
+            f"setting stereo_bitrate_bps must be 6000..510000, got {settings.stereo_bitrate_bps}"
+        )
+    if not 0 <= settings.port <= 65535:
+        raise SettingsError(f"setting port must be 0..65535, got {settings.port}")
+    if not settings.storage_path:
+        raise SettingsError("setting storage_path must not be empty")
+    return settings
+
+
+def load_settings(
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the TOML file, the environment and explicit overrides, in that order."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_path or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env else None)
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        for name, value in table.items():
+            if name not in _FIELD_TYPES:
+                raise SettingsError(f"config file {path} has unknown setting {name!r}")
+            values[name] = _coerce(name, value, str(path))
+    for env_name, name in SEED_ENV.items():
+        if env_name in env:
+            values[name] = _coerce(name, env[env_name], env_name)
+    for name in _FIELD_TYPES:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            values[name] = _coerce(name, env[env_name], env_name)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return validate_settings(replace(Settings(), **values))

@@ -1,0 +1,1 @@
+"""Where recordings are stored: local disk or Google Cloud Storage, behind one Protocol."""

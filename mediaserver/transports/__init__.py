@@ -1,0 +1,1 @@
+"""Network edges: WebRTC and plain-RTP callers, WebSocket agents."""

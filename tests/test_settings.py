@@ -1,0 +1,84 @@
+"""Settings: TOML defaults, environment, flags, and clear errors for invalid values."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from mediaserver.errors import SettingsError
+from mediaserver.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bundled_toml_matches_embedded_defaults() -> None:
+    """config/mediaserver.toml states exactly the embedded defaults."""
+    loaded = load_settings(config_path=REPO / "config" / "mediaserver.toml", environ={})
+    assert loaded == Settings()
+
+
+def test_precedence_is_file_then_environment_then_flags(tmp_path: Path) -> None:
+    """The environment overrides the file and flags override the environment."""
+    config = tmp_path / "s.toml"
+    config.write_text('stereo_mode = "lossless"\nport = 9000\nretention_s = 60\n')
+    env = {"MEDIASERVER_PORT": "9100", "MEDIASERVER_RETENTION_S": "120"}
+    settings = load_settings(config_path=config, environ=env, overrides={"retention_s": 5})
+    assert (settings.stereo_mode, settings.port, settings.retention_s) == ("lossless", 9100, 5.0)
+
+
+def test_seed_variables_are_honoured() -> None:
+    """AUDIO_STORAGE_TYPE, AUDIO_STORAGE_PATH and AUDIO_CACHE_ENABLED set the storage settings."""
+    env = {
+        "AUDIO_STORAGE_TYPE": "gcs",
+        "AUDIO_STORAGE_PATH": "my-audio-bucket",
+        "AUDIO_CACHE_ENABLED": "false",
+    }
+    settings = load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
+    assert (settings.storage_type, settings.storage_path, settings.recording_enabled) == (
+        "gcs",
+        "my-audio-bucket",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEDIASERVER_PORT": "eighty"}, "setting port .*MEDIASERVER_PORT.* must be a int"),
+        ({"MEDIASERVER_STEREO_MODE": "mp3"}, "setting stereo_mode must be one of"),
+        ({"AUDIO_STORAGE_TYPE": "s3"}, "setting storage_type must be one of"),
+        ({"AUDIO_CACHE_ENABLED": "maybe"}, "setting recording_enabled .*AUDIO_CACHE_ENABLED"),
+        ({"MEDIASERVER_RETENTION_S": "-1"}, "setting retention_s must be positive"),
+        ({"MEDIASERVER_STEREO_BITRATE_BPS": "1000"}, "stereo_bitrate_bps must be 6000..510000"),
+        ({"MEDIASERVER_PORT": "70000"}, "setting port must be 0..65535"),
+    ],
+)
+def test_invalid_settings_name_the_setting(env: dict[str, str], message: str) -> None:
+    """An invalid value fails at load with a message naming the setting and its source."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
+
+
+def test_unknown_key_and_bad_toml_in_file(tmp_path: Path) -> None:
+    """A config file with an unknown key or broken TOML is refused with the file named."""
+    unknown = tmp_path / "u.toml"
+    unknown.write_text("colour = 'blue'\n")
+    with pytest.raises(SettingsError, match="unknown setting 'colour'"):
+        load_settings(config_path=unknown, environ={})
+    broken = tmp_path / "b.toml"
+    broken.write_text("port = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(config_path=broken, environ={})
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        load_settings(config_path=tmp_path / "missing.toml", environ={})
+
+
+def test_every_setting_can_come_from_the_environment() -> None:
+    """Each field has a MEDIASERVER_ variable."""
+    for field in fields(Settings):
+        value = {bool: "true", int: "7", float: "7.5", str: "x"}.get(type(field.default), "p")
+        env = {f"MEDIASERVER_{field.name.upper()}": value}
+        try:
+            load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
+        except SettingsError as exc:
+            assert field.name in str(exc)
