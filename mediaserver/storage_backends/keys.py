@@ -1,0 +1,117 @@
+"""Object keys: where a recording's files live in a store, and which keys are acceptable."""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mediaserver.errors import InvalidKeyError
+
+# GCS caps object names at 1024 bytes of UTF-8; local file systems cap one name at 255 bytes.
+# Keys obey both limits so that any key is valid on every backend.
+MAX_KEY_LENGTH_BYTES = 1024
+MAX_SEGMENT_LENGTH_BYTES = 255
+
+RECORDINGS_PREFIX = "recordings/"
+
+# RFC 7845 section 9: Ogg Opus files are served as audio/ogg.
+OGG_OPUS_CONTENT_TYPE = "audio/ogg"
+MANIFEST_CONTENT_TYPE = "application/json"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+_CONTENT_TYPES_BY_SUFFIX = {
+    ".opus": OGG_OPUS_CONTENT_TYPE,
+    ".ogg": OGG_OPUS_CONTENT_TYPE,
+    ".json": MANIFEST_CONTENT_TYPE,
+}
+
+_CALL_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A segment never starts with a dot: that rules out "." and ".." and keeps the local store's
+# hidden temporary files (".name.xxxx.tmp") outside the key space, so they can never be listed.
+_SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingKeys:
+    """The object keys of one recording's files, all under one UTC date prefix."""
+
+    left: str
+    right: str
+    merged: str
+    manifest: str
+
+    def all_keys(self) -> tuple[str, str, str, str]:
+        """Return every key of the recording, manifest last."""
+        return (self.left, self.right, self.merged, self.manifest)
+
+
+def validate_call_id(call_id: str) -> str:
+    """Return `call_id` if it is 1-64 characters of [A-Za-z0-9_-], else raise InvalidKeyError."""
+    if not _CALL_ID_PATTERN.fullmatch(call_id):
+        raise InvalidKeyError(f"call id {call_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    return call_id
+
+
+def build_recording_keys(call_id: str, started_at: datetime) -> RecordingKeys:
+    """Build the seed's file names for a call under `recordings/YYYY/MM/DD/` of its UTC start."""
+    validate_call_id(call_id)
+    if started_at.tzinfo is None or started_at.utcoffset() is None:
+        raise ValueError("started_at must be timezone-aware")
+    day = started_at.astimezone(UTC)
+    prefix = f"{RECORDINGS_PREFIX}{day:%Y/%m/%d}/conversation_{call_id}"
+    return RecordingKeys(
+        left=f"{prefix}_left.opus",
+        right=f"{prefix}_right.opus",
+        merged=f"{prefix}_merged.opus",
+        manifest=f"{prefix}_manifest.json",
+    )
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative key on every backend, else raise InvalidKeyError."""
+    if not key:
+        raise InvalidKeyError("object key is empty")
+    if "\x00" in key:
+        raise InvalidKeyError("object key contains a NUL character")
+    if "\\" in key:
+        raise InvalidKeyError(f"object key {key!r} contains a backslash")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"object key {key!r} is absolute")
+    if len(key.encode()) > MAX_KEY_LENGTH_BYTES:
+        raise InvalidKeyError(f"object key is longer than {MAX_KEY_LENGTH_BYTES} bytes")
+    for segment in key.split("/"):
+        _validate_segment(key, segment)
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if every whole segment of it is valid (the last may be partial or empty)."""
+    if not prefix:
+        return prefix
+    # A prefix is a key cut anywhere: check it as a key, tolerating an empty last segment.
+    validate_key(prefix.removesuffix("/"))
+    return prefix
+
+
+def compute_content_type(key: str) -> str:
+    """Return the media type of an object from its key's suffix."""
+    name = key.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    suffix = name[dot:].lower() if dot > 0 else ""
+    return _CONTENT_TYPES_BY_SUFFIX.get(suffix, DEFAULT_CONTENT_TYPE)
+
+
+def _validate_segment(key: str, segment: str) -> None:
+    """Raise InvalidKeyError if one '/'-separated segment of `key` is unsafe."""
+    if segment == "..":
+        raise InvalidKeyError(f"object key {key!r} contains a '..' segment")
+    if not segment:
+        raise InvalidKeyError(f"object key {key!r} has an empty segment")
+    if len(segment.encode()) > MAX_SEGMENT_LENGTH_BYTES:
+        raise InvalidKeyError(
+            f"object key has a segment longer than {MAX_SEGMENT_LENGTH_BYTES} bytes"
+        )
+    if not _SEGMENT_PATTERN.fullmatch(segment):
+        raise InvalidKeyError(
+            f"object key {key!r} has segment {segment!r} outside [A-Za-z0-9._=+-] "
+            "or starting with a dot"
+        )
