@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -16,11 +17,19 @@ from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.log import configure_logging
-from mediaserver.pcap_import import import_pcap, parse_address, read_rtp_streams, select_streams
+from mediaserver.pcap_import import (
+    RtpStream,
+    import_pcap,
+    parse_address,
+    read_rtp_streams,
+    select_streams,
+)
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
 from mediaserver.recording.channel import Channel
+from mediaserver.recording.manifest import Manifest
 from mediaserver.settings import Settings, load_settings
-from mediaserver.storage_backends.factory import create_store
+from mediaserver.storage_backends.factory import open_store
+from mediaserver.workers import create_process_pool
 
 EXIT_USAGE = 2
 SAMPLE_CAPTURE = "sample-call.pcap"
@@ -97,11 +106,11 @@ def _finalize_options(settings: Settings) -> FinalizeOptions:
     )
 
 
-def _recorder(settings: Settings, executor: ProcessPoolExecutor) -> Recorder:
+async def _recorder(settings: Settings, executor: ProcessPoolExecutor) -> Recorder:
     """A recorder over the configured store."""
     return Recorder(
         spool_root=settings.spool_path,
-        store=create_store(settings),
+        store=await open_store(settings),
         executor=executor,
         options=_finalize_options(settings),
         retention_s=settings.retention_s,
@@ -110,13 +119,18 @@ def _recorder(settings: Settings, executor: ProcessPoolExecutor) -> Recorder:
     )
 
 
-async def _run_demo(settings: Settings) -> int:
-    """Replay the bundled capture into a live call, finalize it and print where it went."""
+def _sample_streams() -> tuple[RtpStream, RtpStream | None]:
+    """The caller's and the agent's streams of the bundled capture."""
     sample = resources.files("mediaserver") / "samples" / SAMPLE_CAPTURE
     with resources.as_file(sample) as path:
-        caller, agent = select_streams(read_rtp_streams(path), None, None)
-    with ProcessPoolExecutor(max_workers=settings.finalize_workers) as executor:
-        recorder = _recorder(settings, executor)
+        return select_streams(read_rtp_streams(path), None, None)
+
+
+async def _run_demo(settings: Settings) -> Manifest | None:
+    """Replay the bundled capture into a live call and finalize it into storage."""
+    caller, agent = await asyncio.to_thread(_sample_streams)
+    with create_process_pool(settings.finalize_workers) as executor:
+        recorder = await _recorder(settings, executor)
         await recorder.start()
         try:
             call = recorder.open_call(metadata={"source": "demo"})
@@ -140,22 +154,30 @@ async def _run_demo(settings: Settings) -> int:
         finally:
             await recorder.close()
         await recorder.store.close()
+    return manifest
+
+
+def _print_stored(settings: Settings, manifest: Manifest | None) -> int:
+    """Say where the demo's recording went."""
     if manifest is None:
         print("the sample call could not be recorded (see the log above)", file=sys.stderr)
         return 1
     print(f"recorded call {manifest.call_id} ({manifest.duration_ms / 1000:.1f} s), stored as:")
-    root = Path(settings.storage_path) if settings.storage_type == "local" else None
+    root = (
+        os.path.abspath(settings.storage_path)
+        if settings.storage_type == "local"
+        else f"gs://{settings.storage_path}"
+    )
     for entry in manifest.files:
-        location = root / entry.key if root and entry.key else f"gs://{settings.storage_path}/{entry.key}"
-        print(f"  {entry.role:7} {location}")
-    print(f"  manifest {root / manifest.storage['manifest_key'] if root else manifest.storage['manifest_key']}")
+        print(f"  {entry.role:8} {root}/{entry.key}")
+    print(f"  manifest {root}/{manifest.storage['manifest_key']}")
     return 0
 
 
 async def _run_recover(settings: Settings) -> int:
     """Finalize every leftover spool now."""
-    with ProcessPoolExecutor(max_workers=settings.finalize_workers) as executor:
-        recorder = _recorder(settings, executor)
+    with create_process_pool(settings.finalize_workers) as executor:
+        recorder = await _recorder(settings, executor)
         started = await recorder.recover()
         results = [await recorder.wait_finalized(call_id) for call_id in started]
         await recorder.close()
@@ -170,9 +192,12 @@ def _run_merge(args: argparse.Namespace) -> int:
     """Merge two channel files."""
     if args.mode == "lossless":
         try:
-            with args.left.open("rb") as left, args.right.open("rb") as right:
-                with args.output.open("wb") as out:
-                    mux_lossless_stereo(left, right, out)
+            with (
+                args.left.open("rb") as left,
+                args.right.open("rb") as right,
+                args.output.open("wb") as out,
+            ):
+                mux_lossless_stereo(left, right, out)
             print(f"wrote {args.output} (lossless, 2 streams)")
             return 0
         except MergeError as exc:
@@ -208,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return asyncio.run(_run_demo(_load(args)))
+            settings = _load(args)
+            return _print_stored(settings, asyncio.run(_run_demo(settings)))
         if args.command == "recover":
             return asyncio.run(_run_recover(_load(args)))
         configure_logging(log_format="auto", log_level="warning")

@@ -43,6 +43,9 @@ PRECISE_GRANULARITY = 120  # 2.5 ms, the shortest Opus frame: gaps are filled to
 LOSSLESS_GRANULARITY = 960  # 20 ms: both channels stay on one packet grid so they can be muxed
 G711_CHUNK_SAMPLES = 8000
 ORIGIN_MARGIN_NS = 500_000_000
+# Opus packets this small carry no audible content (DTX, digital silence): drift is corrected there.
+SILENCE_PAYLOAD_BYTES = 8
+REMUX_PRE_SKIP = 960  # one 20 ms silence packet: keeps both channels on the lossless packet grid
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ def _read_channel(spool_dir: Path, channel: Channel, codec: Codec) -> _ChannelIn
                 ssrc=record.ssrc,
                 duration=duration,
                 index=index,
+                silence_hint=len(record.payload) <= SILENCE_PAYLOAD_BYTES,
             )
         )
     return _ChannelInput(channel, codec, records, packets, malformed)
@@ -145,8 +149,10 @@ def write_opus_channel(
 ) -> None:
     """Remux placed Opus payloads into an Ogg Opus file, silence in the gaps, `span` samples long."""
     with out_path.open("wb") as out:
-        # pre-skip 0: RTP playout starts with the first decoded sample, so the file must too.
-        writer = OggOpusWriter(out, channel_count=1, pre_skip=0)
+        # RTP playout starts with the first decoded sample, so the file must too: the pre-skip
+        # (which opusinfo requires to be non-zero) discards exactly one leading silence packet.
+        writer = OggOpusWriter(out, channel_count=1, pre_skip_samples=REMUX_PRE_SKIP)
+        _write_silence(writer, REMUX_PRE_SKIP)
         cursor = 0
         for placement in placements:
             _write_silence(writer, placement.start - cursor)
@@ -175,7 +181,7 @@ def write_g711_channel(
     decode = decode_pcmu if codec is Codec.PCMU else decode_pcma
     encoder = OpusEncoder(input_rate_hz=codec.clock_rate_hz)
     with out_path.open("wb") as out:
-        writer = OggOpusWriter(out, channel_count=1, pre_skip=encoder.pre_skip)
+        writer = OggOpusWriter(out, channel_count=1, pre_skip_samples=encoder.pre_skip)
         total = 0
         for chunk in _g711_pcm(decode, records, placements, span_8k):
             for packet in encoder.encode(chunk):
@@ -270,7 +276,9 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
             / OPUS_RATE_HZ,
             3,
         )
-        reports.append(ChannelReport(item.channel.value, item.channel.side, item.codec.value, stats))
+        reports.append(
+            ChannelReport(item.channel.value, item.channel.side, item.codec.value, stats)
+        )
 
     notes: list[str] = []
     stereo_path = output_path(spool_dir, "stereo")

@@ -63,9 +63,9 @@ class Manifest:
 
 
 def format_utc(epoch_ns: int) -> str:
-    """ISO 8601 UTC time with millisecond precision."""
+    """ISO 8601 UTC time with microsecond precision."""
     moment = datetime.fromtimestamp(epoch_ns / 1e9, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_manifest(text: str) -> Manifest:

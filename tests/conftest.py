@@ -1,0 +1,19 @@
+"""Shared fixtures: a process pool like the server's, and the test helpers on the import path."""
+
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mediaserver.workers import create_process_pool  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def process_pool() -> Iterator[ProcessPoolExecutor]:
+    """A forkserver process pool, as the server uses for finalization."""
+    with create_process_pool(2) as pool:
+        yield pool
