@@ -59,6 +59,9 @@ class FinalizeOptions:
     end_reason: str | None = None
 
 
+DEFAULT_OPTIONS = FinalizeOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class _ChannelInput:
     """One channel's journal, read and made ready for placement."""
@@ -147,7 +150,7 @@ def _timeline_end_48k(timeline: Timeline, codec: Codec) -> int:
 def write_opus_channel(
     out_path: Path, records: Sequence[JournalRecord], placements: Sequence[Placement], span: int
 ) -> None:
-    """Remux placed Opus payloads into an Ogg Opus file, silence in the gaps, `span` samples long."""
+    """Remux placed Opus payloads into Ogg Opus, silence in the gaps, `span` samples long."""
     with out_path.open("wb") as out:
         # RTP playout starts with the first decoded sample, so the file must too: the pre-skip
         # (which opusinfo requires to be non-zero) discards exactly one leading silence packet.

@@ -1,4 +1,4 @@
-"""Turn a packet capture of a call's two RTP streams into the same files and manifest as a live call."""
+"""Turn a capture of a call's two RTP streams into the same files and manifest as a live call."""
 
 import ipaddress
 import shutil
@@ -12,7 +12,7 @@ import dpkt
 
 from mediaserver.audio.opus_toc import compute_packet_samples
 from mediaserver.errors import OpusPacketError, PcapImportError, RtpParseError
-from mediaserver.finalize import FinalizeOptions, build_recording
+from mediaserver.finalize import DEFAULT_OPTIONS, FinalizeOptions, build_recording
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, JournalWriter
@@ -157,7 +157,7 @@ def _add_frame(
 
 
 def detect_codec(stream: RtpStream) -> Codec:
-    """The stream's codec: static G.711 payload types, otherwise Opus if its payloads parse as Opus."""
+    """The stream's codec: G.711 by static payload type, else Opus if its payloads parse."""
     payload_type = stream.payload_type
     for codec in Codec:
         if codec.static_payload_type == payload_type:
@@ -211,7 +211,7 @@ def import_pcap(
     call_id: str,
     caller: Address | None = None,
     agent: Address | None = None,
-    options: FinalizeOptions = FinalizeOptions(),
+    options: FinalizeOptions = DEFAULT_OPTIONS,
 ) -> Manifest:
     """Build a recording from a capture into `out_dir`, with the seed's file names."""
     caller_stream, agent_stream = select_streams(read_rtp_streams(capture), caller, agent)

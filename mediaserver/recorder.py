@@ -1,4 +1,4 @@
-"""The recorder: journals live calls' packets, finalizes ended calls off the loop, stores the results."""
+"""The recorder: journals live calls' packets, finalizes ended calls off the loop, stores them."""
 
 import asyncio
 import re
@@ -21,7 +21,7 @@ from mediaserver.errors import (
     StorageError,
     UnknownCallError,
 )
-from mediaserver.finalize import FinalizeOptions, build_recording
+from mediaserver.finalize import DEFAULT_OPTIONS, FinalizeOptions, build_recording
 from mediaserver.recording.call import Call, CallStatus, EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, JournalWriter
@@ -80,7 +80,7 @@ class Recorder:
         spool_root: Path,
         store: ObjectStore,
         executor: Executor | None,
-        options: FinalizeOptions = FinalizeOptions(),
+        options: FinalizeOptions = DEFAULT_OPTIONS,
         retention_s: float = 1800.0,
         sweep_interval_s: float = 600.0,
         flush_interval_s: float = 1.0,
@@ -119,19 +119,21 @@ class Recorder:
     async def close(self, *, drain_timeout_s: float = 30.0) -> None:
         """Stop taking calls, end live ones, and wait for finalizations up to the drain timeout."""
         self._accepting = False
-        for task in self._loops:
-            task.cancel()
+        for loop_task in self._loops:
+            loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         for call_id in list(self._calls):
             self.end_call(call_id, EndReason.SHUTDOWN)
         pending = list(self._finalizing.values())
+        unfinished = 0
         if pending:
             _, still_running = await asyncio.wait(pending, timeout=drain_timeout_s)
             for task in still_running:
                 task.cancel()  # the spool stays on disk and is recovered at the next start
             await asyncio.gather(*pending, return_exceptions=True)
-        log.info("recorder.closed", unfinished=len(pending) and len(still_running))
+            unfinished = len(still_running)
+        log.info("recorder.closed", finalized=len(pending) - unfinished, unfinished=unfinished)
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -146,7 +148,8 @@ class Recorder:
         """Start recording a call: create its spool and open both journals."""
         if not self._accepting:
             raise CallStateError("the recorder is shutting down")
-        call_id = call_id or new_call_id()
+        # Only a missing id is generated: an empty one is a caller's mistake, refused below.
+        call_id = new_call_id() if call_id is None else call_id
         if not CALL_ID_PATTERN.fullmatch(call_id):
             raise CallStateError(f"call id must match {CALL_ID_PATTERN.pattern}")
         spool_dir = self.spool_root / call_id
@@ -273,7 +276,7 @@ class Recorder:
     # -- housekeeping ---------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """End and finalize calls idle longer than the retention; retry stored-but-not-uploaded ones."""
+        """End and finalize calls idle past the retention; retry built-but-not-uploaded ones."""
         now = self.clock.monotonic_ns()
         expired = [
             call_id
@@ -424,5 +427,3 @@ def _read_built_manifest(spool_dir: Path) -> Manifest | None:
     if all((spool_dir / f.name).exists() for f in manifest.files):
         return manifest
     return None
-
-

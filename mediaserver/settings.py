@@ -97,7 +97,9 @@ def validate_settings(settings: Settings) -> Settings:
     for name, choices in _CHOICES.items():
         value = getattr(settings, name)
         if value not in choices:
-            raise SettingsError(f"setting {name} must be one of {', '.join(choices)}, got {value!r}")
+            raise SettingsError(
+                f"setting {name} must be one of {', '.join(choices)}, got {value!r}"
+            )
     for name in _POSITIVE:
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {name} must be positive, got {getattr(settings, name)!r}")
@@ -122,10 +124,12 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings from the TOML file, the environment and explicit overrides, in that order."""
+    """Build settings from the TOML file, the environment and explicit overrides, in order."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    path = config_path or (Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env else None)
+    path = config_path or (
+        Path(env[f"{ENV_PREFIX}CONFIG"]) if f"{ENV_PREFIX}CONFIG" in env else None
+    )
     if path is None and DEFAULT_CONFIG_PATH.is_file():
         path = DEFAULT_CONFIG_PATH
     if path is not None:

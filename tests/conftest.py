@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mediaserver.workers import create_process_pool  # noqa: E402
+from mediaserver.workers import create_process_pool
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A simulated RTP sender: Opus packets with tone markers, sent through a configurable bad network."""
+"""A simulated RTP sender: Opus packets with tone markers, sent through a bad network."""
 
 import random
 from dataclasses import dataclass, field
@@ -86,7 +86,7 @@ def silence_payload() -> bytes:
 
 @cache
 def marker_template(freq_hz: float) -> tuple[bytes, ...]:
-    """Packets of silence, a tone burst starting exactly at packet TEMPLATE_LEAD_PACKETS, silence."""
+    """Packets: silence, a tone starting exactly at packet TEMPLATE_LEAD_PACKETS, silence."""
     lookahead = 312  # libopus's delay: shift the input so the decoded tone starts on the boundary
     signal = np.zeros(TEMPLATE_PACKETS * FRAME_SAMPLES + FRAME_SAMPLES)
     start = TEMPLATE_LEAD_PACKETS * FRAME_SAMPLES - lookahead

@@ -1,4 +1,4 @@
-"""import-pcap: a real tcpdump capture of ffmpeg sending RTP over loopback becomes a synchronized recording."""
+"""import-pcap: a tcpdump capture of ffmpeg sending RTP on loopback becomes a synced recording."""
 
 import json
 import os
@@ -17,8 +17,9 @@ import dpkt
 import numpy as np
 import pytest
 
-from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
 from mediaserver.pcap_import import RtpStream, read_rtp_streams
+
+from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
 
 CALLER_HZ, AGENT_HZ = 500.0, 1300.0
 CALLER_MARKERS_S = (1.0, 3.5)
@@ -51,9 +52,25 @@ def _free_udp_port_pair() -> int:
 
 def _ffmpeg_rtp(wav: Path, port: int, local_port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["ffmpeg", "-loglevel", "error", "-re", "-i", str(wav), "-c:a", "libopus", "-b:a", "32k"]
-        + ["-frame_duration", "20", "-max_size", "1920", "-f", "rtp"]
-        + [f"rtp://127.0.0.1:{port}?localrtpport={local_port}"],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(wav),
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-frame_duration",
+            "20",
+            "-max_size",
+            "1920",
+            "-f",
+            "rtp",
+            f"rtp://127.0.0.1:{port}?localrtpport={local_port}",
+        ],
         stdout=subprocess.DEVNULL,
     )
 
@@ -61,15 +78,32 @@ def _ffmpeg_rtp(wav: Path, port: int, local_port: int) -> subprocess.Popen[bytes
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, int]]:
     """A pcap of two ffmpeg RTP senders on loopback (caller starts first), captured by tcpdump."""
-    assert shutil.which("tcpdump") and shutil.which("ffmpeg"), "tcpdump and ffmpeg are required"
+    assert shutil.which("tcpdump"), "tcpdump is required"
+    assert shutil.which("ffmpeg"), "ffmpeg is required"
     workdir = tmp_path_factory.mktemp("capture")
     _write_wav(workdir / "caller.wav", CALLER_HZ, CALLER_MARKERS_S, 5.5)
     _write_wav(workdir / "agent.wav", AGENT_HZ, AGENT_MARKERS_S, 5.5)
     caller_port, agent_port = _free_udp_port_pair(), _free_udp_port_pair()
     pcap = workdir / "call.pcap"
     dump = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-U", "-n", "-w", str(pcap)]
-        + ["udp", "and", "(dst", "port", str(caller_port), "or", "dst", "port", f"{agent_port})"],
+        [
+            "tcpdump",
+            "-i",
+            "lo",
+            "-U",
+            "-n",
+            "-w",
+            str(pcap),
+            "udp",
+            "and",
+            "(dst",
+            "port",
+            str(caller_port),
+            "or",
+            "dst",
+            "port",
+            f"{agent_port})",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -79,10 +113,11 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, in
     caller = _ffmpeg_rtp(workdir / "caller.wav", caller_port, caller_port + 1000)
     _wait_for_packets(pcap)  # the caller's stream must be the first one in the capture
     agent = _ffmpeg_rtp(workdir / "agent.wav", agent_port, agent_port + 1000)
-    assert caller.wait(timeout=60) == 0 and agent.wait(timeout=60) == 0
+    assert caller.wait(timeout=60) == 0
+    assert agent.wait(timeout=60) == 0
     dump.send_signal(signal.SIGINT)
     dump.wait(timeout=30)
-    yield pcap, caller_port + 1000, agent_port + 1000
+    return pcap, caller_port + 1000, agent_port + 1000
 
 
 def _wait_for_packets(pcap: Path, timeout_s: float = 30.0) -> None:
@@ -98,7 +133,7 @@ def _wall_s(text: str) -> float:
 
 
 def _media_zero_s(stream: RtpStream) -> float:
-    """When the stream's media time 0 arrived, on the fastest path: min(arrival − media time).
+    """When the stream's media time 0 arrived, on the fastest path: min(arrival - media time).
 
     ffmpeg's first packets leave late while it starts up, so the first arrival is not time 0.
     """
@@ -112,7 +147,7 @@ def _media_zero_s(stream: RtpStream) -> float:
 def test_import_pcap_places_markers_on_their_channels(
     capture: tuple[Path, int, int], tmp_path: Path
 ) -> None:
-    """Each sender's tones land on its own channel within ±20 ms of capture time; files are valid."""
+    """Each sender's tones land on its own channel within ±20 ms of capture time."""
     pcap, caller_port, agent_port = capture
     result = subprocess.run(
         [*CLI, "import-pcap", str(pcap), "-o", str(tmp_path), "--call-id", "cap1"],
@@ -162,8 +197,19 @@ def test_import_pcap_by_address_swaps_channels(
     """--caller and --agent pick streams by source address, whatever their order in the capture."""
     pcap, caller_port, agent_port = capture
     result = subprocess.run(
-        [*CLI, "import-pcap", str(pcap), "-o", str(tmp_path), "--call-id", "swap"]
-        + ["--caller", f"127.0.0.1:{agent_port}", "--agent", f"127.0.0.1:{caller_port}"],
+        [
+            *CLI,
+            "import-pcap",
+            str(pcap),
+            "-o",
+            str(tmp_path),
+            "--call-id",
+            "swap",
+            "--caller",
+            f"127.0.0.1:{agent_port}",
+            "--agent",
+            f"127.0.0.1:{caller_port}",
+        ],
         capture_output=True,
         text=True,
         check=False,

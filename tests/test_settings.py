@@ -1,6 +1,6 @@
 """Settings: TOML defaults, environment, flags, and clear errors for invalid values."""
 
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
 
 import pytest
@@ -73,12 +73,12 @@ def test_unknown_key_and_bad_toml_in_file(tmp_path: Path) -> None:
         load_settings(config_path=tmp_path / "missing.toml", environ={})
 
 
-def test_every_setting_can_come_from_the_environment() -> None:
-    """Each field has a MEDIASERVER_ variable."""
-    for field in fields(Settings):
-        value = {bool: "true", int: "7", float: "7.5", str: "x"}.get(type(field.default), "p")
-        env = {f"MEDIASERVER_{field.name.upper()}": value}
-        try:
-            load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
-        except SettingsError as exc:
-            assert field.name in str(exc)
+@pytest.mark.parametrize(
+    "field", [f for f in fields(Settings) if f.type in (int, float, "int", "float")]
+)
+def test_every_numeric_setting_can_come_from_the_environment(field: Field[object]) -> None:
+    """Each numeric field is read from its MEDIASERVER_ variable."""
+    value = {"stereo_bitrate_bps": 24000, "stereo_complexity": 5}.get(field.name, 7)
+    env = {f"MEDIASERVER_{field.name.upper()}": str(value)}
+    settings = load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
+    assert getattr(settings, field.name) == value

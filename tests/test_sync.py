@@ -1,4 +1,4 @@
-"""End-to-end sync: impaired RTP streams in, tone markers found at their true times in the stereo file."""
+"""End-to-end sync: impaired RTP streams in, tone markers at their true times in the stereo file."""
 
 import random
 from datetime import datetime
@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
 from mediaserver.clock import ManualClock
 from mediaserver.recorder import Recorder
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
 from mediaserver.storage_backends.local import LocalStore
+
+from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
 from rtp_sender import Impairments, SimStream, simulate_stream
 
 CALLER_HZ = 500.0
@@ -68,7 +69,7 @@ def _check_markers(
     agent: SimStream,
     tolerance_s: float,
 ) -> list[float]:
-    """Every marker is on its own channel within tolerance of its true arrival; returns the errors."""
+    """Every marker is on its own channel within tolerance of its true arrival; returns errors."""
     assert_valid_opus(stereo_path)
     audio = decode_ogg(stereo_path)
     assert audio.shape[0] == 2
@@ -104,7 +105,7 @@ def _scenario(duration_s: float, ppm: float, seed: int) -> tuple[SimStream, SimS
         clock_ppm=ppm,
         ssrc_change_at_s=duration_s * 0.6,
     )
-    caller_markers = [m for m in np.arange(3.0, duration_s - 2, duration_s / 12)]
+    caller_markers = list(np.arange(3.0, duration_s - 2, duration_s / 12))
     agent_markers = [m + duration_s / 24 for m in caller_markers]
     caller = simulate_stream(
         duration_s=duration_s,
@@ -138,7 +139,7 @@ def _scenario(duration_s: float, ppm: float, seed: int) -> tuple[SimStream, SimS
 
 
 async def test_markers_in_place_without_drift(tmp_path: Path, process_pool: object) -> None:
-    """Jitter 60 ms, 5 % loss, reorder, duplicates, an SSRC change, 30 s silence: markers within ±5 ms."""
+    """Jitter 60 ms, 5 % loss, reorder, duplicates, SSRC change, 30 s silence: markers ±5 ms."""
     caller, agent = _scenario(duration_s=120.0, ppm=0.0, seed=7)
     clock = ManualClock()
     manifest, stereo = await _record(tmp_path, process_pool, caller, agent, clock)

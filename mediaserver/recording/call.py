@@ -29,7 +29,7 @@ class EndReason(Enum):
 
 @dataclass(slots=True)
 class Call:
-    """One call: starts with one reference per channel and is finalized when the last one is dropped."""
+    """One call: one reference per channel, finalized when the last one is dropped."""
 
     call_id: str
     wall_start_ns: int

@@ -1,4 +1,4 @@
-"""Append-only packet journal: every packet of one channel with both clocks, readable after a crash."""
+"""Append-only packet journal: each packet of a channel with both clocks, readable after a crash."""
 
 import struct
 from collections.abc import Iterator
@@ -26,7 +26,7 @@ RECORD_HEADER_SIZE = _RECORD.size
 
 @dataclass(frozen=True, slots=True)
 class JournalHeader:
-    """What a journal says about itself: whose packets, which codec, and the call's two start clocks."""
+    """A journal's own description: whose packets, which codec, the call's two start clocks."""
 
     channel: Channel
     codec: Codec
@@ -75,7 +75,9 @@ def parse_journal_header(data: bytes) -> JournalHeader:
     """Decode a journal's file header."""
     if len(data) < HEADER_SIZE:
         raise JournalError(f"journal header is truncated: {len(data)} of {HEADER_SIZE} bytes")
-    magic, version, channel, codec, _, clock_rate_hz, wall_ns, mono_ns, _ = _HEADER.unpack_from(data)
+    magic, version, channel, codec, _, clock_rate_hz, wall_ns, mono_ns, _ = _HEADER.unpack_from(
+        data
+    )
     if magic != MAGIC:
         raise JournalError(f"not a packet journal: magic {magic!r}")
     if version != VERSION:
@@ -84,9 +86,13 @@ def parse_journal_header(data: bytes) -> JournalHeader:
         channel_value = next(c for c, code in _CHANNEL_CODES.items() if code == channel)
         codec_value = next(c for c, code in _CODEC_CODES.items() if code == codec)
     except StopIteration:
-        raise JournalError(f"journal header has unknown channel {channel} or codec {codec}") from None
+        raise JournalError(
+            f"journal header has unknown channel {channel} or codec {codec}"
+        ) from None
     if clock_rate_hz != codec_value.clock_rate_hz:
-        raise JournalError(f"journal clock rate {clock_rate_hz} Hz does not match {codec_value.value}")
+        raise JournalError(
+            f"journal clock rate {clock_rate_hz} Hz does not match {codec_value.value}"
+        )
     return JournalHeader(channel_value, codec_value, wall_ns, mono_ns)
 
 
@@ -114,7 +120,7 @@ def build_journal_record(
 class JournalWriter:
     """Appends records to a binary stream; the stream's owner decides when to flush."""
 
-    __slots__ = ("_out", "_pack", "packet_count", "byte_count")
+    __slots__ = ("_out", "_pack", "byte_count", "packet_count")
 
     def __init__(self, out: BinaryIO, header: JournalHeader) -> None:
         self._out = out

@@ -1,4 +1,4 @@
-"""Layout of a call's spool directory: its journals, its description, and the files built from them."""
+"""Layout of a call's spool directory: its journals, its description, the files built from them."""
 
 import json
 from dataclasses import dataclass
