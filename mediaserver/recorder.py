@@ -4,7 +4,7 @@ import asyncio
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,7 +39,9 @@ from mediaserver.storage_backends.store import ObjectStore
 log = structlog.get_logger(__name__)
 
 CALL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-JOURNAL_BUFFER_BYTES = 64 * 1024
+# One second of a channel (~4.6 KB) fits, so a flush a second is still one write per journal;
+# larger buffers only raise resident memory when flushing falls behind (bench_memory.py).
+JOURNAL_BUFFER_BYTES = 8 * 1024
 _CONTENT_TYPES = {".opus": "audio/ogg", ".json": "application/json"}
 
 
@@ -98,6 +100,10 @@ class Recorder:
         self._finalizing: dict[str, asyncio.Task[Manifest | None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._accepting = True
+        # Who ends an expired call: by default the recorder itself; the server's call hub
+        # takes over so that the call's transports are closed too.
+        self.on_expire: Callable[[str], None] | None = None
+        self.on_stored: Callable[[Manifest, float], None] | None = None  # (manifest, seconds)
         self.packets_recorded = 0
         self.packets_malformed = 0
         self.calls_finalized = 0
@@ -171,10 +177,21 @@ class Recorder:
                 handle, JournalHeader(channel, codec, now_wall, now_mono)
             )
         self._calls[call_id] = _LiveCall(call, spool_dir, files, writers)
-        structlog.get_logger(__name__).info(
-            "call.opened", call_id=call_id, caller_codec=caller_codec.value
-        )
+        log.info("call.opened", call_id=call_id, caller_codec=caller_codec.value)
         return call
+
+    def discard_call(self, call_id: str) -> None:
+        """Forget a call that never carried media (its setup failed): no recording is made."""
+        live = self._calls.pop(call_id, None)
+        if live is None:
+            raise UnknownCallError(f"no live call {call_id}")
+        if live.writers[Channel.CALLER].packet_count or live.writers[Channel.AGENT].packet_count:
+            self._calls[call_id] = live
+            raise CallStateError(f"call {call_id} has media and must be ended, not discarded")
+        for handle in live.files.values():
+            handle.close()
+        shutil.rmtree(live.spool_dir)  # two empty journals and a small description
+        log.info("call.discarded", call_id=call_id)
 
     def get_call(self, call_id: str) -> Call:
         """A live call by id."""
@@ -221,17 +238,20 @@ class Recorder:
         except RtpParseError:
             self.packets_malformed += 1
             return False
-        self.record(
-            call_id,
-            channel,
-            arrival_ns=self.clock.monotonic_ns() if arrival_ns is None else arrival_ns,
-            rtp_timestamp=header.timestamp,
-            ssrc=header.ssrc,
-            sequence=header.sequence,
-            payload_type=header.payload_type,
-            marker=header.marker,
-            payload=memoryview(data)[header.payload_offset : header.payload_end],
+        live = self._calls.get(call_id)
+        if live is None:
+            raise UnknownCallError(f"no live call {call_id}")
+        if channel not in live.call.open_channels:
+            raise CallStateError(f"call {call_id}: {channel.value} channel already ended")
+        if arrival_ns is None:
+            arrival_ns = self.clock.monotonic_ns()
+        # The hot path: one call per packet into the journal, positional arguments only.
+        payload_type, sequence, timestamp, ssrc, marker, start, end = header
+        live.writers[channel].append(
+            arrival_ns, timestamp, ssrc, sequence, payload_type, marker, data[start:end]
         )
+        live.call.last_activity_ns = arrival_ns
+        self.packets_recorded += 1
         return True
 
     def end_channel(
@@ -286,7 +306,10 @@ class Recorder:
         for call_id in expired:
             idle_s = self._calls[call_id].call.idle_ns(now) / 1e9
             log.warning("call.expired", call_id=call_id, idle_s=round(idle_s, 1))
-            self.end_call(call_id, EndReason.EXPIRED)
+            if self.on_expire is not None:
+                self.on_expire(call_id)
+            else:
+                self.end_call(call_id, EndReason.EXPIRED)
         self.calls_expired += len(expired)
         await self.recover()
         log.info("recorder.swept", expired=len(expired), live_calls=len(self._calls))
@@ -353,6 +376,7 @@ class Recorder:
         """Build the files in a worker (unless already built), store them, release the spool."""
         bound = log.bind(call_id=call_id)
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             manifest = await asyncio.to_thread(_read_built_manifest, spool_dir)
             if manifest is None:
@@ -364,7 +388,10 @@ class Recorder:
         except (MediaServerError, OSError) as exc:
             bound.error("recording.build_failed", error=str(exc))
             return None
-        return await self._store(call_id, spool_dir, manifest)
+        stored = await self._store(call_id, spool_dir, manifest)
+        if self.on_stored is not None and stored.status is not CallStatus.UPLOAD_FAILED:
+            self.on_stored(stored, loop.time() - started)
+        return stored
 
     async def _store(self, call_id: str, spool_dir: Path, manifest: Manifest) -> Manifest:
         """Upload every file, then the manifest; delete the spool only once all are confirmed."""
