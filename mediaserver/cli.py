@@ -27,6 +27,7 @@ from mediaserver.pcap_import import (
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
+from mediaserver.server import serve
 from mediaserver.settings import Settings, load_settings
 from mediaserver.storage_backends.factory import open_store
 from mediaserver.workers import create_process_pool
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mediaserver", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    serve = commands.add_parser("serve", help="run the media server")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080; 0 picks one)")
+    _settings_flags(serve)
+
     demo = commands.add_parser(
         "demo", help="record the bundled sample call through the recorder into storage"
     )
@@ -90,7 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Settings:
     """Settings with this command's flags applied."""
-    names = ("storage_type", "storage_path", "spool_path", "stereo_mode", "log_format", "log_level")
+    names = (
+        "storage_type",
+        "storage_path",
+        "spool_path",
+        "stereo_mode",
+        "log_format",
+        "log_level",
+        "host",
+        "port",
+    )
     overrides = {name: getattr(args, name, None) for name in names}
     settings = load_settings(config_path=getattr(args, "config", None), overrides=overrides)
     configure_logging(log_format=settings.log_format, log_level=settings.log_level)
@@ -232,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            asyncio.run(serve(_load(args)))
+            return 0
         if args.command == "demo":
             settings = _load(args)
             return _print_stored(settings, asyncio.run(_run_demo(settings)))

@@ -51,3 +51,15 @@ class SettingsError(MediaServerError, ValueError):
 
 class PcapImportError(MediaServerError, ValueError):
     """A packet capture cannot be turned into a recording."""
+
+
+class AgentProtocolError(MediaServerError, ValueError):
+    """An agent's WebSocket message breaks the Twilio Media Streams protocol."""
+
+    def __init__(self, message: str, *, close_code: int = 1007) -> None:
+        super().__init__(message)
+        self.close_code = close_code  # RFC 6455 §7.4.1; 1007 = invalid payload data
+
+
+class AgentDialError(MediaServerError):
+    """The agent's WebSocket could not be reached or refused the connection."""

@@ -13,7 +13,7 @@ from mediaserver.audio.g711 import decode_pcma, decode_pcmu
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
 from mediaserver.audio.opus_encoder import OpusEncoder
-from mediaserver.audio.opus_silence import build_silence_packets
+from mediaserver.audio.opus_silence import build_silence_packets, silence_packet
 from mediaserver.audio.opus_toc import compute_packet_samples
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
@@ -119,12 +119,17 @@ def _packet_duration(codec: Codec, payload: bytes) -> int:
     return len(payload)  # one byte per 8 kHz sample (RFC 3551 §4.5.14)
 
 
-def _timeline_config(codec: Codec, stereo_mode: str) -> TimelineConfig:
-    """Placement grid: Opus to its shortest frame (or the packet grid when muxing losslessly)."""
-    if codec is Codec.OPUS:
-        granularity = LOSSLESS_GRANULARITY if stereo_mode == "lossless" else PRECISE_GRANULARITY
-        return TimelineConfig(clock_rate_hz=OPUS_RATE_HZ, granularity=granularity)
-    return TimelineConfig(clock_rate_hz=codec.clock_rate_hz, granularity=1)
+def _granularity(item: _ChannelInput, stereo_mode: str) -> int:
+    """Placement grid of a channel, in its clock units."""
+    # Opus snaps to its shortest frame; for lossless muxing to the 20 ms packet grid, but only
+    # when every packet is whole 20 ms (otherwise muxing fails and the precise grid is better).
+    if item.codec is not Codec.OPUS:
+        return 1
+    if stereo_mode == "lossless" and all(
+        p.duration % LOSSLESS_GRANULARITY == 0 for p in item.packets
+    ):
+        return LOSSLESS_GRANULARITY
+    return PRECISE_GRANULARITY
 
 
 def _to_48k(samples: int, codec: Codec) -> int:
@@ -148,28 +153,40 @@ def _timeline_end_48k(timeline: Timeline, codec: Codec) -> int:
 
 
 def write_opus_channel(
-    out_path: Path, records: Sequence[JournalRecord], placements: Sequence[Placement], span: int
+    out_path: Path,
+    records: Sequence[JournalRecord],
+    placements: Sequence[Placement],
+    span: int,
+    *,
+    silence_packet_samples: int | None = None,
 ) -> None:
     """Remux placed Opus payloads into Ogg Opus, silence in the gaps, `span` samples long."""
     with out_path.open("wb") as out:
         # RTP playout starts with the first decoded sample, so the file must too: the pre-skip
         # (which opusinfo requires to be non-zero) discards exactly one leading silence packet.
         writer = OggOpusWriter(out, channel_count=1, pre_skip_samples=REMUX_PRE_SKIP)
-        _write_silence(writer, REMUX_PRE_SKIP)
+        fill = silence_packet_samples
+        _write_silence(writer, REMUX_PRE_SKIP, fill)
         cursor = 0
         for placement in placements:
-            _write_silence(writer, placement.start - cursor)
+            _write_silence(writer, placement.start - cursor, fill)
             writer.write_packet(records[placement.index].payload, placement.duration)
             cursor = placement.start + placement.duration
-        _write_silence(writer, span - cursor)
+        _write_silence(writer, span - cursor, fill)
         writer.close()
 
 
-def _write_silence(writer: OggOpusWriter, duration_samples: int) -> None:
-    """Fill a gap with packets that decode to digital silence."""
+def _write_silence(
+    writer: OggOpusWriter, duration_samples: int, packet_samples: int | None
+) -> None:
+    """Fill a gap with packets that decode to digital silence (of one size, when given)."""
     if duration_samples <= 0:
         return
-    for packet in build_silence_packets(duration_samples):
+    if packet_samples is None:
+        packets = build_silence_packets(duration_samples)
+    else:
+        packets = [silence_packet(packet_samples)] * (duration_samples // packet_samples)
+    for packet in packets:
         writer.write_packet(packet, compute_packet_samples(packet))
 
 
@@ -244,13 +261,16 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
     # Anchored media times can precede the first arrival (that packet may have been delayed by
     # jitter), so place from a little earlier and then cut the common lead-in away.
     origin_ns = (min(arrivals) if arrivals else call.mono_start_ns) - ORIGIN_MARGIN_NS
+    grids = [_granularity(i, options.stereo_mode) for i in inputs]
     timelines = [
         compute_timeline(
-            i.packets, origin_ns=origin_ns, config=_timeline_config(i.codec, options.stereo_mode)
+            i.packets,
+            origin_ns=origin_ns,
+            config=TimelineConfig(clock_rate_hz=i.codec.clock_rate_hz, granularity=grid),
         )
-        for i in inputs
+        for i, grid in zip(inputs, grids, strict=True)
     ]
-    grid = LOSSLESS_GRANULARITY if options.stereo_mode == "lossless" else PRECISE_GRANULARITY
+    grid = max(grids + [PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
     starts = [
         _to_48k(t.placements[0].start, i.codec)
         for t, i in zip(timelines, inputs, strict=True)
@@ -264,10 +284,14 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
 
     files: list[FileEntry] = []
     reports: list[ChannelReport] = []
-    for item, timeline in zip(inputs, timelines, strict=True):
+    for item, timeline, channel_grid in zip(inputs, timelines, grids, strict=True):
         path = output_path(spool_dir, item.channel.side)
         if item.codec is Codec.OPUS:
-            write_opus_channel(path, item.records, timeline.placements, span)
+            # Lossless muxing pairs the channels' packets one to one: keep gaps in 20 ms packets.
+            fill = LOSSLESS_GRANULARITY if channel_grid == LOSSLESS_GRANULARITY else None
+            write_opus_channel(
+                path, item.records, timeline.placements, span, silence_packet_samples=fill
+            )
         else:
             write_g711_channel(path, item.codec, item.records, timeline.placements, span // 6)
         files.append(_file_entry(path, item.channel.side, 1, span))

@@ -346,7 +346,10 @@ class Recorder:
         """Flush journals at the configured interval (bounds what a crash can lose)."""
         while True:
             await asyncio.sleep(self.flush_interval_s)
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:  # disk full or gone: keep trying, loudly
+                log.error("recorder.flush_failed", error=str(exc))
 
     async def _sweep_loop(self) -> None:
         """Sweep at the configured interval."""
@@ -387,6 +390,9 @@ class Recorder:
                     self.calls_recovered += 1
         except (MediaServerError, OSError) as exc:
             bound.error("recording.build_failed", error=str(exc))
+            return None
+        except Exception:  # a bug must not take other calls' finalization down with it
+            bound.exception("recording.build_failed")
             return None
         stored = await self._store(call_id, spool_dir, manifest)
         if self.on_stored is not None and stored.status is not CallStatus.UPLOAD_FAILED:

@@ -31,6 +31,11 @@ _POSITIVE = (
     "stereo_bitrate_bps",
     "finalize_workers",
     "upload_deadline_s",
+    "max_body_bytes",
+    "drain_timeout_s",
+    "rtp_media_timeout_s",
+    "agent_connect_timeout_s",
+    "signed_url_expiry_s",
 )
 
 
@@ -53,6 +58,18 @@ class Settings:
     gcs_create_bucket: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
+    api_token: str = ""
+    max_body_bytes: int = 1_048_576
+    drain_timeout_s: float = 30.0
+    rtp_host: str = "127.0.0.1"
+    rtp_port_min: int = 40000
+    rtp_port_max: int = 40999
+    rtp_media_timeout_s: float = 30.0
+    ice_servers: str = ""
+    ice_host_addresses: str = ""
+    agent_connect_timeout_s: float = 10.0
+    end_call_on_agent_exit: bool = False
+    signed_url_expiry_s: int = 300
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -92,6 +109,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ) from None
 
 
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def validate_settings(settings: Settings) -> Settings:
     """Reject values that cannot work, naming the setting."""
     for name, choices in _CHOICES.items():
@@ -113,6 +135,11 @@ def validate_settings(settings: Settings) -> Settings:
         )
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"setting port must be 0..65535, got {settings.port}")
+    if not 1024 <= settings.rtp_port_min <= settings.rtp_port_max <= 65535:
+        raise SettingsError(
+            "settings rtp_port_min..rtp_port_max must be a range within 1024..65535,"
+            f" got {settings.rtp_port_min}..{settings.rtp_port_max}"
+        )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")
     return settings

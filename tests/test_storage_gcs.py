@@ -14,7 +14,6 @@ from pathlib import Path
 import google_crc32c
 import pytest
 import requests
-from gcs_emulator import GcsEmulator, find_free_port, write_service_account_key
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -34,6 +33,8 @@ from mediaserver.storage_backends.gcs import (
     is_transient_error,
     validate_bucket_name,
 )
+
+from gcs_emulator import GcsEmulator, find_free_port, write_service_account_key
 
 MIB = 1024 * 1024
 # Short retries keep failing tests fast; the deadline still allows several attempts.

@@ -1,0 +1,285 @@
+"""Calls API: create, list and end calls; plain-RTP caller legs; the agent's WebSocket."""
+
+import json
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from mediaserver.api.errors import ApiError
+from mediaserver.api.keys import DRAINING, HTTP_CLIENT, HUB, PORTS, SETTINGS
+from mediaserver.calls import CallHub
+from mediaserver.errors import AgentDialError, CallStateError
+from mediaserver.recorder import CALL_ID_PATTERN
+from mediaserver.recording.call import EndReason
+from mediaserver.recording.channel import Channel, Codec
+from mediaserver.session import CallSession
+from mediaserver.transports.agent import accept, dial_out
+from mediaserver.transports.rtp import RtpCallerTransport
+from mediaserver.transports.twilio_protocol import (
+    MULAW_8K,
+    AudioFormat,
+    Encoding,
+    parse_audio_format_query,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_METADATA_BYTES = 4096
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; a clear 415/400 otherwise (an empty body is {})."""
+    if not request.can_read_body:
+        return {}
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "body must be a JSON object")
+    return body
+
+
+def _codec(value: Any, field: str) -> Codec:
+    """A codec name from a request."""
+    try:
+        return Codec(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in Codec)
+        raise ApiError(400, "bad_request", f"{field} must be one of {choices}") from None
+
+
+def _refuse_while_draining(request: web.Request) -> None:
+    """New calls are refused once shutdown has begun."""
+    if request.app[DRAINING]["draining"]:
+        raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
+
+
+def describe_session(session: CallSession) -> dict[str, Any]:
+    """A live call as the API shows it."""
+    caller_stats = getattr(session.caller, "stats", None)
+    return {
+        "call_id": session.call_id,
+        "status": "recording",
+        "caller_codec": session.caller_codec.value,
+        "created_at_ns": session.call.wall_start_ns,
+        "legs": {
+            "caller": {
+                "connected": session.caller is not None,
+                "open": session.leg_open(Channel.CALLER),
+                "packets": session.stats.caller_packets,
+                "transport": _plain(caller_stats),
+            },
+            "agent": {
+                "connected": session.agent is not None,
+                "open": session.leg_open(Channel.AGENT),
+                "frames_played": session.stats.agent_frames_played,
+                "marks_echoed": session.stats.agent_marks_echoed,
+                "clears": session.stats.agent_clears,
+                "buffered_ms": session.playout.buffered_ms if session.playout else 0.0,
+            },
+        },
+        "dropped": session.drop_counts(),
+        "metadata": session.metadata,
+    }
+
+
+def _plain(stats: object) -> Any:
+    """A stats object as JSON-ready data."""
+    if stats is None:
+        return None
+    if hasattr(stats, "__dataclass_fields__"):
+        return {k: _plain(getattr(stats, k)) for k in stats.__dataclass_fields__}
+    if isinstance(stats, tuple):
+        return list(stats)
+    return stats if isinstance(stats, int | float | str | bool | dict | list) else str(stats)
+
+
+def _agent_format(value: Any) -> AudioFormat:
+    """The agent's audio format from a request: μ-law 8 kHz unless it asks for L16."""
+    if value is None:
+        return MULAW_8K
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_request", "agent_format must be an object")
+    try:
+        encoding = Encoding(str(value.get("encoding", Encoding.MULAW.value)))
+        return AudioFormat(encoding, int(value.get("sample_rate", 8000)))
+    except (ValueError, TypeError) as exc:
+        raise ApiError(
+            400,
+            "bad_request",
+            "agent_format must be {encoding: audio/x-mulaw, sample_rate: 8000}"
+            f" or {{encoding: audio/x-l16, sample_rate: 16000|24000}} ({exc})",
+        ) from None
+
+
+async def _dial_agent(
+    session: CallSession,
+    url: str,
+    *,
+    audio_format: AudioFormat,
+    client: aiohttp.ClientSession,
+    timeout_s: float,
+) -> None:
+    """Dial out to the call's agent, as Twilio does, and keep the leg until it closes."""
+    try:
+        connection = await dial_out(
+            url,
+            sink=session,
+            call_id=session.call_id,
+            session=client,
+            audio_format=audio_format,
+            timeout_s=timeout_s,
+        )
+    except AgentDialError as exc:
+        log.warning("call.agent_dial_failed", call_id=session.call_id, error=str(exc))
+        session.on_agent_ended("dial_failed")
+        return
+    if session.closed or not session.leg_open(Channel.AGENT):
+        await connection.close("call ended")
+        return
+    session.attach_agent(connection)
+    await connection.wait_closed()
+
+
+async def create_call(request: web.Request) -> web.Response:
+    """POST /v1/calls: open a call (optionally dialling out to its agent)."""
+    _refuse_while_draining(request)
+    body = await read_json_object(request)
+    unknown = set(body) - {"call_id", "caller_codec", "agent_url", "agent_format", "metadata"}
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    call_id = body.get("call_id")
+    if call_id is not None and (
+        not isinstance(call_id, str) or not CALL_ID_PATTERN.fullmatch(call_id)
+    ):
+        raise ApiError(400, "bad_request", f"call_id must match {CALL_ID_PATTERN.pattern}")
+    metadata = body.get("metadata", {})
+    if not isinstance(metadata, dict) or len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ApiError(
+            400, "bad_request", f"metadata must be a JSON object under {MAX_METADATA_BYTES} bytes"
+        )
+    codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
+    agent_url = body.get("agent_url")
+    audio_format = _agent_format(body.get("agent_format"))
+    if agent_url is not None and (
+        not isinstance(agent_url, str) or not agent_url.startswith(("ws://", "wss://"))
+    ):
+        raise ApiError(400, "bad_request", "agent_url must be a ws:// or wss:// URL")
+    hub = request.app[HUB]
+    session = hub.create(call_id, caller_codec=codec, metadata=metadata)
+    if agent_url is not None:
+        settings = request.app[SETTINGS]
+        hub.spawn(
+            _dial_agent(
+                session,
+                agent_url,
+                audio_format=audio_format,
+                client=request.app[HTTP_CLIENT],
+                timeout_s=settings.agent_connect_timeout_s,
+            )
+        )
+    location = f"/v1/calls/{session.call_id}"
+    return web.json_response(
+        {
+            **describe_session(session),
+            "links": {
+                "self": location,
+                "whip": f"/whip?call_id={session.call_id}",
+                "rtp": f"{location}/rtp",
+                "agent": f"{location}/agent",
+                "recording": f"/v1/recordings/{session.call_id}",
+            },
+        },
+        status=201,
+        headers={"Location": location},
+    )
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """GET /v1/calls: live calls with per-leg stats."""
+    hub = request.app[HUB]
+    return web.json_response({"calls": [describe_session(s) for s in hub.sessions()]})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    """GET /v1/calls/{id}: one live call."""
+    return web.json_response(describe_session(request.app[HUB].get(request.match_info["call_id"])))
+
+
+async def end_call(request: web.Request) -> web.Response:
+    """DELETE /v1/calls/{id}: end both legs; the recording is finalized in the background."""
+    call_id = request.match_info["call_id"]
+    request.app[HUB].get(call_id).end("api", EndReason.HANGUP)
+    return web.json_response(
+        {"call_id": call_id, "status": "finalizing", "recording": f"/v1/recordings/{call_id}"},
+        status=202,
+    )
+
+
+async def create_rtp_leg(request: web.Request) -> web.Response:
+    """POST /v1/calls/{id}/rtp: a UDP port for the caller's plain RTP."""
+    hub: CallHub = request.app[HUB]
+    session = hub.get(request.match_info["call_id"])
+    body = await read_json_object(request)
+    codec = _codec(body.get("codec", session.caller_codec.value), "codec")
+    if codec is not session.caller_codec:
+        raise ApiError(
+            409, "conflict", f"call {session.call_id} was created for {session.caller_codec.value}"
+        )
+    if session.caller is not None or not session.leg_open(Channel.CALLER):
+        raise CallStateError(f"call {session.call_id} already has a caller leg")
+    settings = request.app[SETTINGS]
+    transport = RtpCallerTransport(
+        codec=codec,
+        sink=session,
+        host=settings.rtp_host,
+        ports=request.app[PORTS],
+        media_timeout_s=settings.rtp_media_timeout_s,
+    )
+    port = await transport.start()
+    try:
+        session.attach_caller(transport)
+    except CallStateError:
+        await transport.close()
+        raise
+    return web.json_response(
+        {
+            "call_id": session.call_id,
+            "host": settings.rtp_host,
+            "port": port,
+            "codec": codec.value,
+            "payload_type": transport.payload_type,
+            "clock_rate_hz": codec.clock_rate_hz,
+        },
+        status=201,
+    )
+
+
+async def agent_socket(request: web.Request) -> web.StreamResponse:
+    """GET /v1/calls/{id}/agent: the agent dials in (Twilio Media Streams messages)."""
+    session = request.app[HUB].get(request.match_info["call_id"])
+    if session.agent is not None or not session.leg_open(Channel.AGENT):
+        raise CallStateError(f"call {session.call_id} already has an agent")
+    audio_format = parse_audio_format_query(request.query)
+    connection, ws = await accept(
+        request, sink=session, call_id=session.call_id, audio_format=audio_format
+    )
+    # No await between accept and attach: no agent message can reach the session before it.
+    session.attach_agent(connection)
+    await connection.wait_closed()
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the calls routes."""
+    app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls", list_calls)
+    app.router.add_get("/v1/calls/{call_id}", get_call)
+    app.router.add_delete("/v1/calls/{call_id}", end_call)
+    app.router.add_post("/v1/calls/{call_id}/rtp", create_rtp_leg)
+    app.router.add_get("/v1/calls/{call_id}/agent", agent_socket)

@@ -1,0 +1,97 @@
+"""Every error leaves the API as JSON: {"error": {"code", "message"}} with a fitting status."""
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from mediaserver.errors import (
+    CallStateError,
+    InvalidKeyError,
+    MediaServerError,
+    ObjectNotFoundError,
+    StorageError,
+    UnknownCallError,
+)
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(web.HTTPException):
+    """An HTTP error with a stable machine-readable code."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ):
+        self.status_code = status
+        super().__init__(headers=headers, reason=None)
+        self.code = code
+        self.message = message
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The JSON body every error has."""
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "unprocessable",
+    503: "unavailable",
+}
+
+
+def _map_error(exc: MediaServerError) -> tuple[int, str]:
+    """Status and code for one of our own errors."""
+    if isinstance(exc, UnknownCallError | ObjectNotFoundError):
+        return 404, "not_found"
+    if isinstance(exc, CallStateError):
+        return 409, "conflict"
+    if isinstance(exc, InvalidKeyError | ValueError):
+        return 400, "bad_request"
+    if isinstance(exc, StorageError):
+        return 503, "storage_unavailable"
+    status = getattr(exc, "http_status", 500)
+    return status, getattr(exc, "code", _STATUS_CODES.get(status, "internal_error"))
+
+
+def _extra_headers(exc: web.HTTPException) -> dict[str, str]:
+    """An exception's own headers (Allow, Retry-After, ...) without its text body's headers."""
+    return {
+        key: value
+        for key, value in exc.headers.items()
+        if key.lower() not in ("content-type", "content-length")
+    }
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn exceptions into JSON errors; log the unexpected ones."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status_code, exc.code, exc.message, _extra_headers(exc))
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, exc.reason, _extra_headers(exc))
+    except MediaServerError as exc:
+        status, code = _map_error(exc)
+        if status >= 500:
+            log.error("api.error", path=request.path, error=str(exc))
+        return error_response(status, code, str(exc))

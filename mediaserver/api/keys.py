@@ -1,0 +1,24 @@
+"""Typed keys of everything the aiohttp application shares, defined once."""
+
+from concurrent.futures import ProcessPoolExecutor
+
+import aiohttp
+from aiohttp import web
+
+from mediaserver.calls import CallHub
+from mediaserver.metrics import LoopLagMonitor, Metrics
+from mediaserver.recorder import Recorder
+from mediaserver.settings import Settings
+from mediaserver.storage_backends.store import ObjectStore
+from mediaserver.transports.port_allocator import PortAllocator
+
+SETTINGS = web.AppKey("settings", Settings)
+PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
+STORE = web.AppKey("store", ObjectStore)
+RECORDER = web.AppKey("recorder", Recorder)
+HUB = web.AppKey("hub", CallHub)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+PORTS = web.AppKey("ports", PortAllocator)
+METRICS = web.AppKey("metrics", Metrics)
+LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
+DRAINING = web.AppKey("draining", dict[str, bool])

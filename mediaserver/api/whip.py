@@ -1,0 +1,105 @@
+"""WHIP signalling (RFC 9725 conventions): an SDP offer in, an answer out, and a caller leg."""
+
+from aiohttp import web
+
+from mediaserver.api.errors import ApiError
+from mediaserver.api.keys import DRAINING, HUB, SETTINGS
+from mediaserver.errors import CallStateError
+from mediaserver.recording.channel import Channel, Codec
+from mediaserver.settings import split_list
+from mediaserver.transports.webrtc import SdpError, WebRtcCallerTransport
+
+SDP = "application/sdp"
+TRICKLE = "application/trickle-ice-sdpfrag"
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link",
+}
+
+
+def _sdp_error(exc: SdpError) -> ApiError:
+    """Map an SDP problem to its status."""
+    return ApiError(exc.http_status, exc.code, str(exc))
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """POST /whip: the offer in, 201 with the answer and the session's Location out."""
+    if request.app[DRAINING]["draining"]:
+        raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
+    if request.content_type != SDP:
+        raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP}")
+    offer = await request.text()
+    hub = request.app[HUB]
+    call_id = request.query.get("call_id")
+    created = call_id is None
+    if call_id is None:
+        session = hub.create(caller_codec=Codec.OPUS, metadata={"caller": "webrtc"})
+    else:
+        session = hub.get(call_id)
+        if session.caller is not None or not session.leg_open(Channel.CALLER):
+            raise CallStateError(f"call {call_id} already has a caller")
+        if session.caller_codec is not Codec.OPUS:
+            raise CallStateError(f"call {call_id} expects {session.caller_codec.value} over RTP")
+    settings = request.app[SETTINGS]
+    try:
+        transport, answer = await WebRtcCallerTransport.answer(
+            offer,
+            sink=session,
+            ice_servers=split_list(settings.ice_servers),
+            ice_host_addresses=split_list(settings.ice_host_addresses),
+        )
+    except SdpError as exc:
+        if created:
+            hub.discard(session)  # nothing stays allocated for a refused offer
+        raise _sdp_error(exc) from None
+    session.attach_caller(transport)
+    location = f"/whip/{session.call_id}"
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP,
+        headers={**CORS_HEADERS, "Location": location, "ETag": f'"{session.call_id}"'},
+    )
+
+
+def _transport(request: web.Request) -> WebRtcCallerTransport:
+    """The WebRTC leg of the call named in the URL."""
+    session = request.app[HUB].get(request.match_info["call_id"])
+    if not isinstance(session.caller, WebRtcCallerTransport):
+        raise ApiError(404, "not_found", "this call has no WHIP session")
+    return session.caller
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    """PATCH /whip/{id}: trickled ICE candidates (RFC 8840 SDP fragment)."""
+    if request.content_type != TRICKLE:
+        raise ApiError(415, "unsupported_media_type", f"send candidates as {TRICKLE}")
+    transport = _transport(request)
+    try:
+        await transport.add_ice_candidates(await request.text())
+    except SdpError as exc:
+        raise _sdp_error(exc) from None
+    return web.Response(status=204, headers=CORS_HEADERS)
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """DELETE /whip/{id}: the caller hangs up."""
+    session = request.app[HUB].get(request.match_info["call_id"])
+    session.on_caller_ended("whip_delete")
+    return web.Response(status=200, headers=CORS_HEADERS)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight for browsers on other origins."""
+    return web.Response(status=204, headers={**CORS_HEADERS, "Accept-Post": SDP})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the WHIP routes."""
+    app.router.add_post("/whip", create_session)
+    app.router.add_route("OPTIONS", "/whip", preflight)
+    app.router.add_patch("/whip/{call_id}", patch_session)
+    app.router.add_delete("/whip/{call_id}", delete_session)
+    app.router.add_route("OPTIONS", "/whip/{call_id}", preflight)

@@ -1,0 +1,180 @@
+"""The aiohttp application: every shared resource started and stopped in pairs, in order."""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from mediaserver.api import calls, demo, health, recordings, whip
+from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.errors import error_middleware
+from mediaserver.api.keys import (
+    DRAINING,
+    HTTP_CLIENT,
+    HUB,
+    LOOP_LAG,
+    METRICS,
+    PORTS,
+    PROCESS_POOL,
+    RECORDER,
+    SETTINGS,
+    STORE,
+)
+from mediaserver.calls import CallHub
+from mediaserver.finalize import FinalizeOptions
+from mediaserver.metrics import LoopLagMonitor, Metrics, Sample
+from mediaserver.recorder import Recorder
+from mediaserver.recording.manifest import Manifest
+from mediaserver.settings import Settings
+from mediaserver.storage_backends.factory import open_store
+from mediaserver.transports.port_allocator import PortAllocator
+from mediaserver.workers import create_process_pool
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application; resources start when it starts (AppRunner.setup)."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, build_auth_middleware(settings.api_token)],  # type: ignore[list-item]
+    )
+    app[SETTINGS] = settings
+    app[DRAINING] = {"draining": False}
+    app[METRICS] = Metrics()
+    app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
+    app.cleanup_ctx.extend(
+        [_process_pool, _store, _recorder, _http_client, _hub, _loop_lag, _stats_metrics]
+    )
+    health.add_routes(app)
+    calls.add_routes(app)
+    whip.add_routes(app)
+    recordings.add_routes(app)
+    demo.add_routes(app)
+    return app
+
+
+async def _process_pool(app: web.Application) -> AsyncIterator[None]:
+    """Worker processes that build recordings."""
+    pool = create_process_pool(app[SETTINGS].finalize_workers)
+    app[PROCESS_POOL] = pool
+    yield
+    await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    """The configured storage backend."""
+    store = await open_store(app[SETTINGS])
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _recorder(app: web.Application) -> AsyncIterator[None]:
+    """The recorder: recovers leftovers at start, drains finalizations at stop."""
+    settings = app[SETTINGS]
+    recorder = Recorder(
+        spool_root=settings.spool_path,
+        store=app[STORE],
+        executor=app[PROCESS_POOL],
+        options=FinalizeOptions(
+            stereo_mode=settings.stereo_mode,
+            stereo_bitrate_bps=settings.stereo_bitrate_bps,
+            stereo_complexity=settings.stereo_complexity,
+        ),
+        retention_s=settings.retention_s,
+        sweep_interval_s=settings.sweep_interval_s,
+        flush_interval_s=settings.flush_interval_s,
+    )
+    metrics = app[METRICS]
+
+    def observe(manifest: Manifest, elapsed_s: float) -> None:
+        metrics.finalize_seconds.observe(elapsed_s)
+
+    recorder.on_stored = observe
+    app[RECORDER] = recorder
+    await recorder.start()
+    yield
+    await recorder.close(drain_timeout_s=settings.drain_timeout_s)
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    """One client session for dialling out to agents."""
+    async with aiohttp.ClientSession() as session:
+        app[HTTP_CLIENT] = session
+        yield
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    """Live calls and their pacer; closing ends every call (graceful drain)."""
+    settings = app[SETTINGS]
+    hub = CallHub(app[RECORDER], end_call_on_agent_exit=settings.end_call_on_agent_exit)
+    app[HUB] = hub
+    await hub.start()
+    yield
+    app[DRAINING]["draining"] = True
+    await hub.close(drain_timeout_s=settings.drain_timeout_s)
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """Measure event-loop lag for the metrics."""
+    monitor = LoopLagMonitor(app[METRICS].loop_lag)
+    app[LOOP_LAG] = monitor
+    task = asyncio.create_task(monitor.run(), name="metrics.loop_lag")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
+    """Expose the recorder's and the calls' counters to Prometheus."""
+
+    def read() -> Iterator[tuple[str, str, str, list[Sample]]]:
+        stats = app[RECORDER].stats()
+        hub = app[HUB]
+        yield (
+            "mediaserver_live_calls",
+            "gauge",
+            "Calls in progress.",
+            [("", {}, len(hub.sessions()))],
+        )
+        yield (
+            "mediaserver_packets_recorded",
+            "counter",
+            "Packets journalled, both directions.",
+            [("", {}, stats.packets_recorded)],
+        )
+        yield (
+            "mediaserver_packets_dropped",
+            "counter",
+            "Packets dropped before the journal, by reason.",
+            [("", {"reason": "malformed"}, stats.packets_malformed)]
+            + [("", {"reason": r}, n) for r, n in hub.drop_counts().items()],
+        )
+        yield (
+            "mediaserver_calls_finalized",
+            "counter",
+            "Calls whose recording was built, by how they ended.",
+            [
+                ("", {"how": "ended"}, stats.calls_finalized),
+                ("", {"how": "expired"}, stats.calls_expired),
+                ("", {"how": "recovered"}, stats.calls_recovered),
+            ],
+        )
+        yield (
+            "mediaserver_uploads_failed",
+            "counter",
+            "Recordings that could not be stored after every retry.",
+            [("", {}, stats.uploads_failed)],
+        )
+        yield (
+            "mediaserver_pacer_late_ticks",
+            "counter",
+            "Times the 20 ms playout pacer fell more than a frame behind.",
+            [("", {}, hub.pacer_late_ticks)],
+        )
+
+    app[METRICS].add_stats_source(read)
+    yield

@@ -1,0 +1,91 @@
+"""Prometheus metrics: counters read from the live objects at scrape time, and event-loop lag."""
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+Sample = tuple[str, dict[str, str], float]
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop wakes a task that asked to sleep a fixed interval."""
+
+    def __init__(self, histogram: Histogram, *, interval_s: float = 0.05) -> None:
+        self.histogram = histogram
+        self.interval_s = interval_s
+        self.max_lag_s = 0.0
+        self._recent: list[float] = []
+
+    async def run(self) -> None:
+        """Sleep, measure the overshoot, repeat (cancel to stop)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag_s = max(0.0, loop.time() - started - self.interval_s)
+            self.histogram.observe(lag_s)
+            self.max_lag_s = max(self.max_lag_s, lag_s)
+            self._recent.append(lag_s)
+            del self._recent[:-1200]
+
+    def percentile_s(self, fraction: float) -> float:
+        """A percentile of the last minute or so of lag samples."""
+        if not self._recent:
+            return 0.0
+        ordered = sorted(self._recent)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class _StatsCollector(Collector):
+    """Turns the server's plain counters into metric families when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], Iterator[tuple[str, str, str, list[Sample]]]]):
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per (name, kind) the server reports."""
+        for name, kind, documentation, samples in self._read():
+            labels = sorted({key for _, sample_labels, _ in samples for key in sample_labels})
+            family: CounterMetricFamily | GaugeMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(name, documentation, labels=labels)
+            else:
+                family = GaugeMetricFamily(name, documentation, labels=labels)
+            for _, sample_labels, value in samples:
+                family.add_metric([sample_labels.get(label, "") for label in labels], value)
+            yield family
+
+
+class Metrics:
+    """The server's registry (one per application, no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.loop_lag = Histogram(
+            "mediaserver_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task.",
+            buckets=LAG_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.finalize_seconds = Histogram(
+            "mediaserver_finalize_seconds",
+            "Time from a call's end to its recording being stored.",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.started_at = time.time()
+
+    def add_stats_source(
+        self, read: Callable[[], Iterator[tuple[str, str, str, list[Sample]]]]
+    ) -> None:
+        """Register a function that reports counters and gauges at scrape time."""
+        self.registry.register(_StatsCollector(read))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

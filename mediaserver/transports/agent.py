@@ -1,0 +1,451 @@
+"""The agent leg: one WebSocket speaking Twilio Media Streams messages, dialled in or out."""
+
+import asyncio
+import secrets
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from mediaserver.clock import Clock, SystemClock
+from mediaserver.errors import AgentDialError, AgentProtocolError
+from mediaserver.transports.link import AgentMediaSink, Pcm
+from mediaserver.transports.twilio_protocol import (
+    CLOSE_NORMAL,
+    CLOSE_UNSUPPORTED_DATA,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MULAW_8K,
+    START_SEQUENCE_NUMBER,
+    AgentClear,
+    AgentIgnored,
+    AgentMark,
+    AgentMedia,
+    AudioFormat,
+    build_close_reason,
+    build_connected,
+    build_mark,
+    build_media,
+    build_start,
+    build_stop,
+    compute_max_message_bytes,
+    decode_payload,
+    encode_payload,
+    parse_agent_message,
+    parse_audio_format_query,
+)
+
+log = structlog.get_logger(__name__)
+
+# Twilio account sids are "AC" + 32 hex digits; agents that log or check it get a well-formed one.
+DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
+DEFAULT_HEARTBEAT_S = 15.0
+# 5 s of 20 ms caller chunks: enough to ride out a hiccup, small enough to stay near real time.
+DEFAULT_SEND_QUEUE_MESSAGES = 250
+DEFAULT_CLOSE_TIMEOUT_S = 2.0
+
+AgentWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+def new_stream_sid() -> str:
+    """A Twilio-shaped stream sid: "MZ" and 32 hex digits."""
+    return "MZ" + secrets.token_hex(16)
+
+
+class ConnectionState(Enum):
+    """Where an agent connection is in its life."""
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class AgentConnectionStats:
+    """Counters of one agent connection, for the call's manifest and metrics."""
+
+    media_sent: int = 0
+    media_dropped: int = 0
+    marks_sent: int = 0
+    media_received: int = 0
+    marks_received: int = 0
+    clears_received: int = 0
+    messages_ignored: int = 0
+
+
+class AgentConnection:
+    """One agent WebSocket, as the call session's AgentLink."""
+
+    def __init__(
+        self,
+        ws: AgentWebSocket,
+        *,
+        sink: AgentMediaSink,
+        call_id: str,
+        audio_format: AudioFormat = MULAW_8K,
+        stream_sid: str | None = None,
+        account_sid: str = DEFAULT_ACCOUNT_SID,
+        custom_parameters: Mapping[str, str] | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_queued_messages: int = DEFAULT_SEND_QUEUE_MESSAGES,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ws = ws
+        self.sink = sink
+        self.call_id = call_id
+        self.audio_format = audio_format
+        self.sample_rate_hz = audio_format.sample_rate_hz
+        self.stream_sid = stream_sid or new_stream_sid()
+        self.account_sid = account_sid
+        self.custom_parameters = dict(custom_parameters or {})
+        self.max_payload_bytes = max_payload_bytes
+        self.max_queued_messages = max_queued_messages
+        self.close_timeout_s = close_timeout_s
+        self.stats = AgentConnectionStats()
+        self.state = ConnectionState.OPEN
+        self._clock = clock or SystemClock()
+        self._started_ns = 0
+        self._sequence_number = START_SEQUENCE_NUMBER
+        self._chunk = 0
+        self._next_timestamp_ms = 0
+        # (is_media, text): only media may be dropped; a lost mark echo would stall the agent.
+        self._outgoing: deque[tuple[bool, str]] = deque()
+        self._queued_media = 0
+        self._wakeup = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._ignored_events: set[str] = set()
+        self.log = log.bind(call_id=call_id, stream_sid=self.stream_sid)
+
+    async def start(self) -> None:
+        """Send `connected` and `start`, then begin reading and writing in owned tasks."""
+        self._started_ns = self._clock.monotonic_ns()
+        try:
+            await self.ws.send_str(build_connected())
+            await self.ws.send_str(
+                build_start(
+                    stream_sid=self.stream_sid,
+                    call_sid=self.call_id,
+                    account_sid=self.account_sid,
+                    audio_format=self.audio_format,
+                    custom_parameters=self.custom_parameters,
+                )
+            )
+        except ConnectionError:
+            # An agent gone this early is reported like any disconnect, by the reader.
+            pass
+        # Created last, with no await after: a caller that attaches this connection to its
+        # session right after `start` returns sees no agent message before it is attached.
+        self._writer = asyncio.create_task(self._write_loop(), name=f"agent-writer-{self.call_id}")
+        self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.call_id}")
+        self.log.info(
+            "agent.connected",
+            encoding=str(self.audio_format.encoding),
+            sample_rate_hz=self.sample_rate_hz,
+        )
+
+    # -- sending (called by the session on the packet path: never blocks) ----------------------
+
+    def send_caller_audio(self, pcm: Pcm) -> None:
+        """Queue caller speech as one `media` message; the oldest queued media goes on overflow."""
+        if self.state is not ConnectionState.OPEN or pcm.size == 0:
+            return
+        elapsed_ms = (self._clock.monotonic_ns() - self._started_ns) // 1_000_000
+        # A presentation time: never before the end of the previous chunk, so timestamps rise
+        # even when packets arrive in a burst, and a pause in the caller's audio shows as a gap.
+        timestamp_ms = max(elapsed_ms, self._next_timestamp_ms)
+        self._next_timestamp_ms = timestamp_ms + pcm.size * 1000 // self.sample_rate_hz
+        self._chunk += 1
+        text = build_media(
+            sequence_number=self._next_sequence_number(),
+            stream_sid=self.stream_sid,
+            chunk=self._chunk,
+            timestamp_ms=timestamp_ms,
+            payload=encode_payload(pcm, self.audio_format),
+        )
+        if self._queued_media >= self.max_queued_messages:
+            self._drop_oldest_media()
+        self._outgoing.append((True, text))
+        self._queued_media += 1
+        self._wakeup.set()
+
+    def send_mark(self, name: str) -> None:
+        """Echo an agent's mark: the audio it sent before the mark has been played."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        self._outgoing.append(
+            (
+                False,
+                build_mark(
+                    sequence_number=self._next_sequence_number(),
+                    stream_sid=self.stream_sid,
+                    name=name,
+                ),
+            )
+        )
+        self._wakeup.set()
+
+    def _next_sequence_number(self) -> int:
+        """Number the next message after `start`'s 1."""
+        self._sequence_number += 1
+        return self._sequence_number
+
+    def _drop_oldest_media(self) -> None:
+        """Make room by dropping the oldest queued caller audio, never a mark."""
+        for index, (is_media, _) in enumerate(self._outgoing):
+            if is_media:
+                del self._outgoing[index]
+                self._queued_media -= 1
+                self.stats.media_dropped += 1
+                return
+
+    async def _write_loop(self) -> None:
+        """Drain the outgoing queue; once closing, drain what is left and stop."""
+        try:
+            while True:
+                while self._outgoing:
+                    is_media, text = self._outgoing.popleft()
+                    if is_media:
+                        self._queued_media -= 1
+                    await self.ws.send_str(text)
+                    if is_media:
+                        self.stats.media_sent += 1
+                    else:
+                        self.stats.marks_sent += 1
+                if self.state is not ConnectionState.OPEN:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        except ConnectionError:
+            # The socket went away; the reader sees the same and ends the connection.
+            return
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        """Deliver the agent's messages to the sink until the socket closes or misbehaves."""
+        reason = "disconnected"
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    try:
+                        self._deliver(msg.data)
+                    except AgentProtocolError as exc:
+                        reason = "protocol_error"
+                        await self._fail(exc.close_code, str(exc))
+                        return
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    reason = "protocol_error"
+                    await self._fail(
+                        CLOSE_UNSUPPORTED_DATA,
+                        "binary frames are not part of Twilio Media Streams; send JSON text",
+                    )
+                    return
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    # aiohttp has already closed with the fitting code (1007 bad UTF-8, 1009 too
+                    # big) for WebSocket-level faults; anything else is a lost connection.
+                    if isinstance(msg.data, aiohttp.WebSocketError):
+                        reason = "protocol_error"
+                        self.log.warning("agent.protocol_error", error=str(msg.data))
+                    return
+                else:  # CLOSE, CLOSING, CLOSED
+                    return
+        except Exception:
+            # A fault of ours (in the sink, say) must not leave the agent's socket dangling.
+            reason = "internal_error"
+            self.log.exception("agent.reader_failed")
+        finally:
+            await self._end_from_reader(reason)
+
+    def _deliver(self, text: str) -> None:
+        """Parse one text frame and hand it to the sink."""
+        message = parse_agent_message(
+            text,
+            stream_sid=self.stream_sid,
+            audio_format=self.audio_format,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        if isinstance(message, AgentMedia):
+            self.stats.media_received += 1
+            if message.payload:
+                self.sink.on_agent_audio(decode_payload(message.payload, self.audio_format))
+        elif isinstance(message, AgentMark):
+            self.stats.marks_received += 1
+            self.sink.on_agent_mark(message.name)
+        elif isinstance(message, AgentClear):
+            self.stats.clears_received += 1
+            self.sink.on_agent_clear()
+        elif isinstance(message, AgentIgnored):
+            self.stats.messages_ignored += 1
+            if message.event not in self._ignored_events:
+                # Once per event name, like Twilio's once-per-stream warning.
+                self._ignored_events.add(message.event)
+                self.log.info("agent.message_ignored", agent_event=message.event[:64])
+
+    async def _fail(self, close_code: int, reason: str) -> None:
+        """Close on a protocol violation, telling the agent what was wrong."""
+        self.log.warning("agent.protocol_error", close_code=close_code, reason=reason)
+        await self._stop_writer()
+        await self.ws.close(code=close_code, message=build_close_reason(reason))
+
+    async def _end_from_reader(self, reason: str) -> None:
+        """The agent side ended the connection: release it and tell the sink once."""
+        if self.state is not ConnectionState.OPEN:
+            return  # close() is under way and finishes the job
+        self.state = ConnectionState.CLOSED
+        await self._stop_writer()
+        await self.ws.close()
+        self._closed.set()
+        self.log.info("agent.ended", reason=reason, **self._stats_fields())
+        self.sink.on_agent_ended(reason)
+
+    async def _stop_writer(self) -> None:
+        """Cancel the writer task and wait for it."""
+        writer, self._writer = self._writer, None
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    async def close(self, reason: str) -> None:
+        """Send `stop`, flush what is queued (bounded), close the socket; idempotent."""
+        if self.state is not ConnectionState.OPEN:
+            await self._closed.wait()
+            return
+        self.state = ConnectionState.CLOSING
+        self._outgoing.append(
+            (
+                False,
+                build_stop(
+                    sequence_number=self._next_sequence_number(),
+                    stream_sid=self.stream_sid,
+                    call_sid=self.call_id,
+                    account_sid=self.account_sid,
+                ),
+            )
+        )
+        self._wakeup.set()
+        writer = self._writer
+        if writer is not None:
+            # A slow agent does not hold the call's end hostage: the flush has a deadline.
+            done, _ = await asyncio.wait({writer}, timeout=self.close_timeout_s)
+            if not done:
+                self.stats.media_dropped += self._queued_media
+        await self._stop_writer()
+        await self.ws.close(code=CLOSE_NORMAL, message=build_close_reason(reason))
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            await asyncio.gather(reader, return_exceptions=True)
+        self.state = ConnectionState.CLOSED
+        self._closed.set()
+        self.log.info("agent.closed", reason=reason, **self._stats_fields())
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is over, whichever side ended it."""
+        await self._closed.wait()
+
+    def _stats_fields(self) -> dict[str, int]:
+        """The counters as log fields."""
+        return {
+            "media_sent": self.stats.media_sent,
+            "media_dropped": self.stats.media_dropped,
+            "media_received": self.stats.media_received,
+            "marks_received": self.stats.marks_received,
+            "clears_received": self.stats.clears_received,
+            "messages_ignored": self.stats.messages_ignored,
+        }
+
+
+async def accept(
+    request: web.Request,
+    *,
+    sink: AgentMediaSink,
+    call_id: str,
+    audio_format: AudioFormat | None = None,
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+    custom_parameters: Mapping[str, str] | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_queued_messages: int = DEFAULT_SEND_QUEUE_MESSAGES,
+    clock: Clock | None = None,
+) -> tuple[AgentConnection, web.WebSocketResponse]:
+    """Upgrade an agent's dial-in request; the handler returns the response once it closes.
+
+    Without `audio_format` the format comes from the URL query (`?format=l16&rate=16000`); a
+    bad query raises AgentProtocolError before the upgrade, for the handler to answer 400.
+    """
+    chosen = audio_format or parse_audio_format_query(request.query)
+    ws = web.WebSocketResponse(
+        heartbeat=heartbeat_s,
+        max_msg_size=compute_max_message_bytes(max_payload_bytes),
+        # How long a close waits for the agent's closing frame: an agent that never answers
+        # must not hold the connection's reader.
+        timeout=DEFAULT_CLOSE_TIMEOUT_S,
+    )
+    await ws.prepare(request)
+    connection = AgentConnection(
+        ws,
+        sink=sink,
+        call_id=call_id,
+        audio_format=chosen,
+        account_sid=account_sid,
+        custom_parameters=custom_parameters,
+        max_payload_bytes=max_payload_bytes,
+        max_queued_messages=max_queued_messages,
+        clock=clock,
+    )
+    await connection.start()
+    return connection, ws
+
+
+async def dial_out(
+    url: str,
+    *,
+    sink: AgentMediaSink,
+    call_id: str,
+    session: aiohttp.ClientSession,
+    audio_format: AudioFormat = MULAW_8K,
+    timeout_s: float = 10.0,
+    custom_parameters: Mapping[str, str] | None = None,
+    account_sid: str = DEFAULT_ACCOUNT_SID,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_queued_messages: int = DEFAULT_SEND_QUEUE_MESSAGES,
+    clock: Clock | None = None,
+) -> AgentConnection:
+    """Open a WebSocket to the agent's URL, as Twilio does, and start the stream on it."""
+    if urlsplit(url).scheme not in ("ws", "wss"):
+        raise AgentDialError(f"agent URL must be ws:// or wss://, got {url!r}")
+    try:
+        async with asyncio.timeout(timeout_s):
+            ws = await session.ws_connect(
+                url,
+                heartbeat=heartbeat_s,
+                max_msg_size=compute_max_message_bytes(max_payload_bytes),
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=DEFAULT_CLOSE_TIMEOUT_S),
+            )
+    except TimeoutError:
+        raise AgentDialError(f"agent at {url} did not answer within {timeout_s} s") from None
+    except aiohttp.ClientError as exc:
+        raise AgentDialError(f"agent at {url} refused the WebSocket: {exc}") from None
+    connection = AgentConnection(
+        ws,
+        sink=sink,
+        call_id=call_id,
+        audio_format=audio_format,
+        account_sid=account_sid,
+        custom_parameters=custom_parameters,
+        max_payload_bytes=max_payload_bytes,
+        max_queued_messages=max_queued_messages,
+        clock=clock,
+    )
+    await connection.start()
+    return connection
