@@ -49,8 +49,9 @@ class CallerAudioDecoder:
             assert isinstance(context, AudioCodecContext)
             context.sample_rate = OPUS_RATE_HZ
             context.layout = "mono"
-            context.format = "s16"
             self._opus = context
+            # FFmpeg decodes Opus to planar float: convert format and rate in one step.
+            self._opus_resampler = av.AudioResampler(format="s16", layout="mono", rate=out_rate_hz)
         self._resampler = _Resampler(codec.clock_rate_hz, out_rate_hz)
 
     def decode(self, payload: bytes) -> Pcm:
@@ -65,8 +66,12 @@ class CallerAudioDecoder:
                 frames = self._opus.decode(av.Packet(payload))
             except av.error.FFmpegError as exc:
                 raise OpusPacketError(f"Opus payload does not decode: {exc}") from None
-            chunks = [f.to_ndarray().reshape(-1) for f in frames]
-            pcm = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
+            chunks = [
+                out.to_ndarray().reshape(-1)
+                for frame in frames
+                for out in self._opus_resampler.resample(frame)
+            ]
+            return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
         return self._resampler.resample(pcm)
 
 
