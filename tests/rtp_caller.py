@@ -38,7 +38,7 @@ class RtpCaller(asyncio.DatagramProtocol):
         """Keep every RTP packet the server sends."""
         if len(data) < 12 or data[1] & 0x7F in range(72, 96):
             return  # RTCP
-        first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+        _, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
         self.received.append(
             ReceivedPacket(time.monotonic_ns(), second & 0x7F, sequence, timestamp, ssrc, data[12:])
         )

@@ -1,4 +1,4 @@
-"""End to end over plain RTP: a caller, a Twilio-style agent, the server between them, the recording."""
+"""End to end over plain RTP: a caller, a Twilio-style agent, the server between, the recording."""
 
 import asyncio
 from pathlib import Path
@@ -8,7 +8,14 @@ import numpy as np
 from rtp_caller import open_caller
 from server_harness import auth, make_settings, running_server, wait_for_recording
 
-from audio_oracle import RATE_HZ, assert_valid_opus, find_onset, tone_amplitude, tone_envelope
+from audio_oracle import (
+    RATE_HZ,
+    assert_valid_opus,
+    decode_ogg,
+    find_onset,
+    tone_amplitude,
+    tone_envelope,
+)
 from rtp_sender import marker_template, silence_payload
 from twilio_agent import dial_in
 
@@ -25,9 +32,7 @@ def _caller_payloads(total_s: float, marker_s: float) -> list[bytes]:
     return payloads
 
 
-async def _fetch_stereo(
-    client: aiohttp.ClientSession, base: str, call_id: str, path: Path
-) -> bytes:
+async def _fetch_stereo(client: aiohttp.ClientSession, base: str, call_id: str) -> bytes:
     """Download the stereo file in two ranged requests and once whole; they must agree."""
     url = f"{base}/v1/recordings/{call_id}/audio?channel=stereo"
     async with client.get(url, headers=auth()) as response:
@@ -40,14 +45,11 @@ async def _fetch_stereo(
             assert response.status == 206
             parts.append(await response.read())
     assert b"".join(parts) == whole
-    path.write_bytes(whole)
     return whole
 
 
 async def test_rtp_caller_and_agent_are_recorded_in_sync(tmp_path: Path) -> None:
-    """Caller tone left, agent tone right, offset as heard on the wire; agent got the caller's tone."""
-    from audio_oracle import decode_ogg
-
+    """Caller tone left, agent tone right, offset as heard on the wire; the agent hears it."""
     async with (
         running_server(make_settings(tmp_path)) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,
@@ -74,11 +76,12 @@ async def test_rtp_caller_and_agent_are_recorded_in_sync(tmp_path: Path) -> None
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
         await wait_for_recording(client, base, call_id)
-        stereo = tmp_path / "stereo.opus"
-        await _fetch_stereo(client, base, call_id, stereo)
+        stereo_bytes = await _fetch_stereo(client, base, call_id)
         assert caller.transport is not None
         caller.transport.close()
 
+    stereo = tmp_path / "stereo.opus"
+    stereo.write_bytes(stereo_bytes)
     assert_valid_opus(stereo)
     audio = decode_ogg(stereo)
     assert audio.shape[0] == 2
@@ -102,9 +105,7 @@ async def test_rtp_caller_and_agent_are_recorded_in_sync(tmp_path: Path) -> None
 
 
 async def test_barge_in_clear_cuts_the_agent_and_returns_its_mark(tmp_path: Path) -> None:
-    """Agent sends 5 s, clears after ~1 s: ~1 s of agent audio is played and recorded; mark echoed."""
-    from audio_oracle import decode_ogg
-
+    """Agent sends 5 s, clears after ~1 s: ~1 s is played and recorded, and its mark comes back."""
     async with (
         running_server(make_settings(tmp_path)) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,
@@ -133,12 +134,13 @@ async def test_barge_in_clear_cuts_the_agent_and_returns_its_mark(tmp_path: Path
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
         await wait_for_recording(client, base, call_id)
-        stereo = tmp_path / "stereo.opus"
-        await _fetch_stereo(client, base, call_id, stereo)
+        stereo_bytes = await _fetch_stereo(client, base, call_id)
         assert caller.transport is not None
         caller.transport.close()
 
     assert 50 <= played <= 60, played  # ~1 s, not 5 s
+    stereo = tmp_path / "stereo.opus"
+    stereo.write_bytes(stereo_bytes)
     audio = decode_ogg(stereo)
     envelope = tone_envelope(audio[1].astype(np.float32), AGENT_HZ)
     agent_seconds = float(np.count_nonzero(envelope > 0.05)) / RATE_HZ

@@ -1,4 +1,4 @@
-"""Playout queue: 20 ms frames in order, marks after their audio, clear drops audio and returns marks."""
+"""Playout queue: 20 ms frames in order, marks after their audio, clear drops audio, not marks."""
 
 import numpy as np
 from hypothesis import given
@@ -103,7 +103,7 @@ def test_buffer_limit_drops_oldest_audio() -> None:
 
 @given(st.lists(st.one_of(st.integers(1, 500), st.text(min_size=1, max_size=3)), max_size=40))
 def test_everything_pushed_comes_out_once_in_order(items: list[int | str]) -> None:
-    """Any mix of chunks and marks: all audio plays in order, every mark is reached once, in order."""
+    """Any mix of chunks and marks: all audio plays in order, every mark is reached once."""
     playout = Playout(RATE)
     expected_audio = []
     counter = 0
