@@ -72,6 +72,7 @@ class CallSession:
         self._agent_sequence = secrets.randbits(16)
         self._agent_timestamp = secrets.randbits(32)
         self._open_legs = {Channel.CALLER, Channel.AGENT}
+        self._caller_drops: dict[str, int] = {}
         self.stats = SessionStats()
         self.log = log.bind(call_id=call_id)
 
@@ -81,8 +82,7 @@ class CallSession:
             "undecodable_for_agent": self.stats.caller_undecodable,
             "late_for_agent": self.stats.caller_late_for_agent,
         }
-        for link in (self.caller,):
-            counts.update(getattr(link, "drop_counts", dict)())
+        counts.update(self._caller_drops or _transport_drops(self.caller))
         return counts
 
     @property
@@ -243,8 +243,15 @@ class CallSession:
                 self._spawn(agent.close(reason))
         else:
             caller, self.caller = self.caller, None
+            self._caller_drops = _transport_drops(caller)
             if caller is not None:
                 self._spawn(caller.close())
         self.recorder.end_channel(self.call_id, channel, end_reason)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
+
+
+def _transport_drops(link: CallerLink | None) -> dict[str, int]:
+    """A caller transport's dropped-packet counts by reason, if it keeps them."""
+    dropped = getattr(getattr(link, "stats", None), "dropped_in", None) or {}
+    return {str(reason): int(count) for reason, count in dropped.items()}
