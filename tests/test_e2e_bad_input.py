@@ -133,16 +133,21 @@ async def test_bad_input_everywhere_leaves_other_calls_intact(tmp_path: Path) ->
         async with anonymous.get(f"{base}/healthz") as response:
             assert response.status == 200
 
-        # An agent that sends garbage is disconnected with a reason; its call goes on.
-        ws_url = base.replace("http", "ws") + f"/v1/calls/{victim}/agent"
-        for frame, close_code in (
+        # Agents that send garbage are disconnected with a reason; their calls go on.
+        garbage_calls = []
+        frames: list[tuple[bytes | str, int]] = [
             (b"\x00\x01binary", 1003),
             ("not json", 1007),
             ('{"event": "media"}', 1007),
-        ):
+        ]
+        for frame, close_code in frames:
+            async with client.post(f"{base}/v1/calls", json={}) as response:
+                call_id = (await response.json())["call_id"]
+            garbage_calls.append(call_id)
+            ws_url = base.replace("http", "ws") + f"/v1/calls/{call_id}/agent"
             async with client.ws_connect(ws_url) as ws:
-                await ws.receive_json()  # connected
-                await ws.receive_json()  # start
+                assert (await ws.receive_json())["event"] == "connected"
+                assert (await ws.receive_json())["event"] == "start"
                 if isinstance(frame, bytes):
                     await ws.send_bytes(frame)
                 else:
@@ -150,14 +155,13 @@ async def test_bad_input_everywhere_leaves_other_calls_intact(tmp_path: Path) ->
                 message = await asyncio.wait_for(ws.receive(), 5)
                 assert message.type == aiohttp.WSMsgType.CLOSE
                 assert message.data == close_code
-                assert message.extra
-            break  # the agent leg of a call ends once; later attempts get 409
-        async with client.get(ws_url) as response:
-            assert response.status == 409
+                assert message.extra  # the reason
+            async with client.get(ws_url) as response:  # that call's agent leg is over
+                assert response.status == 409
 
         async with client.get(f"{base}/v1/calls") as response:
             live = {c["call_id"]: c for c in (await response.json())["calls"]}
-        assert {good, victim} <= set(live)
+        assert {good, victim, *garbage_calls} <= set(live)
         assert live[good]["dropped"]["wrong_source"] >= 1000
 
         await sending
