@@ -363,6 +363,13 @@ async def test_unbindable_host_address_fails_setup(client_offer: str) -> None:
     assert len(open_peer_connections()) == before
 
 
+def test_sdp_errors_carry_their_http_status() -> None:
+    """Malformed SDP maps to 400, well-formed but unsupported SDP to 422."""
+    malformed, unsupported = MalformedSdpError("x"), UnsupportedSdpError("x")
+    assert (malformed.http_status, malformed.code) == (400, "malformed_sdp")
+    assert (unsupported.http_status, unsupported.code) == (422, "unsupported_sdp")
+
+
 def test_bad_ice_settings_are_rejected() -> None:
     """ICE server URLs and host addresses are checked, naming the bad value."""
     with pytest.raises(SettingsError, match="ftp://x"):
@@ -370,6 +377,19 @@ def test_bad_ice_settings_are_rejected() -> None:
     with pytest.raises(SettingsError, match="localhost"), use_ice_host_addresses(["localhost"]):
         pass
     assert IceServer("stun:stun.example.org:3478").url == "stun:stun.example.org:3478"
+
+
+async def test_bare_ice_server_urls_are_checked(client_offer: str) -> None:
+    """ICE servers given as bare URLs are checked like IceServers, before anything is opened."""
+    before = len(open_peer_connections())
+    with pytest.raises(SettingsError, match="turnx:"):
+        await WebRtcCallerTransport.answer(
+            client_offer,
+            sink=CollectingSink(),
+            ice_servers=["turnx:turn.example.org"],
+            ice_host_addresses=LOOPBACK,
+        )
+    assert len(open_peer_connections()) == before
 
 
 # --- media ------------------------------------------------------------------------------------
@@ -494,7 +514,7 @@ async def test_trickled_candidates_connect_the_call() -> None:
         fragment = f"a=mid:{mid}\r\n" + "".join(
             line + "\r\n" for line in candidate_lines(offer_sdp)
         )
-        await transport.add_ice_candidate(fragment + "a=end-of-candidates\r\n")
+        await transport.add_ice_candidates(fragment + "a=end-of-candidates\r\n")
         await asyncio.wait_for(sink.wait_for_packets(5), TIMEOUT_S)
     finally:
         await transport.close()
@@ -504,13 +524,13 @@ async def test_trickled_candidates_connect_the_call() -> None:
 async def test_bad_trickled_candidate_is_malformed(tone_call: Call) -> None:
     """A candidate line that cannot be parsed raises MalformedSdpError."""
     with pytest.raises(MalformedSdpError):
-        await tone_call.transport.add_ice_candidate("a=mid:0\r\na=candidate:1 1 udp\r\n")
+        await tone_call.transport.add_ice_candidates("a=mid:0\r\na=candidate:1 1 udp\r\n")
 
 
 async def test_ice_restart_is_unsupported(tone_call: Call) -> None:
     """A fragment with new ICE credentials (an ICE restart) raises UnsupportedSdpError."""
     with pytest.raises(UnsupportedSdpError):
-        await tone_call.transport.add_ice_candidate(
+        await tone_call.transport.add_ice_candidates(
             "a=ice-ufrag:newU\r\na=ice-pwd:newpasswordnewpassword12\r\nm=audio 9 RTP/AVP 0\r\n"
         )
 

@@ -54,6 +54,10 @@ async def create_session(request: web.Request) -> web.Response:
         if created:
             hub.discard(session)  # nothing stays allocated for a refused offer
         raise _sdp_error(exc) from None
+    except BaseException:
+        if created:
+            hub.discard(session)
+        raise
     session.attach_caller(transport)
     location = f"/whip/{session.call_id}"
     return web.Response(
