@@ -9,9 +9,9 @@ import aiohttp
 import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
+from server_harness import auth, make_settings, running_server, wait_for_recording
 
 from audio_oracle import assert_valid_opus, decode_ogg, find_onset, tone_amplitude
-from server_harness import auth, make_settings, running_server, wait_for_recording
 from twilio_agent import dial_in
 from webrtc_peer import ClientPeer
 
@@ -81,7 +81,7 @@ async def test_whip_caller_and_agent_are_recorded(tmp_path: Path) -> None:
             assert "a=setup:passive" in answer
             await peer.accept_answer(answer)
             while track.burst_sent_ns is None or time.monotonic_ns() < track.burst_sent_ns + 1e9:
-                await asyncio.sleep(0.05)  # noqa: ASYNC110 (the caller's own clock drives this)
+                await asyncio.sleep(0.05)
             agent_sent_ns = time.monotonic_ns()
             await agent.send_tone(AGENT_HZ, 300)
             await asyncio.wait_for(peer.wait_for_samples(RATE * 3), 10)
