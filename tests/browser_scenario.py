@@ -1,7 +1,6 @@
-"""A browser call, run inside a loopback-only network namespace: server, agent and headless Chromium.
+"""A browser call inside a loopback-only network namespace: server, agent, headless Chromium."""
 
-Usage: python tests/browser_scenario.py OUT_DIR CALLER_WAV — prints one JSON line with the results.
-"""
+# Usage: python tests/browser_scenario.py OUT_DIR CALLER_WAV; prints one JSON line of results.
 
 import asyncio
 import json
@@ -60,8 +59,8 @@ async def run(out_dir: Path, wav: Path) -> dict[str, object]:
             await agent.wait_for("start")
             url = f"{base}/demo?token={TOKEN}&call_id={call_id}&autostart=1"
             with tempfile.TemporaryDirectory() as profile:
-                browser = subprocess.Popen(
-                    chromium_command(url, wav, profile),
+                browser = await asyncio.create_subprocess_exec(
+                    *chromium_command(url, wav, profile),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -75,7 +74,7 @@ async def run(out_dir: Path, wav: Path) -> dict[str, object]:
                         assert r.status == 202
                 finally:
                     browser.terminate()
-                    browser.wait(timeout=20)
+                    await asyncio.wait_for(browser.wait(), 20)
         manifest = await wait_for_recording(client, base, call_id)
         async with client.get(f"{base}/v1/recordings/{call_id}/audio") as r:
             (out_dir / "stereo.opus").write_bytes(await r.read())

@@ -30,7 +30,8 @@ def _write_caller_wav(path: Path) -> None:
 def test_chromium_calls_through_the_demo_page(tmp_path: Path) -> None:
     """Chromium's fake microphone tone is on the left, the agent's answer on the right."""
     assert Path("/usr/lib/chromium/chromium").exists(), "install the Debian chromium package"
-    assert shutil.which("unshare") and shutil.which("ip"), "util-linux and iproute2 are required"
+    assert shutil.which("unshare"), "util-linux is required"
+    assert shutil.which("ip"), "iproute2 is required"
     wav = tmp_path / "caller.wav"
     _write_caller_wav(wav)
     # Only loopback exists inside the namespace, so ICE cannot wander onto a real interface.

@@ -28,6 +28,7 @@ class BurstTrack(AudioStreamTrack):
         self.burst_at_s = burst_at_s
         self.burst_s = burst_s
         self.burst_sent_ns: int | None = None
+        self.burst_started = asyncio.Event()
         self._pts = 0
         self._start_s: float | None = None
 
@@ -44,6 +45,7 @@ class BurstTrack(AudioStreamTrack):
         if inside.any() and self.burst_sent_ns is None:
             offset_s = (np.argmax(inside) + self._pts) / RATE - self._pts / RATE
             self.burst_sent_ns = time.monotonic_ns() + int(offset_s * 1e9)
+            self.burst_started.set()
         samples = np.where(inside, 0.5 * 32767 * np.sin(2 * np.pi * CALLER_HZ * t), 0)
         frame = AudioFrame.from_ndarray(
             samples.astype(np.int16).reshape(1, -1), format="s16", layout="mono"
@@ -80,8 +82,8 @@ async def test_whip_caller_and_agent_are_recorded(tmp_path: Path) -> None:
                 answer = await response.text()
             assert "a=setup:passive" in answer
             await peer.accept_answer(answer)
-            while track.burst_sent_ns is None or time.monotonic_ns() < track.burst_sent_ns + 1e9:
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(track.burst_started.wait(), 10)
+            await asyncio.sleep(1.0)  # the agent answers a second after the caller spoke
             agent_sent_ns = time.monotonic_ns()
             await agent.send_tone(AGENT_HZ, 300)
             await asyncio.wait_for(peer.wait_for_samples(RATE * 3), 10)
