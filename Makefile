@@ -7,7 +7,7 @@ setup:
 	@scripts/bootstrap
 
 run: setup
-	$(BIN)/mediaserver demo
+	$(BIN)/mediaserver serve
 
 test: setup
 	$(BIN)/pytest -q
@@ -26,6 +26,8 @@ bench: setup
 	$(BIN)/python bench/bench_merge.py --minutes 60
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_rtp_capacity.py
+	$(BIN)/python bench/bench_webrtc_capacity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

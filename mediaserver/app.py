@@ -24,7 +24,7 @@ from mediaserver.api.keys import (
 )
 from mediaserver.calls import CallHub
 from mediaserver.finalize import FinalizeOptions
-from mediaserver.metrics import LoopLagMonitor, Metrics, Sample
+from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.manifest import Manifest
 from mediaserver.settings import Settings
@@ -87,6 +87,7 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
         retention_s=settings.retention_s,
         sweep_interval_s=settings.sweep_interval_s,
         flush_interval_s=settings.flush_interval_s,
+        enabled=settings.recording_enabled,
     )
     metrics = app[METRICS]
 
@@ -131,7 +132,7 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
 async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
     """Expose the recorder's and the calls' counters to Prometheus."""
 
-    def read() -> Iterator[tuple[str, str, str, list[Sample]]]:
+    def read() -> Iterator[Report]:
         stats = app[RECORDER].stats()
         hub = app[HUB]
         yield (

@@ -1,4 +1,4 @@
-"""The live calls of one server: their sessions, the shared 20 ms pacer, and every task they spawn."""
+"""The live calls of one server: their sessions, the shared 20 ms pacer, the tasks they spawn."""
 
 import asyncio
 import time

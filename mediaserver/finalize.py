@@ -270,7 +270,7 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
         )
         for i, grid in zip(inputs, grids, strict=True)
     ]
-    grid = max(grids + [PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
+    grid = max([*grids, PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
     starts = [
         _to_48k(t.placements[0].start, i.codec)
         for t, i in zip(timelines, inputs, strict=True)

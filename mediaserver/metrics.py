@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 Sample = tuple[str, dict[str, str], float]
+Report = tuple[str, str, str, Sequence[Sample]]  # name, kind, help, samples
 
 
 class LoopLagMonitor:
@@ -44,7 +45,7 @@ class LoopLagMonitor:
 class _StatsCollector(Collector):
     """Turns the server's plain counters into metric families when Prometheus scrapes."""
 
-    def __init__(self, read: Callable[[], Iterator[tuple[str, str, str, list[Sample]]]]):
+    def __init__(self, read: Callable[[], Iterator[Report]]):
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
@@ -81,7 +82,7 @@ class Metrics:
         self.started_at = time.time()
 
     def add_stats_source(
-        self, read: Callable[[], Iterator[tuple[str, str, str, list[Sample]]]]
+        self, read: Callable[[], Iterator[Report]]
     ) -> None:
         """Register a function that reports counters and gauges at scrape time."""
         self.registry.register(_StatsCollector(read))

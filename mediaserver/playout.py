@@ -1,4 +1,4 @@
-"""The agent's playout queue: audio and marks in order, taken out 20 ms at a time, cleared on barge-in."""
+"""The agent's playout queue: audio and marks in order, 20 ms at a time, cleared on barge-in."""
 
 from collections import deque
 from dataclasses import dataclass

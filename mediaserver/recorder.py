@@ -87,8 +87,10 @@ class Recorder:
         sweep_interval_s: float = 600.0,
         flush_interval_s: float = 1.0,
         clock: Clock | None = None,
+        enabled: bool = True,
     ) -> None:
         self.spool_root = spool_root
+        self.enabled = enabled  # AUDIO_CACHE_ENABLED: calls still run, nothing is kept
         self.store = store
         self.options = options
         self.retention_ns = int(retention_s * 1e9)
@@ -223,10 +225,12 @@ class Recorder:
             raise UnknownCallError(f"no live call {call_id}")
         if channel not in live.call.open_channels:
             raise CallStateError(f"call {call_id}: {channel.value} channel already ended")
+        live.call.touch(arrival_ns)
+        if not self.enabled:
+            return
         live.writers[channel].append(
             arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, marker, payload
         )
-        live.call.touch(arrival_ns)
         self.packets_recorded += 1
 
     def record_rtp(
@@ -246,11 +250,13 @@ class Recorder:
         if arrival_ns is None:
             arrival_ns = self.clock.monotonic_ns()
         # The hot path: one call per packet into the journal, positional arguments only.
+        live.call.last_activity_ns = arrival_ns
+        if not self.enabled:
+            return True
         payload_type, sequence, timestamp, ssrc, marker, start, end = header
         live.writers[channel].append(
             arrival_ns, timestamp, ssrc, sequence, payload_type, marker, data[start:end]
         )
-        live.call.last_activity_ns = arrival_ns
         self.packets_recorded += 1
         return True
 
@@ -269,6 +275,9 @@ class Recorder:
         if not last:
             return None
         del self._calls[call_id]
+        if not self.enabled:  # recording switched off: the call leaves nothing behind
+            shutil.rmtree(live.spool_dir)  # two empty journals and a small description
+            return None
         self.calls_finalized += 1
         options = replace(self.options, end_reason=reason.value)
         return self._start_finalize(call_id, live.spool_dir, options)

@@ -171,3 +171,32 @@ async def test_wideband_agent_gets_16_khz_pcm(tmp_path: Path) -> None:
         caller.transport.close()
     assert heard.size >= 0.8 * 16000
     assert np.abs(heard).max() > 3000
+
+
+async def test_recording_disabled_runs_calls_and_keeps_nothing(tmp_path: Path) -> None:
+    """AUDIO_CACHE_ENABLED=false: calls work, nothing is journalled or stored."""
+    settings = make_settings(tmp_path, recording_enabled=False)
+    async with (
+        running_server(settings) as (_, base),
+        aiohttp.ClientSession(headers=auth()) as client,
+    ):
+        async with client.post(f"{base}/v1/calls", json={}) as response:
+            call_id = (await response.json())["call_id"]
+        async with client.post(f"{base}/v1/calls/{call_id}/rtp", json={}) as response:
+            leg = await response.json()
+        caller = await open_caller(leg["host"], leg["port"])
+        await caller.send_stream([silence_payload()] * 25)
+        async with client.get(f"{base}/v1/calls/{call_id}") as response:
+            assert (await response.json())["legs"]["caller"]["packets"] == 25
+        journal = tmp_path / "spool" / call_id / "caller.journal"
+        assert journal.stat().st_size <= 64  # the header only
+        async with client.delete(f"{base}/v1/calls/{call_id}") as response:
+            assert response.status == 202
+        async with client.get(f"{base}/v1/recordings/{call_id}") as response:
+            assert response.status == 404
+        assert caller.transport is not None
+        caller.transport.close()
+    assert not any((tmp_path / "spool").iterdir())
+    assert not (tmp_path / "recordings").exists() or not any(
+        (tmp_path / "recordings").rglob("*.opus")
+    )
