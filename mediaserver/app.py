@@ -165,10 +165,19 @@ async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
             ],
         )
         yield (
-            "mediaserver_uploads_failed",
+            "mediaserver_uploads",
             "counter",
-            "Recordings that could not be stored after every retry.",
-            [("", {}, stats.uploads_failed)],
+            "Recordings handed to the store, by result (failed: after every retry).",
+            [
+                ("", {"result": "stored"}, stats.uploads_stored),
+                ("", {"result": "failed"}, stats.uploads_failed),
+            ],
+        )
+        yield (
+            "mediaserver_caller_packets",
+            "counter",
+            "RTP packets received from callers (in) and agent frames sent to them (out).",
+            [("", {"direction": d}, n) for d, n in hub.packet_counts().items()],
         )
         yield (
             "mediaserver_pacer_late_ticks",

@@ -30,6 +30,7 @@ class CallHub:
         self._pacer: asyncio.Task[None] | None = None
         self.pacer_late_ticks = 0
         self._ended_drops: Counter[str] = Counter()
+        self._ended_packets: Counter[str] = Counter()
         recorder.on_expire = self._expire
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -108,6 +109,14 @@ class CallHub:
         """Drop a session whose legs have both ended, keeping its counts."""
         self._sessions.pop(session.call_id, None)
         self._ended_drops.update(session.drop_counts())
+        self._ended_packets.update(session.packet_counts())
+
+    def packet_counts(self) -> dict[str, int]:
+        """Packets received from callers and sent to them since start."""
+        total = Counter(self._ended_packets)
+        for session in self._sessions.values():
+            total.update(session.packet_counts())
+        return dict(total)
 
     def drop_counts(self) -> dict[str, int]:
         """Packets dropped inside the server since start, by reason."""

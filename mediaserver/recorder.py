@@ -71,6 +71,7 @@ class RecorderStats:
     calls_expired: int
     calls_recovered: int
     uploads_failed: int
+    uploads_stored: int
 
 
 class Recorder:
@@ -112,6 +113,7 @@ class Recorder:
         self.calls_expired = 0
         self.calls_recovered = 0
         self.uploads_failed = 0
+        self.uploads_stored = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -349,6 +351,7 @@ class Recorder:
             calls_expired=self.calls_expired,
             calls_recovered=self.calls_recovered,
             uploads_failed=self.uploads_failed,
+            uploads_stored=self.uploads_stored,
         )
 
     async def _flush_loop(self) -> None:
@@ -440,6 +443,7 @@ class Recorder:
             await asyncio.to_thread((spool_dir / MANIFEST_FILE).write_text, failed.to_json())
             bound.error("recording.upload_failed", error=str(exc), spool=str(spool_dir))
             return failed
+        self.uploads_stored += 1
         await asyncio.to_thread(shutil.rmtree, spool_dir)
         bound.info(
             "call.finalized",

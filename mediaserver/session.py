@@ -76,6 +76,10 @@ class CallSession:
         self.stats = SessionStats()
         self.log = log.bind(call_id=call_id)
 
+    def packet_counts(self) -> dict[str, int]:
+        """Caller packets received and agent frames sent to the caller."""
+        return {"in": self.stats.caller_packets, "out": self.stats.agent_frames_played}
+
     def drop_counts(self) -> dict[str, int]:
         """Packets this call dropped, by reason (its transports' counts included)."""
         counts = {

@@ -106,7 +106,8 @@ async def test_health_readiness_and_metrics(tmp_path: Path) -> None:
         "mediaserver_packets_recorded_total",
         "mediaserver_packets_dropped_total",
         "mediaserver_calls_finalized_total",
-        "mediaserver_uploads_failed_total",
+        'mediaserver_uploads_total{result="failed"}',
+        'mediaserver_caller_packets_total{direction="in"}',
         "mediaserver_event_loop_lag_seconds_bucket",
         "mediaserver_finalize_seconds_bucket",
     ):
