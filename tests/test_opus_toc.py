@@ -25,8 +25,6 @@ from mediaserver.audio.opus_toc import (
 from mediaserver.errors import OpusPacketError
 
 _LIBOPUS_PATH = ctypes.util.find_library("opus")
-# libopus (Debian libopus0, pulled in by opus-tools) is a required test dependency: no skipping.
-needs_libopus = pytest.mark.usefixtures()  # marks the tests that call into libopus
 # libopus's opus_defines.h bandwidth constants.
 LIBOPUS_BANDWIDTHS = {
     1101: OpusBandwidth.NARROWBAND,
@@ -87,7 +85,6 @@ def test_parse_toc_table(toc: int, expected: OpusToc) -> None:
     assert parse_opus_toc(bytes([toc])) == expected
 
 
-@needs_libopus
 @pytest.mark.parametrize("toc", range(256))
 def test_toc_agrees_with_libopus(toc: int) -> None:
     """Bandwidth, channel count and frame size of every TOC byte match libopus's accessors."""
@@ -132,7 +129,6 @@ def test_packet_samples_table(data: bytes, expected_samples: int) -> None:
     assert compute_packet_samples(data) == expected_samples
 
 
-@needs_libopus
 @pytest.mark.parametrize(("data", "expected_samples"), PACKET_CASES)
 def test_packet_table_agrees_with_libopus(data: bytes, expected_samples: int) -> None:
     """libopus's framing parser accepts each table packet with the same sample count."""
@@ -285,7 +281,6 @@ def test_rejects_code_3_vbr_last_frame_over_1275_bytes() -> None:
         compute_packet_samples(bytes([0xFB, 0x82, 0x00]) + bytes(1276))
 
 
-@needs_libopus
 @given(st.binary(max_size=40) | st.binary(min_size=1270, max_size=2600))
 @example(bytes([0xFB, 0xC1, 0xFF, 0xFF]) + bytes(600))  # two 255 padding bytes, then 0x00
 def test_fuzz_agrees_with_libopus(data: bytes) -> None:
