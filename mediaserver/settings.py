@@ -62,6 +62,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
     rtp_host: str = "127.0.0.1"
+    rtp_public_host: str = ""
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
     rtp_media_timeout_s: float = 30.0

@@ -250,7 +250,7 @@ async def create_rtp_leg(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "call_id": session.call_id,
-            "host": settings.rtp_host,
+            "host": settings.rtp_public_host or settings.rtp_host,
             "port": port,
             "codec": codec.value,
             "payload_type": transport.payload_type,
