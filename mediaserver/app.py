@@ -58,7 +58,10 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _process_pool(app: web.Application) -> AsyncIterator[None]:
     """Worker processes that build recordings."""
-    pool = create_process_pool(app[SETTINGS].finalize_workers)
+    settings = app[SETTINGS]
+    pool = create_process_pool(
+        settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
+    )
     app[PROCESS_POOL] = pool
     yield
     await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

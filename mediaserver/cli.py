@@ -144,7 +144,9 @@ def _sample_streams() -> tuple[RtpStream, RtpStream | None]:
 async def _run_demo(settings: Settings) -> Manifest | None:
     """Replay the bundled capture into a live call and finalize it into storage."""
     caller, agent = await asyncio.to_thread(_sample_streams)
-    with create_process_pool(settings.finalize_workers) as executor:
+    with create_process_pool(
+        settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
+    ) as executor:
         recorder = await _recorder(settings, executor)
         await recorder.start()
         try:
@@ -191,7 +193,9 @@ def _print_stored(settings: Settings, manifest: Manifest | None) -> int:
 
 async def _run_recover(settings: Settings) -> int:
     """Finalize every leftover spool now."""
-    with create_process_pool(settings.finalize_workers) as executor:
+    with create_process_pool(
+        settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
+    ) as executor:
         recorder = await _recorder(settings, executor)
         started = await recorder.recover()
         results = [await recorder.wait_finalized(call_id) for call_id in started]

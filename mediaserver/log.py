@@ -6,7 +6,7 @@ import sys
 import structlog
 
 
-def configure_logging(*, log_format: str = "auto", log_level: str = "info") -> None:
+def configure_logging(log_format: str = "auto", log_level: str = "info") -> None:
     """Set up structlog once for the process."""
     use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (

@@ -81,9 +81,7 @@ class Metrics:
         )
         self.started_at = time.time()
 
-    def add_stats_source(
-        self, read: Callable[[], Iterator[Report]]
-    ) -> None:
+    def add_stats_source(self, read: Callable[[], Iterator[Report]]) -> None:
         """Register a function that reports counters and gauges at scrape time."""
         self.registry.register(_StatsCollector(read))
 
