@@ -1,6 +1,7 @@
 """Independent checks of audio files: decode with PyAV, validate with opusinfo, find tone onsets."""
 
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -76,3 +77,37 @@ def tone_amplitude(
     if segment.size == 0:
         return 0.0
     return float(tone_envelope(segment, freq_hz).mean())
+
+
+def encode_tone_packets(
+    frequency_hz: float,
+    duration_s: float,
+    frame_duration_ms: float = 20,
+    bit_rate: int = 32000,
+    *,
+    flush: bool = True,
+) -> list[bytes]:
+    """Mono Opus packets of a sine tone from PyAV's libopus encoder (flushed unless told not)."""
+    context = av.CodecContext.create("libopus", "w")
+    context.sample_rate = RATE_HZ
+    context.layout = "mono"
+    context.format = "s16"
+    context.bit_rate = bit_rate
+    context.options = {"frame_duration": f"{frame_duration_ms:g}"}
+    context.open()
+    frame_samples = context.frame_size
+    total_samples = round(RATE_HZ * duration_s / frame_samples) * frame_samples
+    time_s = np.arange(total_samples) / RATE_HZ
+    pcm = (np.sin(2 * np.pi * frequency_hz * time_s) * 10_000).astype(np.int16)
+    packets: list[bytes] = []
+    for start in range(0, total_samples, frame_samples):
+        frame = av.AudioFrame.from_ndarray(
+            pcm[start : start + frame_samples].reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = RATE_HZ
+        frame.pts = start
+        frame.time_base = Fraction(1, RATE_HZ)
+        packets += [bytes(packet) for packet in context.encode(frame)]
+    if flush:
+        packets += [bytes(packet) for packet in context.encode(None)]
+    return packets

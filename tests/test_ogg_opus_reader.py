@@ -7,12 +7,10 @@ import dataclasses
 import io
 import subprocess
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,31 +20,9 @@ from mediaserver.audio.ogg_opus_writer import OggOpusWriter
 from mediaserver.audio.ogg_page import OggPage, build_ogg_page, parse_ogg_pages
 from mediaserver.errors import OggError
 
+from audio_oracle import encode_tone_packets
+
 SAMPLE_RATE_HZ = 48000
-
-
-def encode_tone_packets(frequency_hz: float, duration_s: float) -> list[bytes]:
-    """Mono 20 ms Opus packets of a sine tone from PyAV's libopus encoder."""
-    context = av.CodecContext.create("libopus", "w")
-    context.sample_rate = SAMPLE_RATE_HZ
-    context.layout = "mono"
-    context.format = "s16"
-    context.options = {"frame_duration": "20"}
-    context.open()
-    total_samples = round(duration_s * 50) * 960
-    time_s = np.arange(total_samples) / SAMPLE_RATE_HZ
-    pcm = (np.sin(2 * np.pi * frequency_hz * time_s) * 10_000).astype(np.int16)
-    packets: list[bytes] = []
-    for start in range(0, total_samples, 960):
-        frame = av.AudioFrame.from_ndarray(
-            pcm[start : start + 960].reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE_HZ
-        frame.pts = start
-        frame.time_base = Fraction(1, SAMPLE_RATE_HZ)
-        packets += [bytes(packet) for packet in context.encode(frame)]
-    packets += [bytes(packet) for packet in context.encode(None)]
-    return packets
 
 
 @pytest.fixture(scope="module")

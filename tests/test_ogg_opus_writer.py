@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +14,10 @@ import pytest
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
 from mediaserver.audio.ogg_page import parse_ogg_pages
 
+from audio_oracle import encode_tone_packets
+
 SAMPLE_RATE_HZ = 48000
 PRE_SKIP_SAMPLES = 312
-
-
-def encode_tone_packets(
-    frequency_hz: float, duration_s: float, frame_duration_ms: float = 20, bit_rate: int = 32000
-) -> list[bytes]:
-    """Mono Opus packets of a sine tone from PyAV's libopus encoder."""
-    context = av.CodecContext.create("libopus", "w")
-    context.sample_rate = SAMPLE_RATE_HZ
-    context.layout = "mono"
-    context.format = "s16"
-    context.bit_rate = bit_rate
-    context.options = {"frame_duration": f"{frame_duration_ms:g}"}
-    context.open()
-    frame_samples = context.frame_size
-    total_samples = round(SAMPLE_RATE_HZ * duration_s / frame_samples) * frame_samples
-    time_s = np.arange(total_samples) / SAMPLE_RATE_HZ
-    pcm = (np.sin(2 * np.pi * frequency_hz * time_s) * 10_000).astype(np.int16)
-    packets: list[bytes] = []
-    for start in range(0, total_samples, frame_samples):
-        frame = av.AudioFrame.from_ndarray(
-            pcm[start : start + frame_samples].reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE_HZ
-        frame.pts = start
-        frame.time_base = Fraction(1, SAMPLE_RATE_HZ)
-        packets += [bytes(packet) for packet in context.encode(frame)]
-    packets += [bytes(packet) for packet in context.encode(None)]
-    return packets
 
 
 def decode_ogg(data: bytes) -> np.ndarray:

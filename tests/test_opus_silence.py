@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import cast
 
 import av
@@ -12,32 +11,18 @@ import pytest
 from mediaserver.audio.opus_silence import build_silence_packets, silence_packet
 from mediaserver.audio.opus_toc import compute_packet_samples
 
+from audio_oracle import encode_tone_packets
+
 SAMPLE_RATE_HZ = 48000
+
+
+def encode_tone_packets_unflushed(frequency_hz: float, duration_s: float) -> list[bytes]:
+    """20 ms tone packets without the encoder's final flush."""
+    return encode_tone_packets(frequency_hz, duration_s, flush=False)
+
+
 # FFmpeg's own Opus decoder and libopus (through FFmpeg) are both checked.
 DECODERS = ["opus", "libopus"]
-
-
-def encode_tone_packets(frequency_hz: float, duration_s: float) -> list[bytes]:
-    """Mono 20 ms Opus packets of a sine tone from PyAV's libopus encoder."""
-    context = av.CodecContext.create("libopus", "w")
-    context.sample_rate = SAMPLE_RATE_HZ
-    context.layout = "mono"
-    context.format = "s16"
-    context.options = {"frame_duration": "20"}
-    context.open()
-    total_samples = round(duration_s * 50) * 960
-    time_s = np.arange(total_samples) / SAMPLE_RATE_HZ
-    pcm = (np.sin(2 * np.pi * frequency_hz * time_s) * 10_000).astype(np.int16)
-    packets: list[bytes] = []
-    for start in range(0, total_samples, 960):
-        frame = av.AudioFrame.from_ndarray(
-            pcm[start : start + 960].reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE_HZ
-        frame.pts = start
-        frame.time_base = Fraction(1, SAMPLE_RATE_HZ)
-        packets += [bytes(packet) for packet in context.encode(frame)]
-    return packets
 
 
 def decode_packets(packets: list[bytes], decoder: str, channels: int = 1) -> list[np.ndarray]:
@@ -68,7 +53,7 @@ def test_decodes_to_exact_zeros(decoder: str, duration_samples: int) -> None:
 @pytest.mark.parametrize("duration_samples", [120, 240, 480, 960])
 def test_silence_after_speech_settles_to_zero(decoder: str, duration_samples: int) -> None:
     """After a tone, silence plays the decoder's fading tail, 16-bit silent from 10 ms on."""
-    tone = encode_tone_packets(440, 0.2)
+    tone = encode_tone_packets_unflushed(440, 0.2)
     silence = [silence_packet(duration_samples)] * (5760 // duration_samples)
     outputs = decode_packets(tone + silence, decoder)
     assert np.abs(outputs[len(tone) - 1]).max() > 0.1  # the tone really played
