@@ -15,7 +15,6 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).parent))
 
 from server_harness import TOKEN, auth, make_settings, running_server, wait_for_recording
-
 from twilio_agent import dial_in
 
 CHROMIUM = "/usr/lib/chromium/chromium"

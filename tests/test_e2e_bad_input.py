@@ -6,11 +6,11 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from rtp_caller import open_caller
-from server_harness import TOKEN, auth, make_settings, running_server, wait_for_recording
 
 from audio_oracle import assert_valid_opus, decode_ogg, find_onset
+from rtp_caller import open_caller
 from rtp_sender import marker_template, silence_payload
+from server_harness import TOKEN, auth, make_settings, running_server, wait_for_recording
 
 CALLER_HZ = 500.0
 

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from rtp_caller import open_caller
-from server_harness import auth, make_settings, running_server, wait_for_recording
 
 from audio_oracle import (
     RATE_HZ,
@@ -16,7 +14,9 @@ from audio_oracle import (
     tone_amplitude,
     tone_envelope,
 )
+from rtp_caller import open_caller
 from rtp_sender import marker_template, silence_payload
+from server_harness import auth, make_settings, running_server, wait_for_recording
 from twilio_agent import dial_in
 
 CALLER_HZ = 500.0

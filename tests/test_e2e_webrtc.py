@@ -9,9 +9,9 @@ import aiohttp
 import numpy as np
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from av import AudioFrame
-from server_harness import auth, make_settings, running_server, wait_for_recording
 
 from audio_oracle import assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from server_harness import auth, make_settings, running_server, wait_for_recording
 from twilio_agent import dial_in
 from webrtc_peer import ClientPeer
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from rtp_caller import open_caller
-from server_harness import TOKEN, auth, make_settings, running_server
 
+from rtp_caller import open_caller
 from rtp_sender import marker_template, silence_payload
+from server_harness import TOKEN, auth, make_settings, running_server
 from twilio_agent import TwilioAgentServer, dial_in
 
 CLI = [sys.executable, "-m", "mediaserver"]

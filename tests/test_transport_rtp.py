@@ -6,7 +6,6 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 
 import pytest
 from aiortc import rtp as aiortc_rtp
@@ -23,6 +22,8 @@ from mediaserver.transports.port_allocator import (
 )
 from mediaserver.transports.rtp import DropReason, RtpCallerTransport
 
+from caller_sink import CollectingSink
+
 LOCALHOST = "127.0.0.1"
 WAIT_S = 5.0
 OPUS_PT = 111
@@ -30,68 +31,6 @@ PCMU_PT = 0
 # One-frame Opus TOC bytes (RFC 6716 §3.1) followed by arbitrary frame bytes.
 OPUS_PAYLOADS = [bytes((0x78,)) + bytes(range(index, index + 60)) for index in range(20)]
 PCMU_SILENCE = b"\xff" * 160  # 20 ms of G.711 mu-law silence (RFC 3551 §4.5.14)
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One packet as the transport handed it to the sink."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    ssrc: int
-    sequence: int
-    payload_type: int
-    marker: bool
-    payload: bytes
-
-
-class CollectingSink:
-    """A call-session stand-in: keeps every delivered packet and every end of the leg."""
-
-    def __init__(self) -> None:
-        self.packets: list[Received] = []
-        self.ended: list[str] = []
-        self._changed = asyncio.Event()
-
-    def on_caller_packet(
-        self,
-        *,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes,
-    ) -> None:
-        """Keep the packet."""
-        self.packets.append(
-            Received(arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, marker, payload)
-        )
-        self._changed.set()
-
-    def on_caller_ended(self, reason: str) -> None:
-        """Keep the reason."""
-        self.ended.append(reason)
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-        """Wait until the predicate holds after a delivery or an end."""
-
-        async def wait() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), timeout_s)
-
-    async def wait_for_packets(self, count: int) -> None:
-        """Wait until `count` packets have been delivered."""
-        await self.wait_for(lambda: len(self.packets) >= count)
-
-    async def wait_for_end(self) -> None:
-        """Wait until the transport ends the leg."""
-        await self.wait_for(lambda: bool(self.ended))
 
 
 class Peer:

@@ -9,7 +9,7 @@ import itertools
 import re
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aioice
 import aioice.ice
@@ -39,66 +39,12 @@ from mediaserver.transports.webrtc import (
     use_ice_host_addresses,
 )
 
+from caller_sink import CollectingSink
 from webrtc_peer import ClientPeer, ToneTrack
 
 RATE_HZ = 48000
 TIMEOUT_S = 10.0
 LOOPBACK = ["127.0.0.1"]
-
-
-@dataclass
-class CallerPacket:
-    """One packet as the sink received it."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    ssrc: int
-    sequence: int
-    payload_type: int
-    marker: bool
-    payload: bytes
-
-
-@dataclass
-class CollectingSink:
-    """A call session stand-in that keeps what the transport delivers."""
-
-    packets: list[CallerPacket] = field(default_factory=list)
-    ended: list[str] = field(default_factory=list)
-    _new_packet: asyncio.Event = field(default_factory=asyncio.Event)
-    _ended_event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def on_caller_packet(
-        self,
-        *,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes,
-    ) -> None:
-        """Keep the packet."""
-        self.packets.append(
-            CallerPacket(arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, marker, payload)
-        )
-        self._new_packet.set()
-
-    def on_caller_ended(self, reason: str) -> None:
-        """Keep the reason."""
-        self.ended.append(reason)
-        self._ended_event.set()
-
-    async def wait_for_packets(self, count: int) -> None:
-        """Return once `count` packets have arrived."""
-        while len(self.packets) < count:
-            self._new_packet.clear()
-            await self._new_packet.wait()
-
-    async def wait_for_end(self) -> None:
-        """Return once the leg has been reported ended."""
-        await self._ended_event.wait()
 
 
 @dataclass
