@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from queue import Empty, Full, Queue
 
 import av
 import av.error
@@ -289,8 +291,55 @@ def _write_merged(
             "frame_duration": str(frame_duration_ms),
         }
         written_samples = 0
-        for block in join_graph.blocks():
+        for block in _prefetch(join_graph.blocks()):
             written_samples += block.samples
             container.mux(stream.encode(block))
         container.mux(stream.encode(None))
     return written_samples
+
+
+_DONE = object()
+PREFETCH_BLOCKS = 32  # 100 ms blocks: ~3 s of stereo float, a few MB at most
+
+
+def _prefetch(blocks: Iterator[AudioFrame]) -> Iterator[AudioFrame]:
+    """Decode and join in a second thread while this one encodes.
+
+    libopus encoding, two thirds of the work, runs with the GIL released (PyAV's
+    avcodec_send_frame/receive_packet are nogil), so the two stages overlap on two cores.
+    """
+    queue: Queue[object] = Queue(maxsize=PREFETCH_BLOCKS)
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        queue.put(block, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            failure.append(exc)
+        finally:
+            queue.put(_DONE)
+
+    producer = threading.Thread(target=produce, name="merge-decode", daemon=True)
+    producer.start()
+    try:
+        while (item := queue.get()) is not _DONE:
+            assert isinstance(item, AudioFrame)
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                queue.get_nowait()
+            except Empty:
+                producer.join(timeout=0.1)
