@@ -17,6 +17,7 @@ from mediaserver.session import CallSession
 log = structlog.get_logger(__name__)
 
 FRAME_S = 0.020
+TICKS_PER_SLICE = 8  # sessions ticked between two yields to the event loop
 
 
 class CallHub:
@@ -146,7 +147,13 @@ class CallHub:
                 self.pacer_late_ticks += 1
                 next_tick = loop.time()  # fell behind by more than a frame: do not burst
             now_ns = time.monotonic_ns()
-            for session in list(self._sessions.values()):
+            for index, session in enumerate(list(self._sessions.values())):
+                if index and index % TICKS_PER_SLICE == 0:
+                    # Each tick encodes a frame: let packets and requests in between slices,
+                    # so a round over hundreds of calls never holds the loop for milliseconds.
+                    await asyncio.sleep(0)
+                    if session.closed:
+                        continue
                 try:
                     session.tick(now_ns)
                 except Exception:  # one broken call must not stop the others' audio

@@ -62,6 +62,8 @@ def _refuse_while_draining(request: web.Request) -> None:
 def describe_session(session: CallSession) -> dict[str, Any]:
     """A live call as the API shows it."""
     caller_stats = getattr(session.caller, "stats", None)
+    if callable(caller_stats):  # WebRTC legs compute their stats on demand
+        caller_stats = caller_stats()
     return {
         "call_id": session.call_id,
         "status": "recording",
