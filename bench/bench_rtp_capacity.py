@@ -23,6 +23,7 @@ from typing import Any
 
 from common import print_table, quiet_logging
 
+from mediaserver.calls import TICKS_PER_SLICE
 from mediaserver.recorder import Recorder
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.storage_backends.local import LocalStore
@@ -210,7 +211,9 @@ async def tick_agent_audio(legs: list[tuple[RtpCallerTransport, str]], recorder:
         next_s += PACKET_INTERVAL_S
         await asyncio.sleep(max(0.0, next_s - loop.time()))
         now_ns = time.monotonic_ns()
-        for transport, call_id in legs:
+        for index, (transport, call_id) in enumerate(legs):
+            if index and index % TICKS_PER_SLICE == 0:
+                await asyncio.sleep(0)  # as the server's pacer does (mediaserver.calls)
             transport.send_audio(PCMU_PAYLOAD, PCMU_SAMPLES)
             record(
                 call_id,
@@ -235,10 +238,10 @@ async def probe_lag(lags_ms: list[float]) -> None:
 
 
 async def flush_journals(recorder: Recorder) -> None:
-    """Flush every second, as the recorder's own loop does."""
+    """Flush every second in slices, as the recorder's own loop does."""
     while True:
         await asyncio.sleep(1.0)
-        recorder.flush()
+        await recorder.flush_in_slices()
 
 
 async def serve(

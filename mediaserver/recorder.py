@@ -42,6 +42,7 @@ CALL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # One second of a channel (~4.6 KB) fits, so a flush a second is still one write per journal;
 # larger buffers only raise resident memory when flushing falls behind (bench_memory.py).
 JOURNAL_BUFFER_BYTES = 8 * 1024
+FLUSH_CALLS_PER_SLICE = 16
 _CONTENT_TYPES = {".opus": "audio/ogg", ".json": "application/json"}
 
 
@@ -300,7 +301,18 @@ class Recorder:
 
     def flush(self) -> None:
         """Hand every live journal's buffered records to the operating system."""
-        for live in self._calls.values():
+        for live in list(self._calls.values()):
+            for channel in live.call.open_channels:
+                live.writers[channel].flush()
+
+    async def flush_in_slices(self) -> None:
+        """Flush like flush(), yielding to the loop between slices of calls.
+
+        Each flush is a write syscall: hundreds of them in one callback would stall packets.
+        """
+        for index, live in enumerate(list(self._calls.values())):
+            if index and index % FLUSH_CALLS_PER_SLICE == 0:
+                await asyncio.sleep(0)
             for channel in live.call.open_channels:
                 live.writers[channel].flush()
 
@@ -359,7 +371,7 @@ class Recorder:
         while True:
             await asyncio.sleep(self.flush_interval_s)
             try:
-                self.flush()
+                await self.flush_in_slices()
             except OSError as exc:  # disk full or gone: keep trying, loudly
                 log.error("recorder.flush_failed", error=str(exc))
 
