@@ -63,11 +63,9 @@ class Playout:
         return marks
 
     def next_frame(self) -> PlayoutFrame:
-        """Take one frame of audio and the marks reached after it.
-
-        A partial frame at the end of the queue is held for one tick (more audio may be on its
-        way) and then played padded with silence; a mark behind it completes it at once.
-        """
+        """Take one frame of audio and the marks reached after it."""
+        # A partial frame at the end of the queue is held for one tick (more audio may be on its
+        # way) and then played padded with silence; a mark behind it completes it at once.
         marks = list(self._take_marks())
         if self._buffered_samples == 0:
             return PlayoutFrame(None, tuple(marks))

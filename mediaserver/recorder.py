@@ -306,10 +306,8 @@ class Recorder:
                 live.writers[channel].flush()
 
     async def flush_in_slices(self) -> None:
-        """Flush like flush(), yielding to the loop between slices of calls.
-
-        Each flush is a write syscall: hundreds of them in one callback would stall packets.
-        """
+        """Flush like flush(), yielding to the loop between slices of calls."""
+        # Each flush is a write syscall: hundreds of them in one callback would stall packets.
         for index, live in enumerate(list(self._calls.values())):
             if index and index % FLUSH_CALLS_PER_SLICE == 0:
                 await asyncio.sleep(0)

@@ -1,28 +1,27 @@
-"""Recordings API: list, describe, stream (HTTP Range) and delete call recordings.
+"""Recordings API: list, describe, stream (HTTP Range) and delete call recordings."""
 
-Where a recording is looked for, first match wins (read in this order so that a call moving on
-while the request runs is still seen: the spool is released only after the manifest is stored):
-1. the recorder's live calls: status "recording", with what is known so far;
-2. the spool, `<spool_root>/<id>/`: its `manifest.json` when that says "upload_failed" (the files
-   are kept there and the sweeper retries the upload), otherwise "finalizing" (being built or
-   uploaded; a spool left by a crash also shows as "finalizing" until start-up recovery ends);
-3. the store, `recordings/YYYY/MM/DD/conversation_{id}_manifest.json` (the recorder writes the
-   manifest last, so a manifest means every file it lists was stored).
-
-Finding a stored recording by id without listing the bucket on every request: RecordingIndex
-keeps id -> manifest key, learned from every listing (GET /v1/recordings lists anyway). On a miss
-it first probes the manifest keys of today and yesterday (UTC, the date prefix is the call's
-start day; a call just stored almost always started then), one `stat` each, and only then lists
-`recordings/` again, at most once per `full_listing_interval_s`. The trade-off: a miss costs two
-metadata requests; an id that does not exist costs a full listing at most once per interval; a
-recording stored by another server process with a start day before yesterday can stay unknown
-(404) until the next listing, i.e. at most `full_listing_interval_s` (or the next list request).
-
-Listing is newest first by (created_at, call_id), with a keyset cursor (stable when recordings
-are added or removed between pages). It lists the bucket once, then reads manifests day by day
-from the newest date prefix, only as many days as the page needs; parsed manifests are cached
-by (key, size, update time), so later pages and repeated listings do not read them again.
-"""
+# Where a recording is looked for, first match wins (read in this order so that a call moving on
+# while the request runs is still seen: the spool is released only after the manifest is stored):
+# 1. the recorder's live calls: status "recording", with what is known so far;
+# 2. the spool, `<spool_root>/<id>/`: its `manifest.json` when that says "upload_failed" (the files
+#    are kept there and the sweeper retries the upload), otherwise "finalizing" (being built or
+#    uploaded; a spool left by a crash also shows as "finalizing" until start-up recovery ends);
+# 3. the store, `recordings/YYYY/MM/DD/conversation_{id}_manifest.json` (the recorder writes the
+#    manifest last, so a manifest means every file it lists was stored).
+#
+# Finding a stored recording by id without listing the bucket on every request: RecordingIndex
+# keeps id -> manifest key, learned from every listing (GET /v1/recordings lists anyway). On a miss
+# it first probes the manifest keys of today and yesterday (UTC, the date prefix is the call's
+# start day; a call just stored almost always started then), one `stat` each, and only then lists
+# `recordings/` again, at most once per `full_listing_interval_s`. The trade-off: a miss costs two
+# metadata requests; an id that does not exist costs a full listing at most once per interval; a
+# recording stored by another server process with a start day before yesterday can stay unknown
+# (404) until the next listing, i.e. at most `full_listing_interval_s` (or the next list request).
+#
+# Listing is newest first by (created_at, call_id), with a keyset cursor (stable when recordings
+# are added or removed between pages). It lists the bucket once, then reads manifests day by day
+# from the newest date prefix, only as many days as the page needs; parsed manifests are cached
+# by (key, size, update time), so later pages and repeated listings do not read them again.
 
 import asyncio
 import base64
@@ -99,13 +98,11 @@ class ByteRange:
 
 
 def compute_byte_range(range_header: str | None, size_bytes: int) -> ByteRange:
-    """Answer a Range header for an object of `size_bytes` (RFC 9110 section 14.2).
-
-    Only single byte ranges are served partially. Multiple ranges get the whole object with
-    200, which section 14.2 allows ("a server MAY ignore the Range header field"): audio players
-    ask for one range at a time, and multipart/byteranges would buy nothing but complexity.
-    Malformed headers, other units and invalid ranges (last < first) are ignored likewise.
-    """
+    """Answer a Range header for an object of `size_bytes` (RFC 9110 section 14.2)."""
+    # Only single byte ranges are served partially. Multiple ranges get the whole object with
+    # 200, which section 14.2 allows ("a server MAY ignore the Range header field"): audio players
+    # ask for one range at a time, and multipart/byteranges would buy nothing but complexity.
+    # Malformed headers, other units and invalid ranges (last < first) are ignored likewise.
     whole = ByteRange(RangeOutcome.WHOLE, 0, size_bytes)
     unsatisfiable = ByteRange(RangeOutcome.UNSATISFIABLE, 0, 0)
     if range_header is None:

@@ -63,14 +63,12 @@ def mux_lossless_stereo(
     vendor: str = "mediaserver",
     max_pre_skip_difference_samples: int = DEFAULT_MAX_PRE_SKIP_DIFFERENCE_SAMPLES,
 ) -> LosslessResult:
-    """Mux two mono Ogg Opus streams into one stereo stream without re-encoding.
-
-    Packets are paired one to one and must last the same; the shorter input may lack at most
-    its last packet, which silence replaces. Pre-skips may differ by up to
-    `max_pre_skip_difference_samples`: the stereo stream uses the larger, so the other channel
-    plays that many samples early (reported in the result). Anything else raises MergeError,
-    and the caller falls back to decoding and encoding.
-    """
+    """Mux two mono Ogg Opus streams into one stereo stream without re-encoding."""
+    # Packets are paired one to one and must last the same; the shorter input may lack at most
+    # its last packet, which silence replaces. Pre-skips may differ by up to
+    # `max_pre_skip_difference_samples`: the stereo stream uses the larger, so the other channel
+    # plays that many samples early (reported in the result). Anything else raises MergeError,
+    # and the caller falls back to decoding and encoding.
     try:
         left_reader = OggOpusReader(left)
         right_reader = OggOpusReader(right)
@@ -163,12 +161,10 @@ def mux_lossless_stereo(
 
 
 def build_self_delimited_packet(packet: bytes) -> bytes:
-    """Return an Opus packet in self-delimiting framing (RFC 6716 Appendix B).
-
-    The size of the last frame (or the shared size, for CBR code 1 and 3) is written just
-    before the frame data, so a multistream packet can hold the next stream after it.
-    The packet's framing must already be valid (checked by `compute_packet_samples`).
-    """
+    """Return an Opus packet in self-delimiting framing (RFC 6716 Appendix B)."""
+    # The size of the last frame (or the shared size, for CBR code 1 and 3) is written just
+    # before the frame data, so a multistream packet can hold the next stream after it.
+    # The packet's framing must already be valid (checked by `compute_packet_samples`).
     code = packet[0] & _FRAME_COUNT_CODE_MASK
     size = len(packet)
     if code == 0:

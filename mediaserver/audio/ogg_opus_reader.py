@@ -16,11 +16,10 @@ _SEQUENCE_MODULUS = 1 << 32
 
 
 class OggOpusReader:
-    """Parse the headers of one Ogg Opus stream, then iterate `(packet, granule or None)`.
+    """Parse the headers of one Ogg Opus stream, then iterate `(packet, granule or None)`."""
 
-    The granule position comes with the last packet that ends on its page (RFC 7845 §4);
-    other packets get None. Malformed, truncated, chained or multiplexed input raises OggError.
-    """
+    # The granule position comes with the last packet that ends on its page (RFC 7845 §4);
+    # other packets get None. Malformed, truncated, chained or multiplexed input raises OggError.
 
     def __init__(
         self,

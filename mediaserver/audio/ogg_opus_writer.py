@@ -55,11 +55,9 @@ class OggOpusWriter:
         max_page_body_bytes: int = DEFAULT_MAX_PAGE_BODY_BYTES,
         max_page_duration_samples: int = DEFAULT_MAX_PAGE_DURATION_SAMPLES,
     ) -> None:
-        """Write OpusHead and OpusTags.
-
-        Without `channel_mapping` the stream is mapping family 0 (mono or stereo, one stream);
-        with it, family 1 with `stream_count` streams of which `coupled_count` are stereo.
-        """
+        """Write OpusHead and OpusTags."""
+        # Without `channel_mapping` the stream is mapping family 0 (mono or stereo, one stream);
+        # with it, family 1 with `stream_count` streams of which `coupled_count` are stereo.
         if channel_mapping is None:
             head = OpusHead(
                 channel_count=channel_count,

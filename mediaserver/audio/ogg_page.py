@@ -142,12 +142,10 @@ def build_ogg_pages(
     first_header_type: int = 0,
     eos: bool = False,
 ) -> list[bytes]:
-    """Lay `(packet, granule position after it)` pairs onto as few pages as fit 255 segments.
-
-    A page's granule position is that of the last packet ending on it, or -1 when none ends
-    there (a packet too big for one page is continued with the 0x01 flag, RFC 3533 §6).
-    `first_header_type` goes on the first page (BOS); `eos` flags the last one.
-    """
+    """Lay `(packet, granule position after it)` pairs onto as few pages as fit 255 segments."""
+    # A page's granule position is that of the last packet ending on it, or -1 when none ends
+    # there (a packet too big for one page is continued with the 0x01 flag, RFC 3533 §6).
+    # `first_header_type` goes on the first page (BOS); `eos` flags the last one.
     pages: list[bytes] = []
     lacing = bytearray()
     body = bytearray()

@@ -36,11 +36,10 @@ class EncodedPacket:
 
 
 class OpusEncoder:
-    """Turns a stream of mono int16 PCM chunks of any size into whole Opus packets.
+    """Turns a stream of mono int16 PCM chunks of any size into whole Opus packets."""
 
-    libopus takes 8/12/16/24 kHz input as it is, so nothing is resampled here; packet
-    durations are still reported in 48 kHz units, as Ogg Opus granule positions need.
-    """
+    # libopus takes 8/12/16/24 kHz input as it is, so nothing is resampled here; packet
+    # durations are still reported in 48 kHz units, as Ogg Opus granule positions need.
 
     def __init__(
         self,

@@ -20,11 +20,9 @@ MAX_SILENCE_PACKET_SAMPLES = 5760
 
 
 def silence_packet(duration_samples: int, stream_count: int = 1) -> bytes:
-    """Return one mono Opus packet of `duration_samples` (120..5760, a multiple of 120).
-
-    With `stream_count` > 1 it is a multistream packet (RFC 7845 §5.1.1): every stream but the
-    last in self-delimiting framing (RFC 6716 Appendix B), each decoding to silence.
-    """
+    """Return one mono Opus packet of `duration_samples` (120..5760, a multiple of 120)."""
+    # With `stream_count` > 1 it is a multistream packet (RFC 7845 §5.1.1): every stream but the
+    # last in self-delimiting framing (RFC 6716 Appendix B), each decoding to silence.
     if (
         duration_samples <= 0
         or duration_samples % SILENCE_FRAME_SAMPLES

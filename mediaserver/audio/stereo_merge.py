@@ -52,11 +52,9 @@ def merge_stereo(
     complexity: int = 10,
     frame_duration_ms: int = 20,
 ) -> MergeResult:
-    """Write `out` as stereo Ogg Opus with `left` on FL and `right` on FR, sample-aligned.
-
-    The shorter channel is padded with silence, so the output lasts as long as the longer one.
-    Memory stays bounded whatever the length: audio streams through frame by frame.
-    """
+    """Write `out` as stereo Ogg Opus with `left` on FL and `right` on FR, sample-aligned."""
+    # The shorter channel is padded with silence, so the output lasts as long as the longer one.
+    # Memory stays bounded whatever the length: audio streams through frame by frame.
     if frame_duration_ms not in OPUS_FRAME_DURATIONS_MS:
         raise MergeError(f"Opus cannot encode {frame_duration_ms} ms frames")
     if not 0 <= complexity <= MAX_COMPLEXITY:
@@ -145,10 +143,9 @@ def _starts_with_opus_head(path: Path) -> bool:
 
 @dataclass(slots=True)
 class _GraphInput:
-    """One join input: its decoded frames, its buffer source and the samples pushed so far.
+    """One join input: its decoded frames, its buffer source and the samples pushed so far."""
 
-    FFmpeg's Opus decoder always outputs 48 kHz, so positions are plain 48 kHz sample counts.
-    """
+    # FFmpeg's Opus decoder always outputs 48 kHz, so positions are plain 48 kHz sample counts.
 
     frames: Iterator[AudioFrame]
     buffer: FilterContext
@@ -176,10 +173,9 @@ class _GraphInput:
 
 @dataclass(slots=True)
 class _JoinGraph:
-    """abuffer (x2) → aresample → join (FL, FR) → aformat → abuffersink, and its two ends.
+    """abuffer (x2) → aresample → join (FL, FR) → aformat → abuffersink, and its two ends."""
 
-    Filter contexts refer to their graph only weakly, so this object keeps the graph alive.
-    """
+    # Filter contexts refer to their graph only weakly, so this object keeps the graph alive.
 
     graph: Graph
     left: _GraphInput
@@ -303,11 +299,9 @@ PREFETCH_BLOCKS = 32  # 100 ms blocks: ~3 s of stereo float, a few MB at most
 
 
 def _prefetch(blocks: Iterator[AudioFrame]) -> Iterator[AudioFrame]:
-    """Decode and join in a second thread while this one encodes.
-
-    libopus encoding, two thirds of the work, runs with the GIL released (PyAV's
-    avcodec_send_frame/receive_packet are nogil), so the two stages overlap on two cores.
-    """
+    """Decode and join in a second thread while this one encodes."""
+    # libopus encoding, two thirds of the work, runs with the GIL released (PyAV's
+    # avcodec_send_frame/receive_packet are nogil), so the two stages overlap on two cores.
     queue: Queue[object] = Queue(maxsize=PREFETCH_BLOCKS)
     failure: list[BaseException] = []
     stop = threading.Event()

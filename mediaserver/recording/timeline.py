@@ -88,11 +88,10 @@ class Placement:
 
 @dataclass(frozen=True)
 class TimelineStats:
-    """What placement did with a channel's packets; every received packet is in exactly one bucket.
+    """What placement did with a channel's packets; each packet is in exactly one bucket."""
 
-    packets == placed + duplicates + late_dropped + overlaps_dropped + outliers_dropped
-    + empty_dropped.
-    """
+    # packets == placed + duplicates + late_dropped + overlaps_dropped + outliers_dropped
+    # + empty_dropped.
 
     packets: int = 0
     placed: int = 0
@@ -202,11 +201,9 @@ class _Cursor:
 
 
 def _extend(value: int, reference: int, modulus: int) -> int:
-    """Return `value` moved to the wrap cycle that puts it nearest `reference`.
-
-    The stateful unwrappers in mediaserver.rtp.unwrap commit every value they see; here a packet
-    must be compared with a run (or the run before it) before it is known to belong there.
-    """
+    """Return `value` moved to the wrap cycle that puts it nearest `reference`."""
+    # The stateful unwrappers in mediaserver.rtp.unwrap commit every value they see; here a packet
+    # must be compared with a run (or the run before it) before it is known to belong there.
     half = modulus >> 1
     return reference + (value - reference + half) % modulus - half
 
@@ -395,11 +392,9 @@ def _continues(packet: TimedPacket, run: _Run, config: TimelineConfig) -> bool:
 def _is_outlier(
     packets: Sequence[TimedPacket], position: int, current: _Run, config: TimelineConfig
 ) -> bool:
-    """Whether a discontinuous packet is a one-off: the stream carries on as before right after.
-
-    A packet stuck in the network for seconds, or a stray from another stream, would otherwise
-    start a run of one packet whose placement blots out the real audio around it.
-    """
+    """Whether a discontinuous packet is a one-off: the stream carries on as before right after."""
+    # A packet stuck in the network for seconds, or a stray from another stream, would otherwise
+    # start a run of one packet whose placement blots out the real audio around it.
     packet = packets[position]
     probe = _Run(
         packet.ssrc, packet.sequence, packet.sequence, packet.arrival_ns, packet.rtp_timestamp
@@ -476,12 +471,10 @@ def _follow_drift(
     config: TimelineConfig,
     counters: _Counters,
 ) -> tuple[_FloatArray, set[int]]:
-    """Anchor of every packet (media order) after re-anchoring, and where the anchor moved earlier.
-
-    Moving the anchor inserts or removes audio, so it moves where there is silence anyway (a
-    timestamp gap before the packet, or a DTX frame) once the error passes the soft bound, and
-    at once past the hard bound.
-    """
+    """Each packet's anchor (media order) after re-anchoring, and where it moved earlier."""
+    # Moving the anchor inserts or removes audio, so it moves where there is silence anyway (a
+    # timestamp gap before the packet, or a DTX frame) once the error passes the soft bound, and
+    # at once past the hard bound.
     count = len(media)
     ends = np.maximum.accumulate(media + run.durations)
     at_silence = run.silence_hints.copy()
@@ -542,11 +535,9 @@ def _resolve_conflicts(
     cursor: _Cursor,
     counters: _Counters,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Final starts and which packets are placed, resolving overlaps and capping absurd gaps.
-
-    Only packets that conflict with the one before (and those a conflict pushes out of place)
-    are visited one by one; stretches in step with their natural place are taken whole.
-    """
+    """Final starts and which packets are placed, resolving overlaps and capping absurd gaps."""
+    # Only packets that conflict with the one before (and those a conflict pushes out of place)
+    # are visited one by one; stretches in step with their natural place are taken whole.
     granularity = config.granularity
     max_gap = _ms_to_units(config.max_gap_ms, config.clock_rate_hz)
     count = len(natural)
@@ -610,11 +601,9 @@ def _window_packets(durations: npt.NDArray[np.int64], config: TimelineConfig) ->
 def _drift_slope(
     arrival: _FloatArray, delay: _FloatArray, window: int, config: TimelineConfig
 ) -> float | None:
-    """Slope (ns of delay per ns) of the lower delay envelope by least squares, if measurable.
-
-    Each window of packets contributes its minimum delay; the fit is repeated on the points at
-    or under the first line, because congested windows only ever sit above the true floor.
-    """
+    """Slope (ns of delay per ns) of the lower delay envelope by least squares, if measurable."""
+    # Each window of packets contributes its minimum delay; the fit is repeated on the points at
+    # or under the first line, because congested windows only ever sit above the true floor.
     chunks = len(delay) // window
     if chunks < 3:
         return None
@@ -635,11 +624,9 @@ def _drift_slope(
 def _delay_floor(
     arrival: _FloatArray, delay: _FloatArray, window: int, slope: float
 ) -> _FloatArray:
-    """Minimum delay around each packet: a centred window of packets, corrected for drift.
-
-    Counting packets rather than milliseconds keeps sparse stretches (DTX, loss) from resting on
-    one or two samples; removing the drift slope first lets such a window span a long time.
-    """
+    """Minimum delay around each packet: a centred window of packets, corrected for drift."""
+    # Counting packets rather than milliseconds keeps sparse stretches (DTX, loss) from resting on
+    # one or two samples; removing the drift slope first lets such a window span a long time.
     level = delay - slope * arrival
     half = window // 2
     padded = np.concatenate((np.full(half, np.inf), level, np.full(half, np.inf)))

@@ -21,12 +21,10 @@ class _Unwrapper:
         return self._highest
 
     def unwrap(self, value: int) -> int:
-        """Return `value` extended to the cycle that puts it nearest the highest value seen.
-
-        A value up to half the range behind the highest is taken as reordered (RFC 3550
-        Appendix A.1 keeps the same cycle count for it), a jump of exactly half the range counts
-        as backward, and values from before the first one seen come out negative.
-        """
+        """Return `value` extended to the cycle that puts it nearest the highest value seen."""
+        # A value up to half the range behind the highest is taken as reordered (RFC 3550
+        # Appendix A.1 keeps the same cycle count for it), a jump of exactly half the range counts
+        # as backward, and values from before the first one seen come out negative.
         if not 0 <= value < self._MODULUS:
             raise ValueError(f"{value} is outside 0-{self._MODULUS - 1}")
         if self._highest is None:

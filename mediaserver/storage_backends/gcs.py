@@ -1,25 +1,24 @@
-"""GcsStore: an ObjectStore on a Google Cloud Storage bucket, with verified uploads and retries.
+"""GcsStore: an ObjectStore on a Google Cloud Storage bucket, with verified uploads and retries."""
 
-Every blocking client call runs in a thread (`asyncio.to_thread`); retries happen here, on the
-event loop, with exponential backoff and full jitter up to a deadline, so they can be cancelled
-and counted. The client's own retries are switched off (`retry=None`) so that one policy governs.
-A failed upload is retried from the start: an emulator restart (or an expired session) would
-lose a resumable session anyway, and the local copy is kept until an upload is confirmed.
-Cancelling a call stops its retries at once; a request already running in a thread finishes
-in the background (threads cannot be interrupted) within `request_timeout_s`.
-
-Configuration follows the seed: the bucket name comes from AUDIO_STORAGE_PATH (read by the
-settings), credentials from GOOGLE_APPLICATION_CREDENTIALS (read by google-auth itself), and when
-STORAGE_EMULATOR_HOST is set the client talks anonymously to that endpoint as project "test".
-
-Behaviour of gcp-storage-emulator (2026.7.19) that differs from GCS, found while testing:
-- it ignores `if_generation_match` preconditions (an upload with `if_generation_match=0` over
-  an existing object succeeds), so nothing here relies on them;
-- a ranged read starting past the end answers 206 with no body instead of 416;
-- it does not check signed-URL signatures (it serves `/{bucket}/{key}` to anyone);
-- `--in-memory` state vanishes when it stops: after a restart the bucket must be created again
-  (`--default-bucket` or `create_bucket=True`).
-"""
+# Every blocking client call runs in a thread (`asyncio.to_thread`); retries happen here, on the
+# event loop, with exponential backoff and full jitter up to a deadline, so they can be cancelled
+# and counted. The client's own retries are switched off (`retry=None`) so that one policy governs.
+# A failed upload is retried from the start: an emulator restart (or an expired session) would
+# lose a resumable session anyway, and the local copy is kept until an upload is confirmed.
+# Cancelling a call stops its retries at once; a request already running in a thread finishes
+# in the background (threads cannot be interrupted) within `request_timeout_s`.
+#
+# Configuration follows the seed: the bucket name comes from AUDIO_STORAGE_PATH (read by the
+# settings), credentials from GOOGLE_APPLICATION_CREDENTIALS (read by google-auth itself), and when
+# STORAGE_EMULATOR_HOST is set the client talks anonymously to that endpoint as project "test".
+#
+# Behaviour of gcp-storage-emulator (2026.7.19) that differs from GCS, found while testing:
+# - it ignores `if_generation_match` preconditions (an upload with `if_generation_match=0` over
+#   an existing object succeeds), so nothing here relies on them;
+# - a ranged read starting past the end answers 206 with no body instead of 416;
+# - it does not check signed-URL signatures (it serves `/{bucket}/{key}` to anyone);
+# - `--in-memory` state vanishes when it stops: after a restart the bucket must be created again
+#   (`--default-bucket` or `create_bucket=True`).
 
 import asyncio
 import base64
@@ -126,11 +125,9 @@ def is_transient_error(exc: BaseException) -> bool:
 
 
 def build_gcs_client(environ: Mapping[str, str] | None = None) -> storage.Client:
-    """Build a client: anonymous on STORAGE_EMULATOR_HOST if set, else default credentials.
-
-    Blocking: default credentials may read GOOGLE_APPLICATION_CREDENTIALS or ask a metadata
-    server, so call it from a thread.
-    """
+    """Build a client: anonymous on STORAGE_EMULATOR_HOST if set, else default credentials."""
+    # Blocking: default credentials may read GOOGLE_APPLICATION_CREDENTIALS or ask a metadata
+    # server, so call it from a thread.
     env = os.environ if environ is None else environ
     emulator_host = env.get("STORAGE_EMULATOR_HOST")
     if emulator_host:
@@ -277,20 +274,16 @@ class GcsStore:
         return sorted((_build_info(blob) for blob in blobs), key=lambda info: info.key)
 
     async def delete(self, key: str) -> None:
-        """Delete an object; a missing key raises ObjectNotFoundError.
-
-        If a delete succeeds but its response is lost, the retry finds no object and raises
-        ObjectNotFoundError: callers deleting to clean up may treat that as done.
-        """
+        """Delete an object; a missing key raises ObjectNotFoundError."""
+        # If a delete succeeds but its response is lost, the retry finds no object and raises
+        # ObjectNotFoundError: callers deleting to clean up may treat that as done.
         validate_key(key)
         await self._call("delete", key, partial(self._delete, key))
 
     async def signed_url(self, key: str, *, expires_s: int) -> str | None:
-        """Return a V4 signed GET URL, or None when the credentials cannot sign (anonymous).
-
-        Emulator clients use anonymous credentials, so they get None and the HTTP API streams
-        the object itself. The signature is computed locally from a service-account key.
-        """
+        """Return a V4 signed GET URL, or None when the credentials cannot sign (anonymous)."""
+        # Emulator clients use anonymous credentials, so they get None and the HTTP API streams
+        # the object itself. The signature is computed locally from a service-account key.
         validate_key(key)
         if expires_s <= 0:
             raise ValueError(f"signed URL lifetime {expires_s} s is not positive")

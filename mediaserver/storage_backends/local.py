@@ -1,15 +1,14 @@
-"""LocalStore: an ObjectStore on a local directory, written atomically and durably.
+"""LocalStore: an ObjectStore on a local directory, written atomically and durably."""
 
-An object appears only whole: its bytes go to a hidden temporary file in the same directory
-(".{name}.{random}.tmp"), which is fsynced, renamed over the key's path and made durable by
-fsyncing the directory. A crash mid-copy leaves at most that hidden file behind; keys cannot
-start with a dot (see keys.validate_key), so it is never listed, read or returned as an object.
-
-Keys never escape the root: each path is resolved (following symlinks) and must stay under the
-resolved root. This guards against hostile keys and stray symlinks; the root itself is assumed
-to be writable only by the server (a symlink swapped in between check and use is not defended).
-Local files carry no media type, so `ObjectInfo.content_type` is derived from the key's suffix.
-"""
+# An object appears only whole: its bytes go to a hidden temporary file in the same directory
+# (".{name}.{random}.tmp"), which is fsynced, renamed over the key's path and made durable by
+# fsyncing the directory. A crash mid-copy leaves at most that hidden file behind; keys cannot
+# start with a dot (see keys.validate_key), so it is never listed, read or returned as an object.
+#
+# Keys never escape the root: each path is resolved (following symlinks) and must stay under the
+# resolved root. This guards against hostile keys and stray symlinks; the root itself is assumed
+# to be writable only by the server (a symlink swapped in between check and use is not defended).
+# Local files carry no media type, so `ObjectInfo.content_type` is derived from the key's suffix.
 
 import asyncio
 import hashlib

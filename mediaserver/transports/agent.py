@@ -377,11 +377,9 @@ async def accept(
     max_queued_messages: int = DEFAULT_SEND_QUEUE_MESSAGES,
     clock: Clock | None = None,
 ) -> tuple[AgentConnection, web.WebSocketResponse]:
-    """Upgrade an agent's dial-in request; the handler returns the response once it closes.
-
-    Without `audio_format` the format comes from the URL query (`?format=l16&rate=16000`); a
-    bad query raises AgentProtocolError before the upgrade, for the handler to answer 400.
-    """
+    """Upgrade an agent's dial-in request; the handler returns the response once it closes."""
+    # Without `audio_format` the format comes from the URL query (`?format=l16&rate=16000`); a
+    # bad query raises AgentProtocolError before the upgrade, for the handler to answer 400.
     chosen = audio_format or parse_audio_format_query(request.query)
     ws = web.WebSocketResponse(
         heartbeat=heartbeat_s,

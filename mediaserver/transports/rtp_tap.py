@@ -32,11 +32,9 @@ class AiortcReceivePath(Enum):
 def tap_receiver(
     receiver: RTCRtpReceiver, on_packet: RtpPacketHandler, aiortc_path: AiortcReceivePath
 ) -> None:
-    """Call `on_packet` with every RTP packet routed to `receiver`, before aiortc handles it.
-
-    aiortc's decoder thread is stopped either way: its frames would only pile up on a remote
-    track nobody reads, as the caller's audio is decoded once, from the tapped packets.
-    """
+    """Call `on_packet` with every RTP packet routed to `receiver`, before aiortc handles it."""
+    # aiortc's decoder thread is stopped either way: its frames would only pile up on a remote
+    # track nobody reads, as the caller's audio is decoded once, from the tapped packets.
     aiortc_handle: _ReceiveMethod = getattr(receiver, HANDLE_RTP_PACKET)
     stop_decoder: Callable[[], None] = getattr(receiver, HANDLE_DISCONNECT)
     decoder_running = True

@@ -188,12 +188,10 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 @contextlib.contextmanager
 def use_ice_host_addresses(addresses: Sequence[str]) -> Iterator[None]:
-    """Within the block, ICE gathering in this task binds host candidates to `addresses` only.
-
-    aioice has no parameter for it and leaves 127.0.0.1 out of what it finds; its one lookup
-    function is replaced once, by one that reads a context variable, so other tasks (and an
-    empty list) keep aioice's own behaviour.
-    """
+    """Within the block, ICE gathering in this task binds host candidates to `addresses` only."""
+    # aioice has no parameter for it and leaves 127.0.0.1 out of what it finds; its one lookup
+    # function is replaced once, by one that reads a context variable, so other tasks (and an
+    # empty list) keep aioice's own behaviour.
     for address in addresses:
         try:
             ipaddress.ip_address(address)
@@ -208,10 +206,9 @@ def use_ice_host_addresses(addresses: Sequence[str]) -> Iterator[None]:
 
 
 class OutboundOpusTrack(MediaStreamTrack):
-    """An audio track of pre-encoded Opus packets, paced at 20 ms, silence when nothing is queued.
+    """An audio track of pre-encoded Opus packets paced at 20 ms; silence when none is queued."""
 
-    aiortc's sender packs the `av.Packet`s it returns without re-encoding.
-    """
+    # aiortc's sender packs the `av.Packet`s it returns without re-encoding.
 
     kind = "audio"
 
@@ -301,10 +298,8 @@ class WebRtcCallerTransport:
         aiortc_receive_path: AiortcReceivePath = AiortcReceivePath.STATISTICS,
         clock: Clock | None = None,
     ) -> tuple[WebRtcCallerTransport, str]:
-        """Answer a WHIP offer; return the transport and the answer with all its candidates.
-
-        `ice_servers` are IceServers or bare STUN/TURN URLs.
-        """
+        """Answer a WHIP offer; return the transport and the answer with all its candidates."""
+        # `ice_servers` are IceServers or bare STUN/TURN URLs.
         offered = parse_offered_audio(offer_sdp)
         servers = [s if isinstance(s, IceServer) else IceServer(s) for s in ice_servers]
         configuration = RTCConfiguration(
