@@ -4,7 +4,7 @@ import asyncio
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -279,7 +279,10 @@ class Recorder:
             return None
         del self._calls[call_id]
         if not self.enabled:  # recording switched off: the call leaves nothing behind
-            return self._track(call_id, self._remove_spool(live.spool_dir))
+            # Removed at once (two empty journals and a small description, well under a
+            # millisecond) so the call never shows up as a recording in the API meanwhile.
+            shutil.rmtree(live.spool_dir)
+            return None
         self.calls_finalized += 1
         options = replace(self.options, end_reason=reason.value)
         return self._start_finalize(call_id, live.spool_dir, options)
@@ -387,21 +390,12 @@ class Recorder:
         self, call_id: str, spool_dir: Path, options: FinalizeOptions
     ) -> asyncio.Task[Manifest | None]:
         """Start the owned task that builds and stores a call's recording."""
-        return self._track(call_id, self._finalize(call_id, spool_dir, options))
-
-    def _track(
-        self, call_id: str, work: Coroutine[Any, Any, Manifest | None]
-    ) -> asyncio.Task[Manifest | None]:
-        """Run a call's end-of-life work as a task the recorder owns (awaited at close)."""
-        task = asyncio.create_task(work, name=f"finalize.{call_id}")
+        task = asyncio.create_task(
+            self._finalize(call_id, spool_dir, options), name=f"finalize.{call_id}"
+        )
         self._finalizing[call_id] = task
         task.add_done_callback(lambda _: self._finalizing.pop(call_id, None))
         return task
-
-    async def _remove_spool(self, spool_dir: Path) -> Manifest | None:
-        """Forget an unrecorded call's spool, off the loop."""
-        await asyncio.to_thread(shutil.rmtree, spool_dir)
-        return None
 
     async def _finalize(
         self, call_id: str, spool_dir: Path, options: FinalizeOptions
