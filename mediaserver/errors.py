@@ -32,6 +32,10 @@ class CallStateError(MediaServerError):
 class UnknownCallError(CallStateError, KeyError):
     """No call has the given id."""
 
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; the message is meant to be read.
+        return str(self.args[0]) if self.args else "unknown call"
+
 
 class StorageError(MediaServerError):
     """A storage backend failed to store, read or delete an object."""
@@ -63,3 +67,35 @@ class AgentProtocolError(MediaServerError, ValueError):
 
 class AgentDialError(MediaServerError):
     """The agent's WebSocket could not be reached or refused the connection."""
+
+
+class OverloadedError(MediaServerError):
+    """The node takes no new call now: it is at its call limit or its load is too high."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DrainingError(OverloadedError):
+    """The node is shutting down and takes no new call."""
+
+
+class SdpError(MediaServerError, ValueError):
+    """An SDP offer or fragment cannot be used."""
+
+
+class MalformedSdpError(SdpError):
+    """The SDP is not well-formed."""
+
+
+class UnsupportedSdpError(SdpError):
+    """Well-formed SDP asking for what this server does not do."""
+
+
+class WebRtcSetupError(MediaServerError):
+    """The server could not set up its side of a WebRTC connection (a configuration problem)."""
+
+
+class PortsExhaustedError(OverloadedError):
+    """Every port of the RTP range is in use."""

@@ -36,6 +36,14 @@ _POSITIVE = (
     "rtp_media_timeout_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
+    "finalize_timeout_s",
+    "max_calls",
+    "max_cpu_share",
+    "max_loop_lag_ms",
+    "call_cpu_share",
+    "http_keepalive_timeout_s",
+    "http_header_timeout_s",
+    "max_connections",
 )
 
 
@@ -61,6 +69,14 @@ class Settings:
     api_token: str = ""
     max_body_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
+    finalize_timeout_s: float = 60.0
+    max_calls: int = 500
+    max_cpu_share: float = 0.85
+    max_loop_lag_ms: float = 25.0
+    call_cpu_share: float = 0.004
+    http_keepalive_timeout_s: float = 15.0
+    http_header_timeout_s: float = 10.0
+    max_connections: int = 4096
     rtp_host: str = "127.0.0.1"
     rtp_public_host: str = ""
     rtp_port_min: int = 40000
@@ -70,6 +86,7 @@ class Settings:
     ice_host_addresses: str = ""
     agent_connect_timeout_s: float = 10.0
     end_call_on_agent_exit: bool = False
+    agent_opus_complexity: int = 0
     signed_url_expiry_s: int = 300
     log_format: str = "auto"
     log_level: str = "info"
@@ -133,6 +150,14 @@ def validate_settings(settings: Settings) -> Settings:
     if not 6000 <= settings.stereo_bitrate_bps <= 510000:
         raise SettingsError(  # RFC 6716 §2.1.1: Opus runs from 6 to 510 kbit/s
             f"setting stereo_bitrate_bps must be 6000..510000, got {settings.stereo_bitrate_bps}"
+        )
+    if not 0 <= settings.agent_opus_complexity <= 10:
+        raise SettingsError(
+            f"setting agent_opus_complexity must be 0..10, got {settings.agent_opus_complexity}"
+        )
+    if settings.max_cpu_share > 1.0:
+        raise SettingsError(
+            f"setting max_cpu_share is a share of one core (0..1], got {settings.max_cpu_share}"
         )
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"setting port must be 0..65535, got {settings.port}")

@@ -5,7 +5,9 @@ from concurrent.futures import ProcessPoolExecutor
 import aiohttp
 from aiohttp import web
 
+from mediaserver.admission import LoadMonitor
 from mediaserver.calls import CallHub
+from mediaserver.finalizer import Finalizer
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
@@ -15,10 +17,11 @@ from mediaserver.transports.port_allocator import PortAllocator
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
 STORE = web.AppKey("store", ObjectStore)
+FINALIZER = web.AppKey("finalizer", Finalizer)
 RECORDER = web.AppKey("recorder", Recorder)
 HUB = web.AppKey("hub", CallHub)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 PORTS = web.AppKey("ports", PortAllocator)
 METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
-DRAINING = web.AppKey("draining", dict[str, bool])
+LOAD = web.AppKey("load", LoadMonitor)

@@ -33,7 +33,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -41,12 +40,13 @@ from aiohttp import web
 
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import RECORDER, SETTINGS, STORE
+from mediaserver.call_recording import CallRecording
 from mediaserver.clock import Clock
 from mediaserver.errors import JournalError, ObjectNotFoundError, UnknownCallError
-from mediaserver.recorder import CALL_ID_PATTERN, Recorder
-from mediaserver.recording.call import Call, CallStatus
+from mediaserver.recorder import CALL_ID_PATTERN
+from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import FileEntry, Manifest, format_utc, parse_manifest
-from mediaserver.recording.spool import CALL_FILE, MANIFEST_FILE, parse_call_description
+from mediaserver.recording.spool import CallSpool, Spool
 from mediaserver.storage_backends.keys import (
     OGG_OPUS_CONTENT_TYPE,
     RECORDINGS_PREFIX,
@@ -303,7 +303,7 @@ def build_detail(view: RecordingView) -> dict[str, Any]:
     return body
 
 
-def build_live_view(call: Call, now_monotonic_ns: int) -> RecordingView:
+def build_live_view(call: CallRecording, now_monotonic_ns: int) -> RecordingView:
     """A call still recording: duration so far, open channels, codecs."""
     return RecordingView(
         call_id=call.call_id,
@@ -330,17 +330,16 @@ def build_stored_view(manifest: Manifest, manifest_key: str) -> RecordingView:
     )
 
 
-def read_spool_view(spool_dir: Path) -> RecordingView | None:
-    """What a spool directory says about its call (blocking: run in a thread)."""
+def read_spool_view(spool: CallSpool) -> RecordingView | None:
+    """What a call's spool says about it (blocking: run in a thread)."""
     try:
-        description = parse_call_description((spool_dir / CALL_FILE).read_text())
+        description = spool.read_description()
     except (OSError, JournalError):
         return None  # being released, or not a call's spool
-    manifest: Manifest | None = None
     try:
-        manifest = parse_manifest((spool_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        manifest = None  # not built yet, or being rewritten right now
+        manifest = spool.read_manifest()  # None: not built yet, or being rewritten right now
+    except OSError:
+        manifest = None
     created_at = parse_time(format_utc(description.wall_start_ns))
     if manifest is not None and manifest.status is CallStatus.UPLOAD_FAILED:
         return RecordingView(
@@ -355,18 +354,19 @@ def read_spool_view(spool_dir: Path) -> RecordingView | None:
     )
 
 
-def read_spool_views(spool_root: Path, skip: Iterable[str]) -> list[RecordingView]:
+def read_spool_views(spool: Spool, skip: Iterable[str]) -> list[RecordingView]:
     """Every spool's view except the ids in `skip` (blocking: run in a thread)."""
     skipped = set(skip)
     try:
-        names = sorted(path.name for path in spool_root.iterdir() if path.is_dir())
+        spools = spool.list_calls()
     except OSError:
         return []
     views = []
-    for name in names:
+    for call_spool in spools:
+        name = call_spool.call_id
         if name in skipped or not CALL_ID_PATTERN.fullmatch(name):
             continue
-        view = read_spool_view(spool_root / name)
+        view = read_spool_view(call_spool)
         if view is not None and view.call_id == name:
             views.append(view)
     return views
@@ -495,7 +495,7 @@ async def find_recording(app: web.Application, call_id: str) -> RecordingView:
         pass
     else:
         return build_live_view(call, recorder.clock.monotonic_ns())
-    spooled = await asyncio.to_thread(read_spool_view, recorder.spool_root / call_id)
+    spooled = await asyncio.to_thread(read_spool_view, recorder.spool.call(call_id))
     if spooled is not None and spooled.call_id == call_id:
         return spooled
     index = app[RECORDING_INDEX]
@@ -521,7 +521,7 @@ async def collect_page(
     # Live calls, then spools, then the store: a call moving on meanwhile is still seen once.
     now_ns = recorder.clock.monotonic_ns()
     known = {call.call_id: build_live_view(call, now_ns) for call in recorder.live_calls()}
-    spooled = await asyncio.to_thread(read_spool_views, recorder.spool_root, set(known))
+    spooled = await asyncio.to_thread(read_spool_views, recorder.spool, set(known))
     known.update({view.call_id: view for view in spooled})
     stored = await index.list_stored()
     accepted = [view for view in known.values() if _accepts(query, view)]
@@ -716,25 +716,9 @@ async def _delete_if_present(store: ObjectStore, key: str) -> None:
         return
 
 
-class _RecorderClock:
-    """The recorder's current clock, so that a clock injected into the recorder applies here too."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        """Follow `recorder.clock`."""
-        self._recorder = recorder
-
-    def monotonic_ns(self) -> int:
-        """The recorder's monotonic nanoseconds."""
-        return self._recorder.clock.monotonic_ns()
-
-    def wall_ns(self) -> int:
-        """The recorder's UTC epoch nanoseconds."""
-        return self._recorder.clock.wall_ns()
-
-
 async def _create_index(app: web.Application) -> None:
     """Build the recording index once the store and the recorder exist."""
-    app[RECORDING_INDEX] = RecordingIndex(app[STORE], _RecorderClock(app[RECORDER]))
+    app[RECORDING_INDEX] = RecordingIndex(app[STORE], app[RECORDER].clock)
 
 
 def add_routes(app: web.Application) -> None:

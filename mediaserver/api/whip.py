@@ -3,11 +3,12 @@
 from aiohttp import web
 
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import DRAINING, HUB, SETTINGS
+from mediaserver.api.keys import HUB, SETTINGS
 from mediaserver.errors import CallStateError
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.settings import split_list
-from mediaserver.transports.webrtc import SdpError, WebRtcCallerTransport
+from mediaserver.transports.webrtc import WebRtcCallerTransport, parse_offered_audio
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
@@ -19,18 +20,12 @@ CORS_HEADERS = {
 }
 
 
-def _sdp_error(exc: SdpError) -> ApiError:
-    """Map an SDP problem to its status."""
-    return ApiError(exc.http_status, exc.code, str(exc))
-
-
 async def create_session(request: web.Request) -> web.Response:
     """POST /whip: the offer in, 201 with the answer and the session's Location out."""
-    if request.app[DRAINING]["draining"]:
-        raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
     if request.content_type != SDP:
         raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP}")
     offer = await request.text()
+    parse_offered_audio(offer)  # a bad offer is refused before any call is set up for it
     hub = request.app[HUB]
     call_id = request.query.get("call_id")
     created = call_id is None
@@ -49,14 +44,11 @@ async def create_session(request: web.Request) -> web.Response:
             sink=session,
             ice_servers=split_list(settings.ice_servers),
             ice_host_addresses=split_list(settings.ice_host_addresses),
+            clock=hub.clock,
         )
-    except SdpError as exc:
-        if created:
-            hub.discard(session)  # nothing stays allocated for a refused offer
-        raise _sdp_error(exc) from None
     except BaseException:
         if created:
-            hub.discard(session)
+            hub.discard(session)  # nothing stays allocated for a refused offer
         raise
     session.attach_caller(transport)
     location = f"/whip/{session.call_id}"
@@ -81,17 +73,14 @@ async def patch_session(request: web.Request) -> web.Response:
     if request.content_type != TRICKLE:
         raise ApiError(415, "unsupported_media_type", f"send candidates as {TRICKLE}")
     transport = _transport(request)
-    try:
-        await transport.add_ice_candidates(await request.text())
-    except SdpError as exc:
-        raise _sdp_error(exc) from None
+    await transport.add_ice_candidates(await request.text())
     return web.Response(status=204, headers=CORS_HEADERS)
 
 
 async def delete_session(request: web.Request) -> web.Response:
     """DELETE /whip/{id}: the caller hangs up."""
     session = request.app[HUB].get(request.match_info["call_id"])
-    session.on_caller_ended("whip_delete")
+    session.end(EndReason.WHIP_DELETE)
     return web.Response(status=200, headers=CORS_HEADERS)
 
 
