@@ -82,8 +82,8 @@ class CallRecording:
 
     @property
     def status(self) -> CallStatus:
-        """Always `recording` while the handle is live."""
-        return CallStatus.RECORDING
+        """`recording` while a channel is open, then `finalizing`."""
+        return CallStatus.RECORDING if self._open else CallStatus.FINALIZING
 
     @property
     def open_channels(self) -> frozenset[Channel]:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from mediaserver.api import recordings
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
-from mediaserver.api.keys import RECORDER, SETTINGS, STORE
+from mediaserver.api.keys import FINALIZER, RECORDER, SETTINGS, STORE
 from mediaserver.api.recordings import (
     RECORDING_INDEX,
     ByteRange,
@@ -37,11 +37,15 @@ from mediaserver.api.recordings import (
     parse_manifest_key,
 )
 from mediaserver.app import create_app
+from mediaserver.call_recording import CallRecording
 from mediaserver.clock import ManualClock
+from mediaserver.finalizer import Finalizer
 from mediaserver.recorder import Recorder
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest
-from mediaserver.recording.spool import CALL_FILE, CallDescription
+from mediaserver.recording.spool import CallDescription, CallSpool, Spool
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.gcs import GcsStore, RetryPolicy
 
@@ -67,9 +71,9 @@ class Server:
     store_root: Path | None
 
     @property
-    def recorder(self) -> Recorder:
-        """The application's recorder."""
-        return self.app[RECORDER]
+    def recorder(self) -> "AppRecorder":
+        """The application's recorder and finalizer, driven by call id."""
+        return AppRecorder(self.app[RECORDER], self.app[FINALIZER])
 
     async def get_json(
         self, path: str, status: int = 200, params: Mapping[str, str] | None = None
@@ -79,6 +83,35 @@ class Server:
         body = await response.json()
         assert response.status == status, body
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecorder:
+    """The application's own recorder and finalizer, addressed by call id."""
+
+    recorder: Recorder
+    finalizer: Finalizer
+
+    def open_call(self, call_id: str | None = None, **options: Any) -> CallRecording:
+        """Open a call's recording."""
+        return self.recorder.open_call(call_id, **options)
+
+    def record(self, call_id: str, channel: Channel, packet: MediaPacket) -> None:
+        """Journal a packet."""
+        self.recorder.get_call(call_id).record(channel, packet)
+
+    def end_channel(self, call_id: str, channel: Channel) -> None:
+        """End one channel (the caller hung up, say)."""
+        self.recorder.get_call(call_id).end(channel, EndReason.CALLER_HANGUP)
+
+    def end_call(self, call_id: str) -> None:
+        """End both channels."""
+        for channel in Channel:
+            self.end_channel(call_id, channel)
+
+    async def wait_finalized(self, call_id: str) -> Manifest | None:
+        """Wait for the call's recording to be stored."""
+        return await self.finalizer.wait(call_id)
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
@@ -99,15 +132,18 @@ async def start_server(app: web.Application, store_root: Path | None) -> Server:
         TestServer(app, host="127.0.0.1", port=0)
     )
     await client.start_server()
-    clock = ManualClock(wall_ns=BASE_WALL_NS)
-    app[RECORDER].clock = clock
+    clock = app[RECORDER].clock
+    assert isinstance(clock, ManualClock)
     return Server(app, client, clock, store_root)
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """The real application (create_app) on local storage."""
-    running = await start_server(create_app(settings_for(tmp_path)), tmp_path / "store")
+    running = await start_server(
+        create_app(settings_for(tmp_path), clock=ManualClock(wall_ns=BASE_WALL_NS)),
+        tmp_path / "store",
+    )
     yield running
     await running.client.close()
 
@@ -144,13 +180,15 @@ async def feed(server: Server, call_id: str, seconds: float, seed: int) -> None:
             server.recorder.record(
                 call_id,
                 channel,
-                arrival_ns=base_ns + round(packet.arrival_s * 1e9),
-                rtp_timestamp=packet.rtp_timestamp,
-                ssrc=packet.ssrc,
-                sequence=packet.sequence,
-                payload_type=PAYLOAD_TYPE,
-                marker=False,
-                payload=packet.payload,
+                MediaPacket(
+                    base_ns + round(packet.arrival_s * 1e9),
+                    packet.rtp_timestamp,
+                    packet.sequence,
+                    packet.ssrc,
+                    PAYLOAD_TYPE,
+                    False,
+                    packet.payload,
+                ),
             )
     server.clock.advance(seconds + 0.1)
 
@@ -435,12 +473,11 @@ async def test_a_live_call_shows_as_recording(server: Server) -> None:
 
 async def test_a_spool_without_a_stored_manifest_shows_as_finalizing(server: Server) -> None:
     """A spool left by another process (not yet recovered) is listed as finalizing."""
-    spool_dir = server.app[SETTINGS].spool_path / "leftover"
-    spool_dir.mkdir(parents=True)
-    description = CallDescription(
-        "leftover", BASE_WALL_NS, 5, {Channel.CALLER: Codec.OPUS, Channel.AGENT: Codec.OPUS}, {}
+    CallSpool(server.app[SETTINGS].spool_path / "leftover").create(
+        CallDescription(
+            "leftover", BASE_WALL_NS, 5, {Channel.CALLER: Codec.OPUS, Channel.AGENT: Codec.OPUS}, {}
+        )
     )
-    (spool_dir / CALL_FILE).write_text(description.to_json())
 
     body = await server.get_json("/v1/recordings/leftover")
     listed = await server.get_json("/v1/recordings")
@@ -454,7 +491,10 @@ async def test_a_spool_without_a_stored_manifest_shows_as_finalizing(server: Ser
 async def test_an_upload_failure_is_listed_from_the_spool(tmp_path: Path) -> None:
     """When the store refuses the files, the spool's manifest says upload_failed."""
     (tmp_path / "store").write_text("a file where the store's directory should be")
-    running = await start_server(create_app(settings_for(tmp_path)), tmp_path / "store")
+    running = await start_server(
+        create_app(settings_for(tmp_path), clock=ManualClock(wall_ns=BASE_WALL_NS)),
+        tmp_path / "store",
+    )
     try:
         call = running.recorder.open_call()
         await feed(running, call.call_id, 1.0, seed=4)
@@ -529,7 +569,9 @@ async def test_gcs_with_anonymous_credentials_streams_the_audio(
     settings = settings_for(
         tmp_path, storage_type="gcs", storage_path=bucket, gcs_create_bucket=True
     )
-    running = await start_server(create_app(settings), None)
+    running = await start_server(
+        create_app(settings, clock=ManualClock(wall_ns=BASE_WALL_NS)), None
+    )
     try:
         manifest = await make_recording(running)
         key = file_key(manifest, "stereo")
@@ -582,11 +624,19 @@ def build_app_on_store(
 
     async def recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         """Start the recorder with the app and drain it at cleanup, as create_app does."""
-        recorder = Recorder(spool_root=settings.spool_path, store=store, executor=pool)
+        finalizer = Finalizer(spool=Spool(settings.spool_path), store=store, executor=pool)
+        recorder = Recorder(
+            spool=finalizer.spool,
+            on_call_ended=finalizer.submit,
+            clock=ManualClock(wall_ns=BASE_WALL_NS),
+        )
+        app[FINALIZER] = finalizer
         app[RECORDER] = recorder
         await recorder.start()
+        await finalizer.recover()
         yield
         await recorder.close()
+        await finalizer.close()
 
     app.cleanup_ctx.append(recorder_ctx)
     recordings.add_routes(app)
