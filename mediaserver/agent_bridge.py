@@ -13,7 +13,6 @@ from mediaserver.errors import OpusPacketError
 from mediaserver.playout import Playout
 from mediaserver.recording.channel import Codec
 from mediaserver.rtp.media_packet import MediaPacket
-from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.link import AgentLink, Pcm
 
 log = structlog.get_logger(__name__)
@@ -51,7 +50,6 @@ class AgentBridge:
         self.playout = Playout(rate_hz, frame_ms=FRAME_MS, max_buffered_s=max_buffered_s)
         self._decoder = CallerAudioDecoder(caller_codec, rate_hz)
         self._encoder = AgentAudioEncoder(caller_codec, rate_hz, complexity=complexity)
-        self.sequencer = RtpSequencer(caller_codec.clock_rate_hz * FRAME_MS // 1000)
         self._last_sequence: dict[int, int] = {}
         self.stats = BridgeStats()
 
@@ -90,17 +88,16 @@ class AgentBridge:
         for name in self.playout.clear():
             self._echo_mark(name)
 
-    def next_packet(self, tick: int, payload_type: int) -> MediaPacket | None:
-        """Play one 20 ms frame as the packet of `tick`, or None when the agent is silent."""
+    def next_payload(self) -> bytes | None:
+        """Play one 20 ms frame: its encoded payload, or None when the agent is silent."""
         frame = self.playout.next_frame()
-        packet = None
+        payload = None
         if frame.pcm is not None:
             payload = self._encoder.encode_frame(frame.pcm)
-            packet = self.sequencer.number(tick, payload, payload_type)
             self.stats.agent_frames_encoded += 1
         for name in frame.marks:
             self._echo_mark(name)
-        return packet
+        return payload
 
     def skip(self, ticks: int) -> None:
         """Ticks the pacer missed (a stalled loop): their audio is dropped, its marks reached."""

@@ -193,6 +193,7 @@ def _hub(clock: Clock) -> Context:
             admission=app[LOAD].admit,
             end_call_on_agent_exit=settings.end_call_on_agent_exit,
             agent_complexity=settings.agent_opus_complexity,
+            send_silence=settings.send_silence,
         )
         app[HUB] = hub
         await hub.start()

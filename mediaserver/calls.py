@@ -41,8 +41,10 @@ class CallHub:
         admission: Admission = _admit_all,
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
+        send_silence: bool = True,
     ) -> None:
         self.recorder = recorder
+        self.send_silence = send_silence
         self.clock: Clock = clock or SystemClock()
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -121,6 +123,7 @@ class CallHub:
             on_closed=self._forget,
             end_call_on_agent_exit=self.end_call_on_agent_exit,
             agent_complexity=self.agent_complexity,
+            send_silence=self.send_silence,
             metadata=metadata,
         )
         self._sessions[session.call_id] = session

@@ -6,13 +6,15 @@ from typing import Any
 
 import structlog
 
-from mediaserver.agent_bridge import AgentBridge
+from mediaserver.agent_bridge import FRAME_MS, AgentBridge
+from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.call_recording import CallRecording
 from mediaserver.errors import CallStateError
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.rtp.media_packet import MediaPacket
+from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
@@ -24,6 +26,7 @@ class SessionStats:
 
     caller_packets: int = 0
     agent_frames_played: int = 0
+    silence_frames_sent: int = 0
     legs_ended: dict[str, str] = field(default_factory=dict)
 
 
@@ -39,6 +42,7 @@ class CallSession:
         on_closed: Callable[["CallSession"], None] | None = None,
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
+        send_silence: bool = True,
         metadata: dict[str, object] | None = None,
     ) -> None:
         self.recording = recording
@@ -50,6 +54,13 @@ class CallSession:
         self._on_closed = on_closed
         self.caller: CallerLink | None = None
         self.bridge: AgentBridge | None = None
+        # The call's one RTP numbering of what it sends the caller, ticked by the hub's pacer.
+        self.sequencer = RtpSequencer(caller_codec.clock_rate_hz * FRAME_MS // 1000)
+        # While the agent is silent the caller still gets a frame every tick: gateways end legs
+        # that go quiet, and jitter buffers (aiortc's among them) hold an utterance's last
+        # packets until the next one arrives. Silence frames are not journalled: the recording
+        # fills the same silence itself.
+        self._silence = _silence_payload(caller_codec) if send_silence else None
         self._ended_caller_drops: dict[str, int] = {}
         self.stats = SessionStats()
         self.log = log.bind(call_id=recording.call_id)
@@ -127,7 +138,9 @@ class CallSession:
 
     def on_audio_sent(self, packet: MediaPacket) -> None:
         """Journal an agent packet exactly as the transport sent it, when it sent it."""
-        if self.recording.record(Channel.AGENT, packet):
+        if packet.payload is self._silence:  # the very object tick() sent: not the agent's
+            self.stats.silence_frames_sent += 1
+        elif self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
 
     def on_caller_ended(self, reason: EndReason) -> None:
@@ -165,13 +178,18 @@ class CallSession:
     # -- pacing (called by the hub's pacer) ----------------------------------------------------
 
     def tick(self, tick: int) -> None:
-        """Play the agent's frame of this 20 ms tick to the caller."""
-        bridge, caller = self.bridge, self.caller
-        if bridge is None or caller is None or not self.recording.is_open(Channel.AGENT):
+        """Send the caller this 20 ms tick's frame: the agent's audio, or silence."""
+        caller = self.caller
+        if caller is None:
             return
-        packet = bridge.next_packet(tick, caller.payload_type)
-        if packet is not None:
-            caller.send_audio(packet)
+        payload = None
+        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
+            payload = self.bridge.next_payload()
+        if payload is None:
+            payload = self._silence
+            if payload is None:
+                return
+        caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
 
     def skip(self, ticks: int) -> None:
         """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
@@ -204,3 +222,11 @@ class CallSession:
         self.recording.end(channel, reason)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
+
+
+def _silence_payload(codec: Codec) -> bytes:
+    """One 20 ms frame of digital silence in the caller's codec."""
+    if codec is Codec.OPUS:
+        return silence_packet(960)
+    # RFC 3551 §4.5.14: the codes of a zero sample, μ-law 0xFF and A-law 0xD5.
+    return (b"\xff" if codec is Codec.PCMU else b"\xd5") * 160

@@ -87,6 +87,7 @@ class Settings:
     agent_connect_timeout_s: float = 10.0
     end_call_on_agent_exit: bool = False
     agent_opus_complexity: int = 0
+    send_silence: bool = True
     signed_url_expiry_s: int = 300
     log_format: str = "auto"
     log_level: str = "info"
