@@ -1,4 +1,4 @@
-"""Calls with agents per core: a real `mediaserver serve` on one core, callers and agents on the other.
+"""Calls with agents per core: a real `mediaserver serve` on one core, its load on the other.
 
 Each call is a plain-RTP Opus caller (50 packets/s of real Opus speech-band audio) or an aiortc
 WebRTC caller over WHIP, plus a Twilio-style agent on the WebSocket that talks half the time
@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -37,10 +36,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import print_table  # noqa: E402
-from webrtc_load import LoadCaller, build_opus_tone_packets  # noqa: E402
+from common import print_table
+from webrtc_load import LoadCaller, build_opus_tone_packets
 
-from mediaserver.audio.g711 import encode_pcmu  # noqa: E402
+from mediaserver.audio.g711 import encode_pcmu
 
 HOST = "127.0.0.1"
 TOKEN = "bench-token-0123456789"
@@ -204,6 +203,26 @@ def start_server(work: Path, port: int, cpu: int | None, extra_env: dict[str, st
     return subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def start_profiler(pid: int, duration_s: float, output: Path) -> Any:
+    """py-spy sampling the server for `duration_s`, writing collapsed stacks to `output`."""
+    command = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(duration_s)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--nonblocking",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def free_port() -> int:
@@ -424,8 +443,10 @@ class Load:
             if call.webrtc is not None:
                 call.webrtc.track.halted = True
         results = await asyncio.gather(
-            *(client.delete(f"{self.base}/v1/calls/{c.call_id}", headers=headers)
-              for c in self.calls),
+            *(
+                client.delete(f"{self.base}/v1/calls/{c.call_id}", headers=headers)
+                for c in self.calls
+            ),
             return_exceptions=True,
         )
         for result in results:
@@ -465,8 +486,9 @@ async def snapshot(client: aiohttp.ClientSession, base: str, pid: int) -> Snapsh
     """CPU, loop-lag histogram and kernel drops now."""
     async with client.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
         text = await r.text()
-    return Snapshot(read_process_cpu_s(pid), time.monotonic(), parse_lag_buckets(text),
-                    read_rcvbuf_errors())
+    return Snapshot(
+        read_process_cpu_s(pid), time.monotonic(), parse_lag_buckets(text), read_rcvbuf_errors()
+    )
 
 
 def channel_stats(manifest: dict[str, Any], channel: str) -> dict[str, Any]:
@@ -485,8 +507,10 @@ CATEGORIES = (
     ("g711", ("g711",)),
     ("base64", ("b64", "base64")),
     ("json", ("json",)),
-    ("websocket (aiohttp)", ("aiohttp/_websocket", "aiohttp/client_ws", "aiohttp/web_ws",
-                             "websocket")),
+    (
+        "websocket (aiohttp)",
+        ("aiohttp/_websocket", "aiohttp/client_ws", "aiohttp/web_ws", "websocket"),
+    ),
     ("journal", ("journal.py",)),
     ("aiortc/srtp/ice", ("aiortc", "aioice", "pylibsrtp")),
     ("udp receive", ("datagram_received", "selector_events", "recvmsg", "_on_readable")),
@@ -508,8 +532,7 @@ def summarize_profile(raw: Path) -> dict[str, float]:
         frames = stack.split(";")
         label = "other"
         for frame in reversed(frames):
-            found = next((name for name, keys in CATEGORIES if any(k in frame for k in keys)),
-                         None)
+            found = next((name for name, keys in CATEGORIES if any(k in frame for k in keys)), None)
             if found is not None:
                 label = found
                 break
@@ -548,12 +571,7 @@ async def run_step(
             spy = None
             raw = work / "profile.txt"
             if args.profile:
-                spy = subprocess.Popen(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--duration",
-                     str(int(args.duration)), "--rate", "200", "--format", "raw",
-                     "--output", str(raw), "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
+                spy = start_profiler(server.pid, args.duration, raw)
             await asyncio.sleep(args.duration)
             after = await snapshot(client, base, server.pid)
             if spy is not None:
@@ -638,8 +656,9 @@ async def main_async(args: argparse.Namespace) -> None:
     best: dict[str, int] = {}
     for transport in args.transports:
         for count in args.steps:
-            runs = [await run_step(transport, count, args, opus, chunk)
-                    for _ in range(args.repeats)]
+            runs = [
+                await run_step(transport, count, args, opus, chunk) for _ in range(args.repeats)
+            ]
             result = median_result(runs)
             per_call = [r.cpu_per_call_percent for r in runs]
             spread = f" ({min(per_call):.2f}-{max(per_call):.2f})" if len(runs) > 1 else ""
@@ -652,8 +671,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 for name, share in result.profile.items():
                     print(f"  {name:28s} {share:5.1f}%")
     print_table(
-        ["step", "accepted", "cpu", "cpu/call", "lag p50/p99 ms", "caller rec/sent",
-         "agent rec/sent", "agent heard", "rcvbuf drops", "len err ms", "drift corr", "result"],
+        [
+            "step",
+            "accepted",
+            "cpu",
+            "cpu/call",
+            "lag p50/p99 ms",
+            "caller rec/sent",
+            "agent rec/sent",
+            "agent heard",
+            "rcvbuf drops",
+            "len err ms",
+            "drift corr",
+            "result",
+        ],
         rows,
     )
     for transport in args.transports:
@@ -666,8 +697,9 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[25, 50, 100])
+    parser.add_argument(
+        "--steps", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 100]
+    )
     parser.add_argument("--transports", type=lambda s: s.split(","), default=["rtp", "webrtc"])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per step")
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -675,8 +707,12 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the server each step")
-    parser.add_argument("--server-env", action="append", default=[],
-                        help="KEY=VALUE for the server's environment (repeatable)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for the server's environment (repeatable)",
+    )
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

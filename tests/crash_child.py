@@ -15,12 +15,11 @@ import struct
 import sys
 from pathlib import Path
 
-from recorder_rig import RecorderRig
-
 from mediaserver.log import configure_logging
 from mediaserver.recording.channel import Channel
 from mediaserver.storage_backends.local import LocalStore
 
+from recorder_rig import RecorderRig
 from rtp_sender import TEMPLATE_LEAD_PACKETS, marker_template, silence_payload
 
 CALLER_HZ = 500.0

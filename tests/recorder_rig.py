@@ -1,4 +1,4 @@
-"""The recording pipeline wired as the server wires it, driven by id: recorder, finalizer, sweeper."""
+"""The recording pipeline as the server wires it (recorder, finalizer, sweeper), driven by id."""
 
 import asyncio
 from collections.abc import Iterable
@@ -17,9 +17,9 @@ from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest
+from mediaserver.recording.spool import CallSpool, Spool
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import parse_rtp_header
-from mediaserver.recording.spool import CallSpool, Spool
 from mediaserver.storage_backends.store import ObjectStore
 from mediaserver.sweeper import Sweeper
 
@@ -39,7 +39,7 @@ class RigStats:
 
 
 class RecorderRig:
-    """A Recorder, the Finalizer it hands ended calls to, and a Sweeper, as `create_app` makes them."""
+    """A Recorder, the Finalizer it hands ended calls to and a Sweeper, wired as the app does."""
 
     def __init__(
         self,

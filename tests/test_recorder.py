@@ -25,9 +25,9 @@ from mediaserver.finalize import FinalizeOptions
 from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.storage_backends.gcs import GcsStore, RetryPolicy, build_gcs_client
 from mediaserver.storage_backends.local import LocalStore
-from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.storage_backends.store import StoredObject
 
 from audio_oracle import (

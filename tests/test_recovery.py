@@ -12,13 +12,13 @@ from typing import IO
 import pytest
 import structlog
 from crash_child import AGENT_HZ, AGENT_MARKER_S, CALLER_HZ, CALLER_MARKER_S
-from recorder_rig import RecorderRig
 
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.storage_backends.local import LocalStore
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from recorder_rig import RecorderRig
 
 CHILD_SCRIPT = Path(__file__).with_name("crash_child.py")
 TIMEOUT_S = 60.0

@@ -1,4 +1,4 @@
-"""The agent's RTP sequencer: numbers by packet, timestamps by the pacer's tick, markers after gaps."""
+"""The agent's RTP sequencer: numbers per packet, timestamps per pacer tick, markers after gaps."""
 
 import itertools
 

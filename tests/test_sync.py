@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recorder_rig import RecorderRig
 
 from mediaserver.clock import ManualClock
 from mediaserver.recording.channel import Channel
@@ -15,6 +14,7 @@ from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.storage_backends.local import LocalStore
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from recorder_rig import RecorderRig
 from rtp_sender import Impairments, SimStream, simulate_stream
 
 CALLER_HZ = 500.0

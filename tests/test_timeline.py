@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from mediaserver.errors import SettingsError
-from timeline_input import TimedPacket, place
-
 from mediaserver.recording.timeline import Placement, Timeline, TimelineConfig
+
+from timeline_input import TimedPacket, place
 
 RATE_HZ = 48000
 FRAME_UNITS = 960  # 20 ms at 48 kHz

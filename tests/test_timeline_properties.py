@@ -7,9 +7,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timeline_input import TimedPacket, place
-
 from mediaserver.recording.timeline import Timeline, TimelineConfig
+
+from timeline_input import TimedPacket, place
 
 MS = 1_000_000
 

@@ -1,4 +1,4 @@
-"""Timeline test input: packets described by their timing and duration, placed by compute_timeline."""
+"""Timeline test input: packets described by timing and duration, placed by compute_timeline."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
