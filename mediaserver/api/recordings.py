@@ -43,6 +43,7 @@ from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import RECORDER, SETTINGS, STORE
 from mediaserver.clock import Clock
 from mediaserver.errors import JournalError, ObjectNotFoundError, UnknownCallError
+from mediaserver.jobs.state import summarize_jobs
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder
 from mediaserver.recording.call import Call, CallStatus
 from mediaserver.recording.manifest import FileEntry, Manifest, format_utc, parse_manifest
@@ -266,6 +267,8 @@ def build_links(view: RecordingView) -> dict[str, Any]:
     links: dict[str, Any] = {"manifest": base}
     if view.is_stored:
         links["audio"] = {channel: f"{base}/audio?channel={channel}" for channel in CHANNEL_ROLES}
+        links["analysis"] = f"{base}/analysis"
+        links["transcript"] = f"{base}/transcript"
     return links
 
 
@@ -281,6 +284,7 @@ def build_list_item(view: RecordingView) -> dict[str, Any]:
             {"role": entry.role, "size_bytes": entry.size_bytes, "key": entry.key}
             for entry in files
         ],
+        "jobs": summarize_jobs(view.manifest.jobs) if view.manifest is not None else {},
         "links": build_links(view),
     }
 
@@ -665,7 +669,7 @@ async def delete_recording(request: web.Request) -> web.Response:
     # gone, still listed and deletable again, never audio that nothing points to. The seed's
     # names are deleted too, so files of an earlier failed upload do not stay behind.
     standard = build_recording_keys(call_id, view.created_at)
-    audio_keys = {standard.left, standard.right, standard.merged}
+    audio_keys = {standard.left, standard.right, standard.merged, *standard.derived_keys()}
     audio_keys |= {entry.key for entry in view.manifest.files if entry.key is not None}
     audio_keys.discard(view.manifest_key)
     for key in sorted(audio_keys):
