@@ -6,6 +6,7 @@
 # samples are where speech is audible: those are the true edges the analysis must find.
 
 import io
+import itertools
 import shutil
 import subprocess
 import wave
@@ -220,3 +221,87 @@ def _resample(source: tuple[Pcm, int], rate_hz: int) -> Pcm:
     chunks = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     return np.concatenate(chunks).astype(np.int16)
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """An utterance where it is on the recording's time line, and its audible spans there."""
+
+    speaker: str
+    start_s: float
+    end_s: float
+    spans: tuple[tuple[float, float], ...]
+    words: tuple[str, ...]
+
+
+def place(u: Utterance, start_s: float, end_s: float | None = None, bridge_s: float = 0.3) -> Heard:
+    """The truth of an utterance heard from `start_s` (and cut at `end_s`, if given)."""
+    shift_s = start_s - u.start_s
+    end_s = u.end_s + shift_s if end_s is None else end_s
+    spans = []
+    for a, b in speech_truth(u, bridge_s):
+        first, last = a + shift_s, min(b + shift_s, end_s)
+        if last - first > 0.09:  # what a cut leaves of a span must be long enough to be speech
+            spans.append((first, last))
+    return Heard(u.speaker, start_s, end_s, tuple(spans), tuple(u.words))
+
+
+def check_analysis(analysis: dict, heard: list[Heard], tolerance_s: float = 0.1) -> dict:
+    """Assert that an analysis document finds the heard dialogue; returns the errors measured."""
+    errors: dict[str, list[float]] = {"span": [], "turn": [], "latency": []}
+    for side in ("caller", "agent"):
+        found = analysis["channels"][side]["speech"]
+        truth = [span for h in heard if h.speaker == side for span in h.spans]
+        assert len(found) == len(truth), (side, found, truth)
+        for (a, b), (ta, tb) in zip(found, truth, strict=True):
+            errors["span"] += [a - ta, b - tb]
+    turns = analysis["turns"]
+    assert [t["speaker"] for t in turns] == [h.speaker for h in heard], turns
+    for turn, h in zip(turns, heard, strict=True):
+        errors["turn"] += [turn["start_s"] - h.start_s, turn["end_s"] - h.end_s]
+    # Every agent line but the one cut by the barge-in answers a finished caller line.
+    expected_latencies = [
+        h.start_s - previous.end_s
+        for previous, h in itertools.pairwise(heard)
+        if h.speaker == "agent"
+        and previous.speaker == "caller"
+        and previous.start_s < h.start_s
+        and previous.end_s <= h.start_s
+    ]
+    values = analysis["response_latency_s"]["values"]
+    assert len(values) == len(expected_latencies), (values, expected_latencies)
+    errors["latency"] = [v - e for v, e in zip(values, expected_latencies, strict=True)]
+    barge = next(
+        h
+        for h in heard
+        if h.speaker == "caller"
+        and any(o.speaker == "agent" and o.start_s < h.start_s < o.end_s for o in heard)
+    )
+    cut = next(o for o in heard if o.speaker == "agent" and o.start_s < barge.start_s < o.end_s)
+    [interruption] = analysis["interruptions"]
+    assert interruption["by"] == "caller", interruption
+    assert abs(interruption["at_s"] - barge.start_s) <= tolerance_s, (interruption, barge)
+    assert abs(interruption["overlap_s"] - (cut.end_s - barge.start_s)) <= tolerance_s
+    [silence] = analysis["silences"]
+    before = max((h for h in heard if h.end_s <= silence[1]), key=lambda h: h.end_s)
+    after = min((h for h in heard if h.start_s >= silence[0]), key=lambda h: h.start_s)
+    assert abs(silence[0] - before.end_s) <= tolerance_s, (silence, before)
+    assert abs(silence[1] - after.start_s) <= tolerance_s, (silence, after)
+    assert after.start_s - before.end_s > 5.0
+    first_agent = min(h.start_s for h in heard if h.speaker == "agent")
+    assert abs(analysis["time_to_first_agent_audio_s"] - first_agent) <= tolerance_s
+    worst = {name: max((abs(e) for e in values), default=0.0) for name, values in errors.items()}
+    assert all(value <= tolerance_s for value in worst.values()), (worst, errors)
+    return errors
+
+
+def transcript_recall(transcript: dict, heard: list[Heard]) -> dict[str, float]:
+    """Word recall per speaker of a transcript document against what was said."""
+    recall = {}
+    for side in ("caller", "agent"):
+        said = [w for h in heard if h.speaker == side for w in h.words]
+        text = " ".join(s["text"] for s in transcript["segments"] if s["speaker"] == side)
+        recall[side] = word_recall(said, text)
+    said_all = [w for h in heard for w in h.words]
+    recall["all"] = word_recall(said_all, " ".join(s["text"] for s in transcript["segments"]))
+    return recall

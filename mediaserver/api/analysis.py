@@ -15,6 +15,7 @@ from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import JOBS, SETTINGS, STORE
 from mediaserver.api.recordings import RECORDINGS_PATH, RecordingView, find_recording
 from mediaserver.errors import ObjectNotFoundError
+from mediaserver.jobs.plan import DEFAULT_MODELS, build_transcript_params
 from mediaserver.jobs.runner import build_keys
 from mediaserver.jobs.state import JobKind, JobState, JobStatus, parse_job_states
 from mediaserver.recording.call import CallStatus
@@ -22,35 +23,30 @@ from mediaserver.settings import Settings
 from mediaserver.storage_backends.keys import JSON_CONTENT_TYPE, WEBVTT_CONTENT_TYPE
 
 TRANSCRIPT_FORMATS = ("json", "vtt")
-REQUESTABLE_BACKENDS = ("pocketsphinx", "openai")
-DEFAULT_MODELS = {"pocketsphinx": "en-us", "openai": "whisper-1"}
+REQUESTABLE_BACKENDS = ("pocketsphinx",)
 _LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}(-[A-Za-z]{2,4})?")
 _MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _NOT_STORED_YET = frozenset({CallStatus.RECORDING, CallStatus.FINALIZING, CallStatus.UPLOAD_FAILED})
 
 
-def build_job_params(settings: Settings, body: dict[str, Any] | None = None) -> dict[str, str]:
-    """A transcript job's backend, model and language: the request's, else the settings'."""
-    body = body or {}
-    default_backend = (
-        settings.transcription_backend
-        if settings.transcription_backend in REQUESTABLE_BACKENDS
-        else "pocketsphinx"
-    )
+def build_job_params(settings: Settings, body: dict[str, Any]) -> dict[str, str]:
+    """A requested transcript's backend, model and language: the request's, else the settings'."""
+    configured = build_transcript_params(settings)
+    default_backend = configured["backend"]
+    if default_backend not in REQUESTABLE_BACKENDS:  # "none" only means "not automatically"
+        default_backend = REQUESTABLE_BACKENDS[0]
     backend = body.get("backend", default_backend)
     if backend not in REQUESTABLE_BACKENDS:
         raise ApiError(
             400, "bad_request", f"backend must be one of {', '.join(REQUESTABLE_BACKENDS)}"
         )
     default_model = (
-        settings.transcription_model
-        if settings.transcription_model and backend == settings.transcription_backend
-        else DEFAULT_MODELS[backend]
+        configured["model"] if backend == configured["backend"] else DEFAULT_MODELS[backend]
     )
     model = body.get("model", default_model)
     if not isinstance(model, str) or not _MODEL_PATTERN.fullmatch(model):
         raise ApiError(400, "bad_request", "model must be 1-100 characters of [A-Za-z0-9._:/-]")
-    language = body.get("language", settings.transcription_language)
+    language = body.get("language", configured["language"])
     if not isinstance(language, str) or (language and not _LANGUAGE_PATTERN.fullmatch(language)):
         raise ApiError(400, "bad_request", "language must be a code such as en or en-US")
     return {"backend": backend, "model": model, "language": language}

@@ -14,7 +14,7 @@ from mediaserver.settings import Settings
 from mediaserver.transcription.backend import Transcriber
 from mediaserver.transcription.pocketsphinx import PocketsphinxTranscriber
 
-DEFAULT_MODELS = {"pocketsphinx": "en-us", "openai": "whisper-1"}
+DEFAULT_MODELS = {"pocketsphinx": "en-us"}
 
 
 def build_analysis_config(settings: Settings) -> AnalysisConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -16,7 +17,13 @@ import structlog
 
 from mediaserver.analysis.report import AnalysisConfig, apply_word_counts, parse_speech
 from mediaserver.analysis.turns import Speaker
-from mediaserver.errors import JobFailedError, OggError, OpusPacketError, StorageError
+from mediaserver.errors import (
+    JobFailedError,
+    ObjectNotFoundError,
+    OggError,
+    OpusPacketError,
+    StorageError,
+)
 from mediaserver.jobs.analysis_job import analyze_files
 from mediaserver.jobs.objects import download_object, read_json_object, write_text_object
 from mediaserver.jobs.queue import Job
@@ -102,6 +109,8 @@ class JobRunner:
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
         status = JobStatus.FAILED if error else JobStatus.COMPLETED
         final = await self._transition(job, status, error)
+        if final is None:  # deleted while the job ran: leave none of its results behind
+            await self._delete_results(manifest)
         elapsed_s = round(time.perf_counter() - started, 3)
         if error is not None:
             self.failed[job.kind] += 1
@@ -188,6 +197,12 @@ class JobRunner:
                 content_type=JSON_CONTENT_TYPE,
                 scratch_dir=scratch,
             )
+
+    async def _delete_results(self, manifest: Manifest) -> None:
+        """Remove what a job may have stored for a recording deleted meanwhile."""
+        for key in build_keys(manifest).derived_keys():
+            with contextlib.suppress(ObjectNotFoundError):
+                await self._states.store.delete(key)
 
     async def _download_channels(self, manifest: Manifest, work_dir: Path) -> dict[Speaker, Path]:
         """Both channel files, fetched from the store into the job's directory."""
