@@ -164,8 +164,7 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
             raise ApiError(
                 400,
                 "bad_request",
-                f"query parameter limit must be an integer from 1 to {MAX_PAGE_LIMIT}, "
-                f"got {limit_text!r}",
+                f"query parameter limit must be an integer from 1 to {MAX_PAGE_LIMIT}",
             )
         limit = int(limit_text)
     cursor = params.get("cursor")
@@ -229,8 +228,7 @@ def _parse_time_param(params: Mapping[str, str], name: str) -> datetime | None:
         raise ApiError(
             400,
             "bad_request",
-            f"query parameter {name} must be an ISO 8601 time such as "
-            f"2026-01-31T12:00:00Z, got {text!r}",
+            f"query parameter {name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z",
         ) from None
 
 
@@ -597,7 +595,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             400,
             "bad_request",
-            f"query parameter channel must be one of {', '.join(CHANNEL_ROLES)}, got {channel!r}",
+            f"query parameter channel must be one of {', '.join(CHANNEL_ROLES)}",
         )
     call_id = request.match_info["call_id"]
     view = await find_recording(request.app, call_id)
@@ -627,7 +625,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             416,
             "range_not_satisfiable",
-            f"range {range_header!r} is outside the {size_bytes} bytes of {channel} audio",
+            f"the requested range is outside the {size_bytes} bytes of {channel} audio",
             headers={"Content-Range": f"bytes */{size_bytes}"},
         )
     filename = entry.key.rsplit("/", 1)[-1]
