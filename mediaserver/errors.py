@@ -67,3 +67,7 @@ class AgentProtocolError(MediaServerError, ValueError):
 
 class AgentDialError(MediaServerError):
     """The agent's WebSocket could not be reached or refused the connection."""
+
+
+class RecordingQueryError(MediaServerError, ValueError):
+    """A recordings query names a parameter with a value it cannot have."""
