@@ -34,6 +34,10 @@ class CallStateError(MediaServerError):
 class UnknownCallError(CallStateError, KeyError):
     """No call has the given id."""
 
+    def __str__(self) -> str:
+        """The message as given: KeyError's own str() shows the repr of its argument."""
+        return str(self.args[0]) if self.args else ""
+
 
 class StorageError(MediaServerError):
     """A storage backend failed to store, read or delete an object."""
@@ -89,3 +93,7 @@ class TranscriptionError(JobFailedError):
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, code=code, details=details)
+
+
+class RecordingQueryError(MediaServerError, ValueError):
+    """A recordings query names a parameter with a value it cannot have."""

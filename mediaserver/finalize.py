@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from mediaserver.audio.channel_peaks import read_channel_peaks
 from mediaserver.audio.g711 import decode_pcma, decode_pcmu
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
 from mediaserver.audio.opus_encoder import OpusEncoder
 from mediaserver.audio.opus_silence import build_silence_packets, silence_packet
 from mediaserver.audio.opus_toc import compute_packet_samples
+from mediaserver.audio.peaks import PeaksBuilder, build_audiowaveform_json, choose_samples_per_pixel
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
 from mediaserver.recording.call import CallStatus
@@ -252,6 +254,20 @@ def _file_entry(path: Path, role: str, channels: int, duration_samples: int) -> 
     )
 
 
+def _write_peaks(
+    spool_dir: Path, builder: PeaksBuilder, span: int, stereo_mode: str, channels: tuple[Path, Path]
+) -> FileEntry:
+    """Write the waveform peaks: the merge fed them, unless lossless stereo decoded nothing."""
+    if stereo_mode == "encode":
+        peaks = builder.build()
+    else:
+        length = -(-span // builder.samples_per_pixel)
+        peaks = read_channel_peaks(channels, builder.samples_per_pixel, length)
+    path = output_path(spool_dir, "peaks")
+    path.write_bytes(build_audiowaveform_json(peaks))
+    return _file_entry(path, "peaks", 2, span)
+
+
 def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
     """Turn a spool's journals into left, right and stereo files and a manifest (CPU-bound)."""
     started = time.perf_counter()
@@ -311,6 +327,7 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
     stereo_path = output_path(spool_dir, "stereo")
     left, right = output_path(spool_dir, "left"), output_path(spool_dir, "right")
     stereo_mode = options.stereo_mode
+    peaks = PeaksBuilder(choose_samples_per_pixel(span), 2)  # fed by the merge's own decode
     if stereo_mode == "lossless":
         try:
             with left.open("rb") as lf, right.open("rb") as rf, stereo_path.open("wb") as out:
@@ -325,8 +342,10 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
             stereo_path,
             bitrate_bps=options.stereo_bitrate_bps,
             complexity=options.stereo_complexity,
+            peaks=peaks,
         )
     files.append(_file_entry(stereo_path, "stereo", 2, span))
+    files.append(_write_peaks(spool_dir, peaks, span, stereo_mode, (left, right)))
 
     first_wall_ns = call.wall_start_ns + (origin_ns - call.mono_start_ns) if arrivals else None
     end_wall_ns = (

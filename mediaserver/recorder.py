@@ -33,7 +33,7 @@ from mediaserver.recording.spool import (
     journal_path,
 )
 from mediaserver.rtp.packet import parse_rtp_header
-from mediaserver.storage_backends.keys import build_recording_keys
+from mediaserver.storage_backends.keys import build_recording_keys, compute_content_type
 from mediaserver.storage_backends.store import ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -430,7 +430,7 @@ class Recorder:
             tzinfo=UTC
         )
         keys = build_recording_keys(call_id, created)
-        by_role = {"left": keys.left, "right": keys.right, "stereo": keys.merged}
+        by_role = keys.by_role()
         recovered = manifest.end_reason == EndReason.RECOVERED.value
         final_status = CallStatus.RECOVERED if recovered else CallStatus.STORED
         files = tuple(replace(f, key=by_role[f.role]) for f in manifest.files)
@@ -444,7 +444,7 @@ class Recorder:
             for entry in files:
                 assert entry.key is not None
                 await self.store.put_file(
-                    entry.key, spool_dir / entry.name, content_type="audio/ogg"
+                    entry.key, spool_dir / entry.name, content_type=compute_content_type(entry.key)
                 )
             manifest_path = spool_dir / MANIFEST_FILE
             await asyncio.to_thread(manifest_path.write_text, stored.to_json())

@@ -10,10 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from mediaserver.api.calls import read_json_object
+from mediaserver.api.body import read_json_object
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import JOBS, SETTINGS, STORE
-from mediaserver.api.recordings import RECORDINGS_PATH, RecordingView, find_recording
+from mediaserver.api.keys import JOBS, RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.recording_lookup import find_recording
+from mediaserver.catalog.recording_view import RECORDINGS_PATH, RecordingView
 from mediaserver.errors import ObjectNotFoundError
 from mediaserver.jobs.plan import DEFAULT_MODELS, build_transcript_params
 from mediaserver.jobs.runner import build_keys
@@ -97,7 +98,7 @@ async def post_analysis(request: web.Request) -> web.Response:
 async def _request_job(request: web.Request, kind: JobKind, params: dict[str, str]) -> web.Response:
     """Queue a job for a stored recording; 202 with its state."""
     call_id = request.match_info["call_id"]
-    view = await find_recording(request.app, call_id)
+    view = await find_recording(request.app[RECORDER], request.app[RECORDING_INDEX], call_id)
     if not view.is_stored or view.manifest_key is None:
         raise ApiError(
             409, "conflict", f"recording {call_id} is {view.status.value}: it is not stored yet"
@@ -113,7 +114,7 @@ async def _request_job(request: web.Request, kind: JobKind, params: dict[str, st
 async def _answer(request: web.Request, kind: JobKind, answer_format: str) -> web.StreamResponse:
     """The document, or the job's status, by the rules in the module comment."""
     call_id = request.match_info["call_id"]
-    view = await find_recording(request.app, call_id)
+    view = await find_recording(request.app[RECORDER], request.app[RECORDING_INDEX], call_id)
     settings = request.app[SETTINGS]
     not_queued_yet = view.status in _NOT_STORED_YET or request.app[JOBS].is_queueing(call_id)
     if not_queued_yet and is_planned(settings, kind):

@@ -5,6 +5,7 @@ from concurrent.futures import ProcessPoolExecutor
 import aiohttp
 from aiohttp import web
 
+from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.calls import CallHub
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.metrics import LoopLagMonitor, Metrics
@@ -25,3 +26,4 @@ PORTS = web.AppKey("ports", PortAllocator)
 METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 DRAINING = web.AppKey("draining", dict[str, bool])
+RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)

@@ -10,7 +10,12 @@ from mediaserver.recording.channel import Channel, Codec
 
 CALL_FILE = "call.json"
 MANIFEST_FILE = "manifest.json"
-OUTPUT_FILES = {"left": "left.opus", "right": "right.opus", "stereo": "merged.opus"}
+OUTPUT_FILES = {
+    "left": "left.opus",
+    "right": "right.opus",
+    "stereo": "merged.opus",
+    "peaks": "peaks.json",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,5 +62,5 @@ def journal_path(spool_dir: Path, channel: Channel) -> Path:
 
 
 def output_path(spool_dir: Path, role: str) -> Path:
-    """Where an output file (left, right, stereo) is built."""
+    """Where an output file (left, right, stereo, peaks) is built."""
     return spool_dir / OUTPUT_FILES[role]
