@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 
@@ -73,6 +74,10 @@ class JobScheduler:
         self._queueing.add(call_id)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._queueing.discard(call_id))
+
+    def locked(self, call_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold a recording's lock: no job state is written to its manifest meanwhile."""
+        return self.states.locked(call_id)
 
     def is_queueing(self, call_id: str) -> bool:
         """True while a just-stored recording's jobs are being queued."""
