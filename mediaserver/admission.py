@@ -18,8 +18,8 @@ class AdmissionLimits:
     """What the node takes on."""
 
     max_calls: int  # live calls, whatever their load
-    max_cpu_share: float  # of one core (the event loop runs on one), after the new call
-    max_loop_lag_ms: float  # p99 over the last seconds
+    max_cpu_share: float  # of one core (the event loop runs on one), after the new call; 0: off
+    max_loop_lag_ms: float  # a high percentile of the loop's lag over the last seconds; 0: off
     call_cpu_share: float  # the least a call is assumed to cost, before it is measured
 
 
@@ -29,7 +29,7 @@ class LoadSample:
 
     live_calls: int
     cpu_share: float  # of one core, over the last window
-    loop_lag_p99_ms: float
+    loop_lag_ms: float  # a high percentile of the loop's lag over the last seconds
     cpu_share_per_call: float  # measured, 0.0 when unknown
 
 
@@ -45,8 +45,10 @@ def decide_admission(limits: AdmissionLimits, load: LoadSample) -> str | None:
     """None to admit one more call, or the reason to refuse it."""
     if load.live_calls >= limits.max_calls:
         return RefusalReason.MAX_CALLS
-    if load.loop_lag_p99_ms > limits.max_loop_lag_ms:
+    if limits.max_loop_lag_ms and load.loop_lag_ms > limits.max_loop_lag_ms:
         return RefusalReason.LOOP_LAG
+    if not limits.max_cpu_share:
+        return None
     # Measured CPU trails calls that were admitted a moment ago: take whichever is higher,
     # what the window saw or what the live calls cost at the per-call rate, plus the new call.
     per_call = max(load.cpu_share_per_call, limits.call_cpu_share)
@@ -64,14 +66,14 @@ class LoadMonitor:
         limits: AdmissionLimits,
         *,
         clock: Clock,
-        lag_p99_ms: Callable[[], float],
+        lag_ms: Callable[[], float],
         live_calls: Callable[[], int],
         window_s: float = 5.0,
         interval_s: float = 0.5,
     ) -> None:
         self.limits = limits
         self._clock = clock
-        self._lag_p99_ms = lag_p99_ms
+        self._lag_ms = lag_ms
         self._live_calls = live_calls
         self._window_s = window_s
         self._interval_s = interval_s
@@ -105,7 +107,7 @@ class LoadMonitor:
             # A per-call cost is only read off a window in which the number of calls held.
             if min(calls) == max(calls) and calls[0] >= 5:
                 per_call = cpu_share / calls[0]
-        return LoadSample(live_calls, cpu_share, self._lag_p99_ms(), per_call)
+        return LoadSample(live_calls, cpu_share, self._lag_ms(), per_call)
 
     def admit(self, live_calls: int) -> None:
         """Raise OverloadedError (503) unless one more call fits."""

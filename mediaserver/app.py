@@ -10,13 +10,15 @@ import structlog
 from aiohttp import web
 
 from mediaserver.admission import AdmissionLimits, LoadMonitor
-from mediaserver.api import calls, demo, health, recordings, whip
+from mediaserver.api import analysis, calls, demo, health, recordings, whip
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     FINALIZER,
     HTTP_CLIENT,
     HUB,
+    JOB_POOL,
+    JOBS,
     LOAD,
     LOOP_LAG,
     METRICS,
@@ -30,8 +32,14 @@ from mediaserver.calls import CallHub
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
+from mediaserver.jobs.local import LocalJobQueue
+from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
+from mediaserver.jobs.runner import JobRunner
+from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
+from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
@@ -41,6 +49,8 @@ from mediaserver.transports.port_allocator import PortAllocator
 from mediaserver.workers import create_process_pool
 
 log = structlog.get_logger(__name__)
+
+JOB_NICENESS = 10
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
@@ -57,6 +67,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            _job_pool,
+            _jobs,
             _finalizer,
             _recorder(chosen_clock),
             _http_client,
@@ -71,6 +83,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     calls.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
+    analysis.add_routes(app)
     demo.add_routes(app)
     return app
 
@@ -97,13 +110,70 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _job_pool(app: web.Application) -> AsyncIterator[None]:
+    """Worker processes for post-call jobs, niced below the server and the finalizers."""
+    settings = app[SETTINGS]
+    pool = create_process_pool(
+        settings.job_workers,
+        log_format=settings.log_format,
+        log_level=settings.log_level,
+        niceness=JOB_NICENESS,
+    )
+    app[JOB_POOL] = pool
+    yield
+    await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    """The job queue and the jobs it runs: resumed at start, left queued at stop."""
+    settings = app[SETTINGS]
+    states = JobStateStore(app[STORE], settings.jobs_path / "scratch")
+    runner = JobRunner(
+        states=states,
+        executor=app[JOB_POOL],
+        analysis=build_analysis_config(settings),
+        transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+    )
+    scheduler = JobScheduler(
+        queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
+        states=states,
+        plan=build_job_plan(settings),
+        handler=runner,
+    )
+    app[JOBS] = scheduler
+    await scheduler.start()
+    app[METRICS].add_stats_source(lambda: _job_reports(scheduler, runner))
+    yield
+    await scheduler.close(timeout_s=settings.drain_timeout_s)
+
+
+def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]:
+    """The jobs' counters for Prometheus."""
+    yield (
+        "mediaserver_jobs_pending",
+        "gauge",
+        "Post-call jobs queued or running in this process.",
+        [("", {}, scheduler.queue.depth())],
+    )
+    yield (
+        "mediaserver_jobs",
+        "counter",
+        "Post-call jobs finished, by kind and result.",
+        [("", {"kind": k.value, "result": "completed"}, n) for k, n in runner.completed.items()]
+        + [("", {"kind": k.value, "result": "failed"}, n) for k, n in runner.failed.items()],
+    )
+
+
 async def _finalizer(app: web.Application) -> AsyncIterator[None]:
     """Builds and stores ended calls; at stop, waits for them up to the finalize timeout."""
     settings = app[SETTINGS]
     metrics = app[METRICS]
+    jobs = app[JOBS]
 
     def observe(manifest: Manifest, elapsed_s: float) -> None:
         metrics.finalize_seconds.observe(elapsed_s)
+        if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+            jobs.on_stored(manifest)
 
     app[FINALIZER] = Finalizer(
         spool=Spool(settings.spool_path),
@@ -171,7 +241,8 @@ def _load(clock: Clock) -> Context:
                 call_cpu_share=settings.call_cpu_share,
             ),
             clock=clock,
-            lag_p99_ms=lambda: lag.percentile_s(0.99, window_s=5.0) * 1000,
+            # p95 over 10 s: a lone hiccup is not overload, a loop late one wake in twenty is.
+            lag_ms=lambda: lag.percentile_s(0.95, window_s=10.0, min_samples=100) * 1000,
             # The hub starts after the monitor (it admits through it): read it when sampling.
             live_calls=lambda: len(app[HUB].sessions()) if HUB in app else 0,
         )

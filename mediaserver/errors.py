@@ -1,5 +1,7 @@
 """The one exception hierarchy of the media server."""
 
+from typing import Any
+
 
 class MediaServerError(Exception):
     """Base of every error the media server raises on purpose."""
@@ -33,8 +35,8 @@ class UnknownCallError(CallStateError, KeyError):
     """No call has the given id."""
 
     def __str__(self) -> str:
-        # KeyError's str() is the repr of its argument; the message is meant to be read.
-        return str(self.args[0]) if self.args else "unknown call"
+        """The message as given: KeyError's own str() shows the repr of its argument."""
+        return str(self.args[0]) if self.args else ""
 
 
 class StorageError(MediaServerError):
@@ -99,3 +101,31 @@ class WebRtcSetupError(MediaServerError):
 
 class PortsExhaustedError(OverloadedError):
     """Every port of the RTP range is in use."""
+
+
+class JobFailedError(MediaServerError):
+    """A post-call job cannot produce its result; the job's state shows `code` and the message."""
+
+    def __init__(
+        self, message: str, *, code: str = "job_failed", details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = dict(details or {})
+
+
+class TranscriptionError(JobFailedError):
+    """A transcription backend failed for good (its retries are spent, or the error is final)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "transcription_failed",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+
+
+class RecordingQueryError(MediaServerError, ValueError):
+    """A recordings query names a parameter with a value it cannot have."""

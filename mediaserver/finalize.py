@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from mediaserver.audio.channel_peaks import read_channel_peaks
 from mediaserver.audio.g711 import decode_pcma, decode_pcmu
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
 from mediaserver.audio.opus_encoder import OpusEncoder
 from mediaserver.audio.opus_silence import build_silence_packets, silence_packet
 from mediaserver.audio.opus_toc import compute_packet_samples
+from mediaserver.audio.peaks import PeaksBuilder, build_audiowaveform_json, choose_samples_per_pixel
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
 from mediaserver.recording.call import CallStatus
@@ -199,8 +201,10 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     plan = plan_recording(inputs, mono_start_ns=call.mono_start_ns, stereo_mode=options.stereo_mode)
     files = [_write_channel(spool, item, plan) for item in plan.channels]
     reports = [_channel_report(item, plan) for item in plan.channels]
-    stereo_mode, notes = _write_stereo(spool, options)
+    peaks = PeaksBuilder(choose_samples_per_pixel(plan.span_samples), 2)  # fed by the merge
+    stereo_mode, notes = _write_stereo(spool, options, peaks)
     files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, plan.span_samples))
+    files.append(_write_peaks(spool, peaks, plan.span_samples, stereo_mode))
 
     origin_wall_ns = call.wall_start_ns + (plan.origin_ns - call.mono_start_ns)
     end_wall_ns = origin_wall_ns + plan.span_samples * 1_000_000_000 // OPUS_RATE_HZ
@@ -255,7 +259,9 @@ def _channel_report(item: ChannelPlan, plan: RecordingPlan) -> ChannelReport:
     return ChannelReport(source.channel.value, source.channel.side, source.codec.value, stats)
 
 
-def _write_stereo(spool: CallSpool, options: FinalizeOptions) -> tuple[str, list[str]]:
+def _write_stereo(
+    spool: CallSpool, options: FinalizeOptions, peaks: PeaksBuilder
+) -> tuple[str, list[str]]:
     """Write the stereo file; returns the mode used and any notes about it."""
     notes: list[str] = []
     stereo_path = spool.output_path("stereo")
@@ -275,5 +281,21 @@ def _write_stereo(spool: CallSpool, options: FinalizeOptions) -> tuple[str, list
             stereo_path,
             bitrate_bps=options.stereo_bitrate_bps,
             complexity=options.stereo_complexity,
+            peaks=peaks,
         )
     return stereo_mode, notes
+
+
+def _write_peaks(
+    spool: CallSpool, builder: PeaksBuilder, span: int, stereo_mode: str
+) -> FileEntry:
+    """Write the waveform peaks: the merge fed them, unless lossless stereo decoded nothing."""
+    if stereo_mode == "encode":
+        peaks = builder.build()
+    else:
+        length = -(-span // builder.samples_per_pixel)
+        channels = (spool.output_path("left"), spool.output_path("right"))
+        peaks = read_channel_peaks(channels, builder.samples_per_pixel, length)
+    path = spool.output_path("peaks")
+    path.write_bytes(build_audiowaveform_json(peaks))
+    return _file_entry(path, "peaks", 2, span)

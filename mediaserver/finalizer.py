@@ -13,7 +13,7 @@ from mediaserver.finalize import DEFAULT_OPTIONS, FinalizeOptions, build_recordi
 from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import CallSpool, Spool
-from mediaserver.storage_backends.keys import build_recording_keys
+from mediaserver.storage_backends.keys import build_recording_keys, compute_content_type
 from mediaserver.storage_backends.store import ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -153,7 +153,7 @@ class Finalizer:
             tzinfo=UTC
         )
         keys = build_recording_keys(spool.call_id, created)
-        by_role = {"left": keys.left, "right": keys.right, "stereo": keys.merged}
+        by_role = keys.by_role()
         recovered = manifest.end_reason == EndReason.RECOVERED.value
         final_status = CallStatus.RECOVERED if recovered else CallStatus.STORED
         files = tuple(replace(f, key=by_role[f.role]) for f in manifest.files)
@@ -167,7 +167,9 @@ class Finalizer:
             for entry in files:
                 assert entry.key is not None
                 await self.store.put_file(
-                    entry.key, spool.directory / entry.name, content_type="audio/ogg"
+                    entry.key,
+                    spool.directory / entry.name,
+                    content_type=compute_content_type(entry.key),
                 )
             manifest_path = await asyncio.to_thread(spool.write_manifest, stored)
             await self.store.put_file(keys.manifest, manifest_path, content_type="application/json")

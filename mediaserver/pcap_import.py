@@ -20,6 +20,7 @@ from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import CallDescription, CallSpool
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import is_rtcp, parse_rtp_header
+from mediaserver.storage_backends.keys import build_file_name
 
 MIN_STREAM_PACKETS = 5  # fewer valid RTP packets than this from one source is noise, not a stream
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
@@ -229,8 +230,7 @@ def import_pcap(
         manifest = build_recording(spool, options)
         files = []
         for entry in manifest.files:
-            suffix = {"left": "left", "right": "right", "stereo": "merged"}[entry.role]
-            name = f"conversation_{call_id}_{suffix}.opus"
+            name = build_file_name(call_id, entry.role)
             shutil.move(spool.directory / entry.name, out_dir / name)
             files.append(replace(entry, name=name, key=name))
         manifest = replace(manifest, status=CallStatus.STORED, files=tuple(files))

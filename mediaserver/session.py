@@ -187,7 +187,7 @@ class CallSession:
             payload = self.bridge.next_payload()
         if payload is None:
             payload = self._silence
-            if payload is None:
+            if payload is None or not caller.can_send:
                 return
         caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
 

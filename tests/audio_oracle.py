@@ -1,5 +1,7 @@
 """Independent checks of audio files: decode with PyAV, validate with opusinfo, find tone onsets."""
 
+import json
+import math
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -111,3 +113,29 @@ def encode_tone_packets(
     if flush:
         packets += [bytes(packet) for packet in context.encode(None)]
     return packets
+
+
+def check_peaks(peaks_json: bytes, channel_files: tuple[Path, Path], duration_ms: float) -> None:
+    """Waveform peaks (audiowaveform JSON v2) match min/max of the decoded channel files."""
+    peaks = json.loads(peaks_json)
+    assert {key: peaks[key] for key in ("version", "channels", "sample_rate", "bits")} == {
+        "version": 2,
+        "channels": 2,
+        "sample_rate": RATE_HZ,
+        "bits": 8,
+    }
+    spp = peaks["samples_per_pixel"]
+    total = round(duration_ms * RATE_HZ / 1000)
+    assert peaks["length"] == -(-total // spp)
+    assert len(peaks["data"]) == peaks["length"] * 4
+    decoded = [decode_ogg(path)[0] for path in channel_files]
+    for channel, signal in enumerate(decoded):
+        for point in range(peaks["length"]):
+            # Straight from the format's description: one (min, max) pair per channel per point.
+            segment = signal[point * spp : (point + 1) * spp]
+            low = max(-128, min(127, math.floor(float(segment.min(initial=0.0)) * 128)))
+            high = max(-128, min(127, math.floor(float(segment.max(initial=0.0)) * 128)))
+            offset = (point * 2 + channel) * 2
+            got = peaks["data"][offset : offset + 2]
+            assert abs(got[0] - low) <= 1, (channel, point, got, low)
+            assert abs(got[1] - high) <= 1, (channel, point, got, high)

@@ -76,11 +76,15 @@ class RtpCaller(asyncio.DatagramProtocol):
         return sent
 
 
+# The filler frames the server sends while the agent is silent: Opus TOC config 31 (CELT
+# fullband 20 ms, RFC 6716 §3.1) with a CELT frame that decodes to digital silence; for G.711,
+# 160 zero samples (μ-law 0xFF, A-law 0xD5, RFC 3551 §4.5.14).
+SILENCE_FRAMES = frozenset({b"\xf8\xff\xfe", b"\xff" * 160, b"\xd5" * 160})
+
+
 def is_silence(payload: bytes) -> bool:
-    """Whether a payload is a silence frame: a few-byte Opus frame, or G.711's zero sample."""
-    # An Opus frame of a handful of bytes carries no audible content (RFC 6716 §3: a 1-byte TOC,
-    # then a CELT frame that decodes to silence); μ-law 0xFF and A-law 0xD5 are zero samples.
-    return len(payload) <= 8 or set(payload) in ({0xFF}, {0xD5})
+    """Whether a payload is one of the server's silence fillers (not the agent's own audio)."""
+    return payload in SILENCE_FRAMES
 
 
 async def open_caller(host: str, port: int, payload_type: int = 111) -> RtpCaller:

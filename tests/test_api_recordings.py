@@ -26,18 +26,11 @@ from hypothesis import strategies as st
 from mediaserver.api import recordings
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
-from mediaserver.api.keys import FINALIZER, RECORDER, SETTINGS, STORE
-from mediaserver.api.recordings import (
-    RECORDING_INDEX,
-    ByteRange,
-    RangeOutcome,
-    build_cursor,
-    compute_byte_range,
-    parse_cursor,
-    parse_manifest_key,
-)
+from mediaserver.api.keys import FINALIZER, RECORDER, RECORDING_INDEX, SETTINGS, STORE
 from mediaserver.app import create_app
 from mediaserver.call_recording import CallRecording
+from mediaserver.catalog.byte_range import ByteRange, RangeOutcome, compute_byte_range
+from mediaserver.catalog.list_query import build_cursor, parse_cursor
 from mediaserver.clock import ManualClock
 from mediaserver.finalizer import Finalizer
 from mediaserver.recorder import Recorder
@@ -48,6 +41,7 @@ from mediaserver.recording.spool import CallDescription, CallSpool, Spool
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.gcs import GcsStore, RetryPolicy
+from mediaserver.storage_backends.keys import parse_manifest_key
 
 from audio_oracle import assert_valid_opus, decode_ogg
 from gcs_emulator import GcsEmulator, find_free_port, write_service_account_key
@@ -100,9 +94,11 @@ class AppRecorder:
         """Journal a packet."""
         self.recorder.get_call(call_id).record(channel, packet)
 
-    def end_channel(self, call_id: str, channel: Channel) -> None:
+    def end_channel(
+        self, call_id: str, channel: Channel, reason: EndReason = EndReason.CALLER_HANGUP
+    ) -> None:
         """End one channel (the caller hung up, say)."""
-        self.recorder.get_call(call_id).end(channel, EndReason.CALLER_HANGUP)
+        self.recorder.get_call(call_id).end(channel, reason)
 
     def end_call(self, call_id: str) -> None:
         """End both channels."""
@@ -122,6 +118,9 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "api_token": TOKEN,
         "finalize_workers": 1,
         "port": 0,
+        # The test's client shares the server's process: the load guard would count it.
+        "max_cpu_share": 0.0,
+        "max_loop_lag_ms": 0.0,
     }
     return Settings(**(values | overrides))
 
@@ -148,14 +147,21 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     await running.client.close()
 
 
-async def make_recording(server: Server, *, seconds: float = 1.0, seed: int = 1) -> Manifest:
+async def make_recording(
+    server: Server,
+    *,
+    seconds: float = 1.0,
+    seed: int = 1,
+    metadata: dict[str, Any] | None = None,
+    end_reason: EndReason = EndReason.CALLER_HANGUP,
+) -> Manifest:
     """Record a call through the app's recorder (a tone on each side) and wait until stored."""
     recorder = server.recorder
     clock = server.clock
-    call = recorder.open_call()
+    call = recorder.open_call(metadata=metadata)
     await feed(server, call.call_id, seconds, seed)
-    recorder.end_channel(call.call_id, Channel.AGENT)
-    recorder.end_channel(call.call_id, Channel.CALLER)
+    recorder.end_channel(call.call_id, Channel.AGENT, end_reason)
+    recorder.end_channel(call.call_id, Channel.CALLER, end_reason)
     manifest = await asyncio.wait_for(recorder.wait_finalized(call.call_id), TIMEOUT_S)
     assert manifest is not None
     clock.advance(1.0)
@@ -274,6 +280,67 @@ async def test_time_filters_select_a_half_open_interval(server: Server) -> None:
 
     assert [item["call_id"] for item in between] == [made[2].call_id, made[1].call_id]
     assert [item["call_id"] for item in after["items"]] == [made[3].call_id]
+
+
+async def test_filters_by_status_end_reason_text_and_duration(server: Server) -> None:
+    """Each filter narrows the listing; they combine; paging still works under a filter."""
+    short = await make_recording(server, seconds=1.0, seed=1, metadata={"customer": "Acme Ltd"})
+    long = await make_recording(server, seconds=3.0, seed=2, metadata={"customer": "Globex"})
+    expired = await make_recording(server, seed=3, end_reason=EndReason.EXPIRED)
+    live = server.recorder.open_call(metadata={"customer": "acme"})
+    await feed(server, live.call_id, 1.0, seed=4)
+
+    async def ids(**params: str) -> list[str]:
+        return [item["call_id"] for item in await list_all(server, limit=1, **params)]
+
+    assert await ids(status="stored") == [expired.call_id, long.call_id, short.call_id]
+    assert await ids(status="recording,upload_failed") == [live.call_id]
+    assert await ids(end_reason="expired") == [expired.call_id]
+    assert await ids(q="ACME") == [short.call_id]  # live calls carry no metadata yet
+    assert await ids(q=long.call_id[:10]) == [long.call_id]
+    assert await ids(min_duration_s="2.5") == [long.call_id]
+    assert await ids(min_duration_s="0.5", end_reason="caller_hangup", status="stored") == [
+        long.call_id,
+        short.call_id,
+    ]
+    listed = await server.get_json("/v1/recordings", params={"status": "stored"})
+    newest = listed["items"][0]
+    assert newest["end_reason"] == "expired"
+    assert newest["codecs"] == {"caller": "opus", "agent": "opus"}
+    assert listed["items"][2]["metadata"] == {"customer": "Acme Ltd"}
+    server.recorder.end_call(live.call_id)
+    await asyncio.wait_for(server.recorder.wait_finalized(live.call_id), TIMEOUT_S)
+
+
+async def test_peaks_are_served_with_an_etag(server: Server) -> None:
+    """GET /peaks returns the stored audiowaveform JSON; 304 when unchanged; 409 while live."""
+    manifest = await make_recording(server, seconds=2.0)
+    data = stored_bytes(server, file_key(manifest, "peaks"))
+    path = f"/v1/recordings/{manifest.call_id}/peaks"
+
+    response = await server.client.get(path, headers=AUTH)
+    body = await response.read()
+    cached = await server.client.get(
+        path, headers=AUTH | {"If-None-Match": response.headers["ETag"]}
+    )
+    detail = await server.get_json(f"/v1/recordings/{manifest.call_id}")
+
+    assert response.status == 200
+    assert body == data
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    document = json.loads(body)
+    assert (document["version"], document["channels"], document["bits"]) == (2, 2, 8)
+    assert document["length"] * document["samples_per_pixel"] >= 2.0 * 48000
+    assert cached.status == 304
+    assert detail["links"]["peaks"] == path
+    call = server.recorder.open_call()
+    await feed(server, call.call_id, 1.0, seed=5)
+    live = await server.get_json(f"/v1/recordings/{call.call_id}/peaks", status=409)
+    assert "recording" in live["error"]["message"]
+    await server.get_json("/v1/recordings/nosuchcall/peaks", status=404)
+    server.recorder.end_call(call.call_id)
+    await asyncio.wait_for(server.recorder.wait_finalized(call.call_id), TIMEOUT_S)
 
 
 async def test_manifest_is_served_with_status_and_links(server: Server) -> None:
@@ -425,6 +492,13 @@ async def test_unknown_and_impossible_ids_are_404(server: Server) -> None:
         ({"limit": "-1"}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "WzEsMl0"}, "cursor"),  # base64 of [1,2]: JSON, but not a cursor
+        ({"status": "done"}, "status"),
+        ({"status": "stored,"}, "status"),
+        ({"end_reason": "Hang Up"}, "end_reason"),
+        ({"q": "x" * 201}, "q"),
+        ({"min_duration_s": "-1"}, "min_duration_s"),
+        ({"min_duration_s": "1e9"}, "min_duration_s"),
+        ({"min_duration_s": "nan"}, "min_duration_s"),
     ],
 )
 async def test_malformed_list_parameters_are_400(

@@ -158,10 +158,14 @@ def test_import_pcap_places_markers_on_their_channels(
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
+        "conversation_cap1_analysis.json",
         "conversation_cap1_left.opus",
         "conversation_cap1_manifest.json",
         "conversation_cap1_merged.opus",
+        "conversation_cap1_peaks.json",
         "conversation_cap1_right.opus",
+        "conversation_cap1_transcript.json",
+        "conversation_cap1_transcript.vtt",
     ]
     for name in names:
         if name.endswith(".opus"):
@@ -306,7 +310,7 @@ def test_demo_records_the_bundled_capture(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     paths = [Path(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert len(paths) == 4
+    assert len(paths) == 5  # left, right, stereo, peaks, manifest
     for path in paths:
         assert path.is_file(), path
         if path.suffix == ".opus":

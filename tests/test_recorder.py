@@ -33,6 +33,7 @@ from mediaserver.storage_backends.store import StoredObject
 from audio_oracle import (
     RATE_HZ,
     assert_valid_opus,
+    check_peaks,
     decode_ogg,
     find_onset,
     run_opusinfo,
@@ -68,6 +69,7 @@ def expected_keys(call_id: str, wall_ns: int) -> dict[str, str]:
         "left": f"{prefix}_left.opus",
         "right": f"{prefix}_right.opus",
         "stereo": f"{prefix}_merged.opus",
+        "peaks": f"{prefix}_peaks.json",
         "manifest": f"{prefix}_manifest.json",
     }
 
@@ -387,10 +389,11 @@ async def test_stored_channels_carry_each_side_at_its_time_and_checksums_match(
         manifest = await task
     assert manifest is not None
 
-    assert [f.role for f in manifest.files] == ["left", "right", "stereo"]
+    assert [f.role for f in manifest.files] == ["left", "right", "stereo", "peaks"]
     for entry in manifest.files:
         data = await store.get_range(entry.key or "")
         assert (len(data), sha256_hex(data)) == (entry.size_bytes, entry.sha256)
+    for entry in manifest.files[:3]:
         path = stored_path(store, entry.key)
         assert_valid_opus(path)
         audio = decode_ogg(path)
@@ -398,6 +401,13 @@ async def test_stored_channels_carry_each_side_at_its_time_and_checksums_match(
         assert audio.shape[1] == round(entry.duration_ms * RATE_HZ / 1000)
     span_s = max(caller.end_true_s, agent.end_true_s) - min(caller.first_true_s, agent.first_true_s)
     assert manifest.duration_ms == pytest.approx(span_s * 1000, abs=2.5)
+    channel_files = (
+        stored_path(store, manifest.files[0].key),
+        stored_path(store, manifest.files[1].key),
+    )
+    check_peaks(
+        stored_path(store, manifest.files[3].key).read_bytes(), channel_files, manifest.duration_ms
+    )
 
     stereo = decode_ogg(stored_path(store, manifest.files[2].key))
     start_s = wall_s(manifest.media_started_at or "") - zero_wall_s
@@ -450,7 +460,7 @@ async def test_g711_call_is_stored_as_opus_with_tones_in_place(
     assert [c.codec for c in manifest.channels] == ["pcmu", "pcma"]
 
     files = {f.role: stored_path(store, f.key) for f in manifest.files}
-    for entry in manifest.files:
+    for entry in manifest.files[:3]:
         assert_valid_opus(files[entry.role])
         assert decode_ogg(files[entry.role]).shape[1] == round(entry.duration_ms * RATE_HZ / 1000)
     assert manifest.duration_ms == pytest.approx(3000, abs=2.5)
@@ -560,6 +570,14 @@ async def test_lossless_stereo_muxes_both_channels_without_reencoding(
     assert audio.shape == (2, round(manifest.duration_ms * RATE_HZ / 1000))
     check_marker(audio, 0, CALLER_HZ, AGENT_HZ, 1.0, tolerance_s=0.005)
     check_marker(audio, 1, AGENT_HZ, CALLER_HZ, 2.0, tolerance_s=0.005)
+    # Lossless stereo decodes nothing, so its peaks come from a decode of their own.
+    channel_files = (
+        stored_path(store, manifest.files[0].key),
+        stored_path(store, manifest.files[1].key),
+    )
+    check_peaks(
+        stored_path(store, manifest.files[3].key).read_bytes(), channel_files, manifest.duration_ms
+    )
 
 
 async def test_lossless_stereo_falls_back_to_encoding_when_packets_differ(
@@ -745,7 +763,7 @@ def check_kept_after_failure(spool_dir: Path, manifest: Manifest) -> None:
 
 
 def check_bucket_holds(port: int, bucket: str, manifest: Manifest, call_id: str) -> None:
-    """The bucket has the 3 files and the manifest, the files matching the manifest's checksums."""
+    """The bucket has the 4 files and the manifest, the files matching the manifest's checksums."""
     objects = list_bucket(port, bucket)
     keys = expected_keys(call_id, int(wall_s(manifest.created_at) * 1e9))
     assert sorted(objects) == sorted(keys.values())

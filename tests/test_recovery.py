@@ -257,6 +257,7 @@ async def test_spool_with_garbage_description_is_kept_and_does_not_block_others(
         "conversation_healthy_left.opus",
         "conversation_healthy_manifest.json",
         "conversation_healthy_merged.opus",
+        "conversation_healthy_peaks.json",
         "conversation_healthy_right.opus",
     ]
     await recorder.close()

@@ -83,6 +83,8 @@ def test_every_numeric_setting_can_come_from_the_environment(field: Field[object
         "stereo_complexity": 5,
         "rtp_port_min": 40500,
         "max_cpu_share": 0.5,
+        "vad_mode": 2,
+        "vad_frame_ms": 20,
     }
     value = {**special, "rtp_port_max": 40500}.get(field.name, 7)
     env = {f"MEDIASERVER_{field.name.upper()}": str(value)}

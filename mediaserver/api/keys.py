@@ -6,8 +6,10 @@ import aiohttp
 from aiohttp import web
 
 from mediaserver.admission import LoadMonitor
+from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.calls import CallHub
 from mediaserver.finalizer import Finalizer
+from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
@@ -16,6 +18,8 @@ from mediaserver.transports.port_allocator import PortAllocator
 
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
+JOB_POOL = web.AppKey("job_pool", ProcessPoolExecutor)  # post-call jobs, niced
+JOBS = web.AppKey("jobs", JobScheduler)
 STORE = web.AppKey("store", ObjectStore)
 FINALIZER = web.AppKey("finalizer", Finalizer)
 RECORDER = web.AppKey("recorder", Recorder)
@@ -25,3 +29,4 @@ PORTS = web.AppKey("ports", PortAllocator)
 METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
+RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from mediaserver.api.body import read_text
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import HUB, SETTINGS
 from mediaserver.errors import CallStateError
@@ -22,9 +23,7 @@ CORS_HEADERS = {
 
 async def create_session(request: web.Request) -> web.Response:
     """POST /whip: the offer in, 201 with the answer and the session's Location out."""
-    if request.content_type != SDP:
-        raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP}")
-    offer = await request.text()
+    offer = await read_text(request, SDP, "SDP")
     parse_offered_audio(offer)  # a bad offer is refused before any call is set up for it
     hub = request.app[HUB]
     call_id = request.query.get("call_id")
@@ -70,10 +69,9 @@ def _transport(request: web.Request) -> WebRtcCallerTransport:
 
 async def patch_session(request: web.Request) -> web.Response:
     """PATCH /whip/{id}: trickled ICE candidates (RFC 8840 SDP fragment)."""
-    if request.content_type != TRICKLE:
-        raise ApiError(415, "unsupported_media_type", f"send candidates as {TRICKLE}")
+    fragment = await read_text(request, TRICKLE, "SDP fragment")
     transport = _transport(request)
-    await transport.add_ice_candidates(await request.text())
+    await transport.add_ice_candidates(fragment)
     return web.Response(status=204, headers=CORS_HEADERS)
 
 

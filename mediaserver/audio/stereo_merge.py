@@ -14,12 +14,14 @@ from queue import Empty, Full, Queue
 
 import av
 import av.error
+import numpy as np
 from av.audio.frame import AudioFrame
 from av.container import InputContainer
 from av.filter import Graph
 from av.filter.context import FilterContext
 
 from mediaserver.audio.opus_encoder import MAX_COMPLEXITY, OPUS_FRAME_DURATIONS_MS, OPUS_RATE_HZ
+from mediaserver.audio.peaks import PeaksBuilder
 from mediaserver.errors import MergeError
 
 # RFC 7845 §5.1: the first Ogg page of an Ogg Opus stream carries the "OpusHead" packet.
@@ -51,10 +53,13 @@ def merge_stereo(
     bitrate_bps: int = 64000,
     complexity: int = 10,
     frame_duration_ms: int = 20,
+    peaks: PeaksBuilder | None = None,
 ) -> MergeResult:
     """Write `out` as stereo Ogg Opus with `left` on FL and `right` on FR, sample-aligned."""
     # The shorter channel is padded with silence, so the output lasts as long as the longer one.
     # Memory stays bounded whatever the length: audio streams through frame by frame.
+    # `peaks`, when given, is fed every joined block on the way to the encoder: the waveform
+    # costs no second decode.
     if frame_duration_ms not in OPUS_FRAME_DURATIONS_MS:
         raise MergeError(f"Opus cannot encode {frame_duration_ms} ms frames")
     if not 0 <= complexity <= MAX_COMPLEXITY:
@@ -72,6 +77,7 @@ def merge_stereo(
             bitrate_bps=bitrate_bps,
             complexity=complexity,
             frame_duration_ms=frame_duration_ms,
+            peaks=peaks,
         )
         os.replace(partial, out)
     except av.error.FFmpegError as exc:
@@ -276,6 +282,7 @@ def _write_merged(
     bitrate_bps: int,
     complexity: int,
     frame_duration_ms: int,
+    peaks: PeaksBuilder | None,
 ) -> int:
     """Encode the joined stereo blocks with libopus into Ogg; return the samples written."""
     with av.open(str(path), "w", format="ogg") as container:
@@ -287,11 +294,22 @@ def _write_merged(
             "frame_duration": str(frame_duration_ms),
         }
         written_samples = 0
-        for block in _prefetch(join_graph.blocks()):
+        blocks = join_graph.blocks()
+        if peaks is not None:
+            blocks = _feed_peaks(blocks, peaks)  # runs in the decode thread, beside the encoder
+        for block in _prefetch(blocks):
             written_samples += block.samples
             container.mux(stream.encode(block))
         container.mux(stream.encode(None))
     return written_samples
+
+
+def _feed_peaks(blocks: Iterator[AudioFrame], peaks: PeaksBuilder) -> Iterator[AudioFrame]:
+    """Hand each interleaved float stereo block to the peaks builder, then pass it on."""
+    for block in blocks:
+        # aformat made the blocks packed float: one plane of (left, right) sample pairs.
+        peaks.add(np.asarray(block.to_ndarray(), dtype=np.float32).reshape(-1, 2))
+        yield block
 
 
 _DONE = object()

@@ -12,7 +12,12 @@ from mediaserver.recording.manifest import Manifest, parse_manifest
 
 _CALL_FILE = "call.json"
 _MANIFEST_FILE = "manifest.json"
-_OUTPUT_FILES = {"left": "left.opus", "right": "right.opus", "stereo": "merged.opus"}
+_OUTPUT_FILES = {
+    "left": "left.opus",
+    "right": "right.opus",
+    "stereo": "merged.opus",
+    "peaks": "peaks.json",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class CallSpool:
         return self.directory / f"{channel.value}.journal"
 
     def output_path(self, role: str) -> Path:
-        """Where an output file (left, right, stereo) is built."""
+        """Where an output file (left, right, stereo, peaks) is built."""
         return self.directory / _OUTPUT_FILES[role]
 
     @property

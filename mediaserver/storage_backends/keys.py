@@ -2,7 +2,7 @@
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from mediaserver.errors import InvalidKeyError
 
@@ -16,15 +16,22 @@ RECORDINGS_PREFIX = "recordings/"
 # RFC 7845 section 9: Ogg Opus files are served as audio/ogg.
 OGG_OPUS_CONTENT_TYPE = "audio/ogg"
 MANIFEST_CONTENT_TYPE = "application/json"
+JSON_CONTENT_TYPE = "application/json"
+WEBVTT_CONTENT_TYPE = "text/vtt"  # W3C WebVTT §8.1 (IANA registration)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 _CONTENT_TYPES_BY_SUFFIX = {
     ".opus": OGG_OPUS_CONTENT_TYPE,
     ".ogg": OGG_OPUS_CONTENT_TYPE,
     ".json": MANIFEST_CONTENT_TYPE,
+    ".vtt": WEBVTT_CONTENT_TYPE,
 }
 
 _CALL_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MANIFEST_KEY_PATTERN = re.compile(
+    re.escape(RECORDINGS_PREFIX)
+    + r"([0-9]{4})/([0-9]{2})/([0-9]{2})/conversation_([A-Za-z0-9_-]{1,64})_manifest\.json"
+)
 # A segment never starts with a dot: that rules out "." and ".." and keeps the local store's
 # hidden temporary files (".name.xxxx.tmp") outside the key space, so they can never be listed.
 _SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
@@ -37,11 +44,23 @@ class RecordingKeys:
     left: str
     right: str
     merged: str
+    peaks: str
     manifest: str
+    analysis: str
+    transcript: str
+    transcript_vtt: str
 
-    def all_keys(self) -> tuple[str, str, str, str]:
-        """Return every key of the recording, manifest last."""
-        return (self.left, self.right, self.merged, self.manifest)
+    def all_keys(self) -> tuple[str, str, str, str, str]:
+        """Return every key of the recording's audio and peaks, manifest last."""
+        return (self.left, self.right, self.merged, self.peaks, self.manifest)
+
+    def by_role(self) -> dict[str, str]:
+        """The key of each file role a manifest lists."""
+        return {"left": self.left, "right": self.right, "stereo": self.merged, "peaks": self.peaks}
+
+    def derived_keys(self) -> tuple[str, str, str]:
+        """Return the keys of what post-call jobs derive: analysis and transcripts."""
+        return (self.analysis, self.transcript, self.transcript_vtt)
 
 
 def validate_call_id(call_id: str) -> str:
@@ -62,8 +81,30 @@ def build_recording_keys(call_id: str, started_at: datetime) -> RecordingKeys:
         left=f"{prefix}_left.opus",
         right=f"{prefix}_right.opus",
         merged=f"{prefix}_merged.opus",
+        peaks=f"{prefix}_peaks.json",
         manifest=f"{prefix}_manifest.json",
+        analysis=f"{prefix}_analysis.json",
+        transcript=f"{prefix}_transcript.json",
+        transcript_vtt=f"{prefix}_transcript.vtt",
     )
+
+
+def build_file_name(call_id: str, role: str) -> str:
+    """The seed's file name of one role, without the date prefix (what import-pcap writes)."""
+    suffix = {"left": "left.opus", "right": "right.opus", "stereo": "merged.opus"}.get(role)
+    return f"conversation_{validate_call_id(call_id)}_{suffix or role + '.json'}"
+
+
+def parse_manifest_key(key: str) -> tuple[str, date] | None:
+    """(call id, start day) of a manifest key, or None for any other key."""
+    match = _MANIFEST_KEY_PATTERN.fullmatch(key)
+    if match is None:
+        return None
+    year, month, day, call_id = match.groups()
+    try:
+        return call_id, date(int(year), int(month), int(day))
+    except ValueError:
+        return None
 
 
 def validate_key(key: str) -> str:

@@ -35,6 +35,11 @@ class CallerLink(Protocol):
     codec: Codec
     payload_type: int  # the payload type the caller expects for the audio we send
 
+    @property
+    def can_send(self) -> bool:
+        """Whether a packet sent now would reach the caller (a peer is known, media flows)."""
+        ...
+
     def send_audio(self, packet: MediaPacket) -> None:
         """Send one agent packet now (sequence, timestamp, marker and payload as given)."""
         ...

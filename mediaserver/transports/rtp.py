@@ -175,6 +175,11 @@ class RtpCallerTransport:
         log.info("rtp.leg_closed", port=self.port, packets_in=self.packets_in)
 
     @property
+    def can_send(self) -> bool:
+        """Whether the caller's address is known (latched, or given) and the leg is open."""
+        return self._destination() is not None and self._sock is not None and not self._closed
+
+    @property
     def peer(self) -> tuple[Any, ...] | None:
         """The caller's address: learnt from its first valid RTP packet."""
         return self._peer

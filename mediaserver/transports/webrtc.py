@@ -333,6 +333,11 @@ class WebRtcCallerTransport:
             raise
         return transport, answer_sdp
 
+    @property
+    def can_send(self) -> bool:
+        """Whether the peer connection is up, so aiortc's sender takes packets."""
+        return self._pc.connectionState == "connected" and not self._closing
+
     def describe(self) -> dict[str, Any]:
         """The leg's counters, for the API."""
         return {
