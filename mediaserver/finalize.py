@@ -286,9 +286,7 @@ def _write_stereo(
     return stereo_mode, notes
 
 
-def _write_peaks(
-    spool: CallSpool, builder: PeaksBuilder, span: int, stereo_mode: str
-) -> FileEntry:
+def _write_peaks(spool: CallSpool, builder: PeaksBuilder, span: int, stereo_mode: str) -> FileEntry:
     """Write the waveform peaks: the merge fed them, unless lossless stereo decoded nothing."""
     if stereo_mode == "encode":
         peaks = builder.build()
