@@ -7,8 +7,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api import calls, demo, health, recordings, whip
+from mediaserver.api import calls, console, console_session, health, recordings, whip
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     DRAINING,
@@ -23,6 +24,7 @@ from mediaserver.api.keys import (
     STORE,
 )
 from mediaserver.calls import CallHub
+from mediaserver.clock import SystemClock
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
@@ -37,11 +39,15 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
+    sessions = ConsoleSessions(
+        settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token)],  # type: ignore[list-item]
+        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
     )
     app[SETTINGS] = settings
+    app[CONSOLE_SESSIONS] = sessions
     app[DRAINING] = {"draining": False}
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
@@ -52,7 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     calls.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
-    demo.add_routes(app)
+    console_session.add_routes(app)
+    console.add_routes(app)
     return app
 
 
