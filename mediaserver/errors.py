@@ -32,6 +32,10 @@ class CallStateError(MediaServerError):
 class UnknownCallError(CallStateError, KeyError):
     """No call has the given id."""
 
+    def __str__(self) -> str:
+        """The message as given: KeyError's own str() shows the repr of its argument."""
+        return str(self.args[0]) if self.args else ""
+
 
 class StorageError(MediaServerError):
     """A storage backend failed to store, read or delete an object."""

@@ -346,10 +346,12 @@ def test_audio_format_query(query: dict[str, str], expected: AudioFormat) -> Non
 @pytest.mark.parametrize(
     ("query", "match"),
     [
-        ({"format": "opus"}, "not one of"),
+        ({"format": "opus"}, "must be one of"),
         ({"format": "l16", "rate": "48000"}, "not 48000 Hz"),
         ({"format": "mulaw", "rate": "16000"}, "not 16000 Hz"),
         ({"format": "l16", "rate": "16k"}, "whole number"),
+        ({"format": "l16", "rate": "\u00b2"}, "whole number"),  # isdigit() but not for int()
+        ({"format": "l16", "rate": "1" * 5000}, "whole number"),  # past int()'s digit limit
     ],
 )
 def test_audio_format_query_rejects(query: dict[str, str], match: str) -> None:

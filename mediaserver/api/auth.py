@@ -13,10 +13,21 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo", "/login", "/logout"})
 OPEN_PREFIXES = ("/console/",)
 
 
+def read_bearer_token(header: str) -> bytes | None:
+    """The credentials of `Authorization: Bearer <token>`, or None if the header is not one."""
+    # RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4: one or more spaces follow it.
+    # RFC 6750 §2.1: a bearer token is ASCII (token68), so any other byte cannot match.
+    scheme, _, credentials = header.partition(" ")
+    token = credentials.strip(" ")
+    if scheme.lower() != "bearer" or not token or not token.isascii():
+        return None
+    return token.encode("ascii")
+
+
 def build_auth_middleware(token: str, sessions: ConsoleSessions | None = None) -> Handler | object:
     """A middleware that requires `Authorization: Bearer <token>` or a console session cookie."""
     # No token configured: everything is open (the server refuses to listen off loopback then).
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -28,8 +39,9 @@ def build_auth_middleware(token: str, sessions: ConsoleSessions | None = None) -
             or request.method == "OPTIONS"
         ):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if hmac.compare_digest(given, expected):  # constant time: no timing oracle
+        given = read_bearer_token(request.headers.get("Authorization", ""))
+        # constant time: no timing oracle
+        if given is not None and hmac.compare_digest(given, expected):
             return await handler(request)
         check = SessionCheck.NONE if sessions is None else sessions.check(request)
         if check is SessionCheck.VALID:

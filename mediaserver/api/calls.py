@@ -7,6 +7,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from mediaserver.api.body import read_json_object
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import DRAINING, HTTP_CLIENT, HUB, PORTS, SETTINGS
 from mediaserver.calls import CallHub
@@ -29,21 +30,6 @@ from mediaserver.transports.webrtc import WebRtcCallerTransport
 log = structlog.get_logger(__name__)
 
 MAX_METADATA_BYTES = 4096
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body; a clear 415/400 otherwise (an empty body is {})."""
-    if not request.can_read_body:
-        return {}
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "body must be a JSON object")
-    return body
 
 
 def _codec(value: Any, field: str) -> Codec:

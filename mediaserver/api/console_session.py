@@ -11,11 +11,13 @@ import hashlib
 import hmac
 import secrets
 from enum import Enum
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
 from aiohttp import web
 
+from mediaserver.api.body import check_content_type, decode_utf8, read_json_object
 from mediaserver.api.errors import ApiError
 from mediaserver.clock import Clock
 
@@ -166,15 +168,14 @@ def safe_next_path(value: str | None) -> str:
 
 
 async def _read_login(request: web.Request, *, is_form: bool) -> tuple[str, str]:
-    """The token and where to go next, from a form or a JSON body."""
+    """The token and where to go next, from a form or a JSON body (clear 4xx otherwise)."""
+    fields: dict[str, Any]
     if is_form:
-        fields = dict(parse_qsl((await request.read()).decode("utf-8", "replace")))
+        check_content_type(request, _FORM)
+        text = decode_utf8(await request.read(), "form")
+        fields = dict(parse_qsl(text, keep_blank_values=True))
     elif request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "bad_request", "body is not valid JSON") from None
-        fields = body if isinstance(body, dict) else {}
+        fields = await read_json_object(request)
     else:
         raise ApiError(415, "unsupported_media_type", f"send application/json or {_FORM}")
     token = fields.get("token")

@@ -95,3 +95,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.error("api.error", path=request.path, error=str(exc))
         return error_response(status, code, str(exc))
+    except Exception:
+        # A bug, not bad input: logged with its traceback, answered in the API's own JSON shape
+        # without internals (the fuzz test in tests/test_api_fuzz.py hunts for these).
+        log.exception("api.unhandled_error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "the server failed to handle this request")

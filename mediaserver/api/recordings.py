@@ -62,7 +62,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             400,
             "bad_request",
-            f"query parameter channel must be one of {', '.join(CHANNEL_ROLES)}, got {channel!r}",
+            f"query parameter channel must be one of {', '.join(CHANNEL_ROLES)}",
         )
     # ?redirect=0 streams through this server even where the store could sign a URL: a page that
     # routes the audio through Web Audio needs it from its own origin.
@@ -90,7 +90,7 @@ async def get_audio(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             416,
             "range_not_satisfiable",
-            f"range {range_header!r} is outside the {size_bytes} bytes of {channel} audio",
+            f"the requested range is outside the {size_bytes} bytes of {channel} audio",
             headers={"Content-Range": build_content_range(byte_range, size_bytes)},
         )
     filename = entry.key.rsplit("/", 1)[-1]

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from mediaserver.api.body import read_text
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import DRAINING, HUB, SETTINGS
 from mediaserver.errors import CallStateError
@@ -28,9 +29,7 @@ async def create_session(request: web.Request) -> web.Response:
     """POST /whip: the offer in, 201 with the answer and the session's Location out."""
     if request.app[DRAINING]["draining"]:
         raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
-    if request.content_type != SDP:
-        raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP}")
-    offer = await request.text()
+    offer = await read_text(request, SDP, "SDP")
     hub = request.app[HUB]
     call_id = request.query.get("call_id")
     created = call_id is None
@@ -78,11 +77,10 @@ def _transport(request: web.Request) -> WebRtcCallerTransport:
 
 async def patch_session(request: web.Request) -> web.Response:
     """PATCH /whip/{id}: trickled ICE candidates (RFC 8840 SDP fragment)."""
-    if request.content_type != TRICKLE:
-        raise ApiError(415, "unsupported_media_type", f"send candidates as {TRICKLE}")
+    fragment = await read_text(request, TRICKLE, "SDP fragment")
     transport = _transport(request)
     try:
-        await transport.add_ice_candidates(await request.text())
+        await transport.add_ice_candidates(fragment)
     except SdpError as exc:
         raise _sdp_error(exc) from None
     return web.Response(status=204, headers=CORS_HEADERS)

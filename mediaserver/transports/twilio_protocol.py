@@ -21,6 +21,7 @@
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -63,6 +64,7 @@ class Encoding(StrEnum):
 _FORMAT_NAMES = {"mulaw": Encoding.MULAW, "pcmu": Encoding.MULAW, "l16": Encoding.L16}
 _RATES_HZ = {Encoding.MULAW: (8000,), Encoding.L16: (16000, 24000)}
 _BYTES_PER_SAMPLE = {Encoding.MULAW: 1, Encoding.L16: 2}
+_RATE_PATTERN = re.compile(r"[0-9]{1,6}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +94,17 @@ L16_24K = AudioFormat(Encoding.L16, 24000)
 
 def parse_audio_format_query(query: Mapping[str, str]) -> AudioFormat:
     """The format an agent asks for in its dial-in URL query; μ-law 8 kHz when it asks nothing."""
-    name = query.get("format", "mulaw").lower()
-    encoding = _FORMAT_NAMES.get(name)
+    encoding = _FORMAT_NAMES.get(query.get("format", "mulaw").lower())
     if encoding is None:
         raise AgentProtocolError(
-            f"audio format {name!r} is not one of {', '.join(sorted(_FORMAT_NAMES))}"
+            f"query parameter format must be one of {', '.join(sorted(_FORMAT_NAMES))}"
         )
     rate_text = query.get("rate")
     if rate_text is None:
         return AudioFormat(encoding, _RATES_HZ[encoding][0])
-    if not rate_text.isdigit():
-        raise AgentProtocolError(f"audio rate {rate_text!r} is not a whole number of hertz")
+    # ASCII digits only, and few of them: str.isdigit() accepts "²", which int() refuses.
+    if _RATE_PATTERN.fullmatch(rate_text) is None:
+        raise AgentProtocolError("query parameter rate must be a whole number of hertz")
     return AudioFormat(encoding, int(rate_text))
 
 
@@ -175,7 +177,7 @@ def parse_agent_message(
     if not isinstance(sent_sid, str):
         raise AgentProtocolError(f"{event} message has no string 'streamSid'")
     if sent_sid != stream_sid:
-        raise AgentProtocolError(f"{event} message is for stream {sent_sid!r}, not this stream")
+        raise AgentProtocolError(f"{event} message names another streamSid, not this stream")
     if event == "clear":
         return AgentClear()
     body = message.get(event)
