@@ -180,6 +180,7 @@ async def test_pages_send_browsers_to_sign_in_and_api_clients_get_401(
     login = await client.get("/login")
     script = await client.get("/console/js/recording.js")
     demo = await client.get("/demo?call_id=abc&autostart=1", allow_redirects=False)
+    injected = await client.get("/demo?x=%0D%0ASet-Cookie:%20a=b", allow_redirects=False)
 
     assert page.status == 303
     assert page.headers["Location"] == "/login?next=/recordings/abc%3Fx%3D1"
@@ -191,6 +192,8 @@ async def test_pages_send_browsers_to_sign_in_and_api_clients_get_401(
     assert script.status == 200
     assert demo.status == 308
     assert demo.headers["Location"] == "/try?call_id=abc&autostart=1"
+    assert injected.headers["Location"] == "/try?x=%0D%0ASet-Cookie:%20a=b"
+    assert "Set-Cookie" not in injected.headers
 
 
 async def test_sign_in_from_another_site_or_without_a_body_is_refused(
@@ -266,6 +269,8 @@ async def test_without_a_token_the_console_is_open(tmp_path: Path) -> None:
         ("https://evil.example/", "/"),
         ("/\\evil.example", "/"),
         ("live", "/"),
+        ("/x\r\nSet-Cookie: a=b", "/"),
+        ("/caf\u00e9", "/"),
     ],
 )
 def test_next_paths_stay_on_this_server(value: str | None, expected: str) -> None:

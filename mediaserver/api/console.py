@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -41,7 +42,9 @@ def _page(file_name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]
 
 async def demo_redirect(request: web.Request) -> web.Response:
     """GET /demo: the old browser caller is the console's Try-it page now."""
-    location = "/try" + (f"?{request.query_string}" if request.query_string else "")
+    # The query as it came, still percent-encoded; anything else a header cannot carry, encoded.
+    query = quote(request.rel_url.raw_query_string, safe="=&%+;,/?:@-._~")
+    location = "/try" + (f"?{query}" if query else "")
     return web.Response(status=308, headers={"Location": location})
 
 

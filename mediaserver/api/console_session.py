@@ -161,6 +161,8 @@ def safe_next_path(value: str | None) -> str:
     """A path on this server to go to after signing in (never another site)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/"
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        return "/"  # it goes into a Location header: no control characters, no spaces
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return "/"
