@@ -32,6 +32,7 @@ class Scenario:
         self.client = client
         self.shots = shots
         self.seen: dict[str, Any] = {"screenshots": {}}
+        self.call_id = ""
 
     async def screenshot(self, page: cdp.Page, name: str) -> None:
         """The page at each width, saved as <name>-<width>.png."""
@@ -128,7 +129,8 @@ class Scenario:
         await page.wait_for(f"!!document.querySelector({json.dumps(row)})")
 
     async def recording_page(self, page: cdp.Page, call_id: str, both_active_s: float) -> None:
-        """Waveform, play, keyboard, speed, mute, transcript; then delete."""
+        """Waveform, play, keyboard, speed, mute, analysis, transcript; then delete."""
+        self.call_id = call_id
         await page.goto(f"{self.base}/recordings/{call_id}")
         await page.wait_for("document.getElementById('waveform').dataset.drawn === 'true'")
         self.seen["lanes"] = await page.evaluate(LANE_SCRIPT)
@@ -146,7 +148,9 @@ class Scenario:
         self.seen["space_pauses"] = bool(await page.wait_for(f"{AUDIO}.paused", timeout_s=5))
         await self._levels(page, both_active_s)
         await self._speed(page)
+        await self._analysis(page)
         await self._transcript(page)
+        await page.evaluate("window.scrollTo(0, 0); true")
         await self.screenshot(page, "recording")
         await page.click("[data-testid=delete-recording]")
         await page.wait_for("location.pathname === '/'", timeout_s=20)
@@ -184,15 +188,66 @@ class Scenario:
         )
         self.seen["playback_rate"] = await page.evaluate(f"{AUDIO}.playbackRate")
 
+    async def _analysis(self, page: cdp.Page) -> None:
+        """The analysis figures, and the speech spans on each lane, once the job is done."""
+        await page.wait_for(
+            "!!document.querySelector('[data-testid=analysis-response-latency]')", timeout_s=120
+        )
+        self.seen["analysis_talk_time"] = await page.evaluate(
+            "document.querySelector('[data-testid=analysis-talk-time]').innerText"
+        )
+        self.seen["analysis_response_latency"] = await page.evaluate(
+            "document.querySelector('[data-testid=analysis-response-latency]').innerText"
+        )
+        self.seen["latency_bars"] = await page.evaluate(
+            "document.querySelectorAll('[data-testid=analysis-response-latency] rect').length"
+        )
+        self.seen["lane_spans"] = await page.evaluate(SPANS_SCRIPT)
+        async with self.client.get(f"{self.base}/v1/recordings/{self.call_id}/analysis") as r:
+            self.seen["analysis"] = await r.json()
+
     async def _transcript(self, page: cdp.Page) -> None:
-        """A click on a transcript line seeks there (when the recording has a transcript)."""
+        """Lines with speaker and time; search narrows them; a click seeks to a line's start."""
+        await page.wait_for(
+            "document.querySelectorAll('[data-testid=transcript-line]').length > 1", timeout_s=150
+        )
         starts: list[str] = await page.evaluate(
             "[...document.querySelectorAll('[data-testid=transcript-line]')]"
             ".map(n => n.dataset.startS)"
         )
         self.seen["transcript_starts_s"] = [float(start) for start in starts]
-        if not starts:
-            return
+        self.seen["transcript_lines"] = await page.evaluate(
+            "[...document.querySelectorAll('[data-testid=transcript-line]')]"
+            ".map(n => [n.dataset.speaker, n.querySelector('.text').textContent])"
+        )
+        word = next(
+            (w for _, text in self.seen["transcript_lines"] for w in text.split() if len(w) > 3),
+            None,
+        )
+        if word is not None:
+            await page.type_into("#transcript-search", word)
+            await asyncio.sleep(0.2)
+            self.seen["transcript_search"] = {
+                "word": word,
+                "count": await page.evaluate(
+                    "document.getElementById('transcript-count').textContent"
+                ),
+                "visible": await page.evaluate(
+                    "[...document.querySelectorAll('[data-testid=transcript-line]')]"
+                    ".filter(n => !n.closest('li').hidden).map(n => n.textContent)"
+                ),
+                "marks": await page.evaluate(
+                    "[...document.querySelectorAll('#transcript mark')].map(m => m.textContent)"
+                ),
+            }
+            await page.type_into("#transcript-search", "")
+            await page.evaluate(
+                "document.getElementById('transcript-search').dispatchEvent(new Event('input'));"
+                " true"
+            )
+        self.seen["downloads"] = await page.evaluate(
+            "[...document.querySelectorAll('#downloads a')].map(a => a.getAttribute('href'))"
+        )
         target = starts[len(starts) // 2]
         await page.click(f"[data-testid=transcript-line][data-start-s='{target}']")
         await asyncio.sleep(0.3)
@@ -245,6 +300,16 @@ FOCUS_SCRIPT = """(() => {
     if (!a || a === document.body) return 'body';
     return a.dataset.testid || a.id || (a.tagName.toLowerCase() + ':' + (a.getAttribute('href')
         || a.textContent.trim().slice(0, 24)));
+})()"""
+# The regions drawn on the waveform (speech spans, interruptions), by lane.
+SPANS_SCRIPT = """(() => {
+    const root = document.querySelector('[data-testid=recording-waveform]')
+        .firstElementChild.shadowRoot;
+    const spans = [...root.querySelectorAll('[part~=region]')];
+    return {
+        caller: spans.filter(s => s.style.top === '0%').length,
+        agent: spans.filter(s => s.style.top === '50%').length,
+    };
 })()"""
 # Per lane (top half of the waveform box: caller; bottom: agent), the share of pixel columns
 # where the drawn waveform is more than 4 px tall: a silent lane is only its 1-2 px centre line.

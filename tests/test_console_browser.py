@@ -4,7 +4,9 @@
 # namespace because Try it makes a WebRTC call) feeds every test below.
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,6 +171,45 @@ def test_muting_the_caller_silences_it_while_the_agent_plays(seen: dict[str, Any
     assert all(agent[1] == 1 for _, agent in muted)
     assert max(agent[0] for _, agent in muted) > 0.05
     assert seen["mute_caller_pressed"] == "true"
+
+
+def test_analysis_figures_and_speech_spans_on_the_lanes(seen: dict[str, Any]) -> None:
+    """Talk time per side, one latency bar per answered turn, spans drawn on their own lane."""
+    analysis = seen["analysis"]
+    caller, agent = analysis["channels"]["caller"], analysis["channels"]["agent"]
+    assert caller["talk_time_s"] > 1.0  # the spoken phrase, and its echo
+    assert agent["talk_time_s"] > 1.0
+    # As the page rounds them (JavaScript's Math.round: halves go up).
+    shown = [int(n) for n in re.findall(r"(\d+) %", seen["analysis_talk_time"])]
+    assert shown == [math.floor(side["talk_ratio"] * 100 + 0.5) for side in (caller, agent)]
+    assert seen["latency_bars"] == len(analysis["response_latency_s"]["values"])
+    p50 = analysis["response_latency_s"]["p50"]
+    if p50 is not None:
+        match = re.search(r"p50 ([0-9.]+) s", seen["analysis_response_latency"])
+        assert match is not None
+        assert abs(float(match.group(1)) - p50) <= 0.005
+    by = [item["by"] for item in analysis["interruptions"]]
+    assert seen["lane_spans"] == {
+        "caller": len(caller["speech"]) + by.count("caller"),
+        "agent": len(agent["speech"]) + by.count("agent"),
+    }
+
+
+def test_transcript_lines_search_and_click_to_seek(seen: dict[str, Any]) -> None:
+    """Lines in time order with both speakers; search marks matches; a click seeks there."""
+    starts = seen["transcript_starts_s"]
+    assert starts == sorted(starts)
+    assert {speaker for speaker, _ in seen["transcript_lines"]} == {"caller", "agent"}
+    search = seen["transcript_search"]
+    matching = [text for _, text in seen["transcript_lines"] if search["word"] in text.lower()]
+    assert search["count"] == f"{len(matching)} of {len(starts)} lines"
+    assert len(search["visible"]) == len(matching)
+    assert all(mark.lower() == search["word"].lower() for mark in search["marks"])
+    click = seen["transcript_click"]
+    assert abs(click["current_time_s"] - click["start_s"]) <= 0.3
+    assert float(click["highlighted"]) == click["start_s"]
+    call_id = seen["try_call_id"]
+    assert f"/v1/recordings/{call_id}/transcript?format=vtt" in seen["downloads"]
 
 
 def test_delete_asks_then_removes_the_recording(seen: dict[str, Any]) -> None:

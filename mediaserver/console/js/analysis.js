@@ -56,7 +56,7 @@ function latencyChart(doc) {
   const top = 8;
   const bottom = 18;
   const max = Math.max(0.5, ...values);
-  const slot = values.length ? (width - 30) / values.length : 0;
+  const slot = values.length ? Math.min(36, (width - 30) / values.length) : 0;
   const chart = svg(
     "svg",
     { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `Response latency of ${values.length} turns` },

@@ -6,12 +6,12 @@ import { formatBytes, formatLocalTime, humanize } from "./format.js";
 
 const SHOWN = new Set([
   "call_id", "status", "created_at", "ended_at", "media_started_at", "duration_ms", "stereo_mode",
-  "end_reason", "notes", "storage", "channels", "files", "version", "links",
+  "end_reason", "notes", "storage", "channels", "files", "version", "links", "jobs",
 ]);
 
 function valueText(value) {
   if (value === null || value === undefined || value === "") return "—";
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(3);
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(3)));
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
@@ -62,6 +62,26 @@ function filesTable(files) {
       cell("SHA-256", el("code", { title: file.sha256 }, (file.sha256 || "").slice(0, 16) + "…")))))));
 }
 
+// Post-call jobs: one row each; the status cell is updated while the page polls the job.
+function jobsTable(jobs) {
+  const rows = Object.entries(jobs || {});
+  if (!rows.length) return null;
+  const cell = (label, content, extra = {}) => el("td", { "data-label": label, ...extra }, content);
+  return [
+    el("h3", {}, "Jobs"),
+    el("div", { class: "table-wrap" }, el("table", { class: "record-table cards" },
+      el("thead", {}, el("tr", {}, ...["Job", "Status", "Attempts", "Updated", "Parameters"].map(
+        (name) => el("th", { scope: "col" }, name)))),
+      el("tbody", {}, ...rows.map(([kind, job]) => el("tr", {},
+        cell("Job", humanize(kind)),
+        cell("Status", el("span", { class: `badge ${job.status}`, id: `job-status-${kind}` }, job.status)),
+        cell("Attempts", valueText(job.attempts), { class: "num" }),
+        cell("Updated", formatLocalTime(job.updated_at)),
+        cell("Parameters", Object.entries(job.params || {}).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ")
+          + (job.error ? ` — ${job.error.message}` : "") || "—")))))),
+  ];
+}
+
 export function renderRecord(container, manifest) {
   const storage = manifest.storage || {};
   const general = definitions([
@@ -87,6 +107,7 @@ export function renderRecord(container, manifest) {
     general,
     el("h3", {}, "Channels"),
     ...channelTables(manifest.channels || []),
+    ...(jobsTable(manifest.jobs) || []),
     ...extra,
     el("h3", {}, "Files"),
     filesTable(manifest.files || []),

@@ -4,7 +4,7 @@
 import { api, repeat } from "./api.js";
 import { byId, el, showNotice } from "./dom.js";
 import { formatClock, formatDuration, formatLocalTime } from "./format.js";
-import { fetchJob, isPending, jobState } from "./jobs.js";
+import { fetchJob, isPending } from "./jobs.js";
 import { AGENT, CALLER, ChannelPlayer, splitPeaks } from "./player.js";
 import { renderAnalysis } from "./analysis.js";
 import { renderRecord } from "./record.js";
@@ -216,15 +216,20 @@ function drawSpans(doc) {
 function loadJobs(manifest) {
   const analysisState = byId("analysis-state");
   const transcriptState = byId("transcript-state");
-  const badge = (node, job) => {
+  const badge = (node, job, kind) => {
     node.replaceChildren(job.state === "completed" ? "" : el("span", { class: `badge ${job.state}` }, job.state));
+    const row = byId(`job-status-${kind}`);
+    if (row && job.state !== "unavailable") {
+      row.textContent = job.state;
+      row.className = `badge ${job.state}`;
+    }
   };
-  const ask = (name, query) => (jobState(manifest, name)
-    ? fetchJob(callId, name, query).catch((error) => ({ state: "failed", error }))
-    : Promise.resolve({ state: "unavailable" }));
+  // Asked even when the manifest lists no job yet: a recording just stored has its jobs queued
+  // a moment later, and the API answers 202 for them meanwhile.
+  const ask = (name, query) => fetchJob(callId, name, query).catch((error) => ({ state: "failed", error }));
   const analysis = repeat(async () => {
     const job = await ask("analysis", "");
-    badge(analysisState, job);
+    badge(analysisState, job, "analysis");
     if (job.state === "completed") {
       analysisDoc = job.document;
       renderAnalysis(byId("analysis"), job.document, seek);
@@ -241,7 +246,7 @@ function loadJobs(manifest) {
   const empty = byId("transcript-empty");
   const transcriptPoll = repeat(async () => {
     const job = await ask("transcript", "?format=json");
-    badge(transcriptState, job);
+    badge(transcriptState, job, "transcript");
     empty.hidden = job.state === "completed" && (job.document.segments || []).length > 0;
     if (job.state === "completed") {
       transcript.show(job.document.segments || []);

@@ -8,6 +8,8 @@ import { fetchJob, jobState } from "./jobs.js";
 const FILTERS = ["from", "to", "status", "end_reason", "q", "min_duration_s"];
 const PAGE_SIZE = 25;
 const ANALYSIS_CONCURRENCY = 4;
+const REFRESH_S = 5;
+let refreshTimer = null;
 const form = byId("filters");
 const rows = byId("rows");
 const notice = byId("notice");
@@ -49,13 +51,17 @@ function filterParams() {
   return params;
 }
 
-async function load(cursor) {
+async function load(cursor, { quiet = false } = {}) {
+  if (quiet && document.activeElement && form.contains(document.activeElement)) {
+    refreshTimer = setTimeout(() => load(cursor, { quiet: true }), REFRESH_S * 1000);
+    return; // someone is typing a filter: do not redraw under them
+  }
   const token = ++loadToken;
   const params = filterParams();
   history.replaceState(null, "", params.toString() ? "?" + params : location.pathname);
   params.set("limit", String(PAGE_SIZE));
   if (cursor) params.set("cursor", cursor);
-  showNotice(notice, deletedMessage());
+  if (!quiet) showNotice(notice, deletedMessage());
   try {
     const { body } = await api("/v1/recordings?" + params);
     if (token !== loadToken) return;
@@ -77,10 +83,21 @@ function render(items) {
   byId("older").disabled = !nextCursor;
   byId("newer").disabled = cursors.length === 0;
   fillAnalysis(items);
+  // Recordings still being made, or with jobs still running, are looked at again shortly.
+  clearTimeout(refreshTimer);
+  if (items.some(isUnsettled)) refreshTimer = setTimeout(() => load(currentCursor, { quiet: true }), REFRESH_S * 1000);
+}
+
+function isUnsettled(item) {
+  const jobs = Object.values(item.jobs || {});
+  return ["recording", "finalizing"].includes(item.status) || jobs.some((s) => s === "queued" || s === "processing");
 }
 
 function renderRow(item) {
   const stored = item.status === "stored" || item.status === "recovered";
+  // While the analysis is pending or missing, its columns say so; completed ones are filled in.
+  const analysis = stored ? jobState(item, "analysis") || "—" : "—";
+  const pending = analysis === "completed" ? "…" : analysis;
   const link = el("a", { href: `/recordings/${encodeURIComponent(item.call_id)}` }, formatLocalTime(item.created_at));
   const status = stored ? null : el("span", { class: `badge ${item.status}` }, item.status.replace("_", " "));
   const cell = (label, content, extra = {}) => el("td", { "data-label": label, ...extra }, content);
@@ -92,9 +109,9 @@ function renderRow(item) {
     cell("Duration", formatDuration(item.duration_ms / 1000), { class: "num" }),
     cell("Caller", callerDescription(item)),
     cell("End reason", item.end_reason || "—"),
-    cell("Talk ratio", "…", { "data-field": "talk" }),
-    cell("Median response", "…", { class: "num", "data-field": "latency" }),
-    cell("Interruptions", "…", { class: "num", "data-field": "interruptions" }),
+    cell("Talk ratio", pending, { "data-field": "talk" }),
+    cell("Median response", pending, { class: "num", "data-field": "latency" }),
+    cell("Interruptions", pending, { class: "num", "data-field": "interruptions" }),
     cell("Transcript", transcript ? el("span", { class: `badge ${transcript}` }, transcript) : "—"),
   );
 }
@@ -108,12 +125,7 @@ function callerDescription(item) {
 
 // The figures come from each recording's analysis document, read for completed analyses only.
 async function fillAnalysis(items) {
-  const queue = [];
-  for (const item of items) {
-    const state = jobState(item, "analysis");
-    if (state === "completed") queue.push(item);
-    else fillRow(item.call_id, { state: state || "unavailable" });
-  }
+  const queue = items.filter((item) => jobState(item, "analysis") === "completed");
   const workers = Array.from({ length: ANALYSIS_CONCURRENCY }, async () => {
     while (queue.length) {
       const item = queue.shift();
@@ -144,8 +156,7 @@ function fillRow(callId, analysis) {
     set("latency", formatSeconds(latency.p50));
     set("interruptions", String((doc.interruptions || []).length));
   } else {
-    const text = analysis.state && analysis.state !== "unavailable" ? analysis.state : "—";
-    for (const field of ["talk", "latency", "interruptions"]) set(field, text);
+    for (const field of ["talk", "latency", "interruptions"]) set(field, "—");
   }
 }
 
