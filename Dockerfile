@@ -9,9 +9,10 @@
 #   pip install -e '.[dev]'                pip wheel . + pip install mediaserver from those wheels:
 #                                          the same pyproject.toml, the same pinned dependencies,
 #                                          without the [dev] extra and not editable.
-#   apt-get install ffmpeg opus-tools      nothing: PyAV's wheels carry their own FFmpeg and libopus,
-#                   tcpdump                and the code never runs a program; these three only serve
-#                                          the tests (opusinfo/opusdec oracles, tcpdump captures).
+#   apt-get install ffmpeg opus-tools      nothing: PyAV's wheels carry their own FFmpeg and libopus
+#                   tcpdump espeak-ng      (the analysis decodes with that libopus), and the code never
+#                                          runs a program; these only serve the tests (opusinfo/opusdec
+#                                          oracles, tcpdump captures, espeak-ng speech).
 # Every wheel is manylinux and needs only libc, libstdc++, libgcc_s and zlib, which the slim base
 # already has. The one Debian package added is tini (see below).
 #

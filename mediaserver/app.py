@@ -7,13 +7,15 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api import calls, demo, health, recordings, whip
+from mediaserver.api import analysis, calls, demo, health, recordings, whip
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     DRAINING,
     HTTP_CLIENT,
     HUB,
+    JOB_POOL,
+    JOBS,
     LOOP_LAG,
     METRICS,
     PORTS,
@@ -24,6 +26,11 @@ from mediaserver.api.keys import (
 )
 from mediaserver.calls import CallHub
 from mediaserver.finalize import FinalizeOptions
+from mediaserver.jobs.local import LocalJobQueue
+from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
+from mediaserver.jobs.runner import JobRunner
+from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.manifest import Manifest
@@ -33,6 +40,8 @@ from mediaserver.transports.port_allocator import PortAllocator
 from mediaserver.workers import create_process_pool
 
 log = structlog.get_logger(__name__)
+
+JOB_NICENESS = 10
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -46,12 +55,23 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
     app.cleanup_ctx.extend(
-        [_process_pool, _store, _recorder, _http_client, _hub, _loop_lag, _stats_metrics]
+        [
+            _process_pool,
+            _store,
+            _job_pool,
+            _jobs,
+            _recorder,
+            _http_client,
+            _hub,
+            _loop_lag,
+            _stats_metrics,
+        ]
     )
     health.add_routes(app)
     calls.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
+    analysis.add_routes(app)
     demo.add_routes(app)
     return app
 
@@ -75,6 +95,60 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _job_pool(app: web.Application) -> AsyncIterator[None]:
+    """Worker processes for post-call jobs, niced below the server and the finalizers."""
+    settings = app[SETTINGS]
+    pool = create_process_pool(
+        settings.job_workers,
+        log_format=settings.log_format,
+        log_level=settings.log_level,
+        niceness=JOB_NICENESS,
+    )
+    app[JOB_POOL] = pool
+    yield
+    await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    """The job queue and the jobs it runs: resumed at start, left queued at stop."""
+    settings = app[SETTINGS]
+    states = JobStateStore(app[STORE], settings.jobs_path / "scratch")
+    runner = JobRunner(
+        states=states,
+        executor=app[JOB_POOL],
+        analysis=build_analysis_config(settings),
+        transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+    )
+    scheduler = JobScheduler(
+        queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
+        states=states,
+        plan=build_job_plan(settings),
+        handler=runner,
+    )
+    app[JOBS] = scheduler
+    await scheduler.start()
+    app[METRICS].add_stats_source(lambda: _job_reports(scheduler, runner))
+    yield
+    await scheduler.close(timeout_s=settings.drain_timeout_s)
+
+
+def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]:
+    """The jobs' counters for Prometheus."""
+    yield (
+        "mediaserver_jobs_pending",
+        "gauge",
+        "Post-call jobs queued or running in this process.",
+        [("", {}, scheduler.queue.depth())],
+    )
+    yield (
+        "mediaserver_jobs",
+        "counter",
+        "Post-call jobs finished, by kind and result.",
+        [("", {"kind": k.value, "result": "completed"}, n) for k, n in runner.completed.items()]
+        + [("", {"kind": k.value, "result": "failed"}, n) for k, n in runner.failed.items()],
+    )
+
+
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
     """The recorder: recovers leftovers at start, drains finalizations at stop."""
     settings = app[SETTINGS]
@@ -94,8 +168,11 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     )
     metrics = app[METRICS]
 
+    jobs = app[JOBS]
+
     def observe(manifest: Manifest, elapsed_s: float) -> None:
         metrics.finalize_seconds.observe(elapsed_s)
+        jobs.on_stored(manifest)
 
     recorder.on_stored = observe
     app[RECORDER] = recorder

@@ -16,6 +16,7 @@ from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
+from mediaserver.jobs.files import write_documents
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
     RtpStream,
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     pcap.add_argument("--call-id", help="id used in the file names (default: new)")
     pcap.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     pcap.add_argument("--mode", choices=("encode", "lossless"), default="encode")
+    pcap.add_argument(
+        "--transcription",
+        choices=("pocketsphinx", "none"),
+        help="transcript backend (default: the transcription_backend setting)",
+    )
+    pcap.add_argument("--no-analysis", action="store_true", help="write no analysis document")
+    pcap.add_argument("--config", type=Path, help="TOML settings file")
 
     recover = commands.add_parser("recover", help="finalize journals left by a stopped server")
     _settings_flags(recover)
@@ -244,6 +252,15 @@ def _run_import(args: argparse.Namespace) -> int:
     print(f"call {call_id}: {manifest.duration_ms / 1000:.2f} s")
     for entry in manifest.files:
         print(f"  {entry.role:7} {args.output / entry.name}")
+    overrides = {"transcription_backend": args.transcription}
+    if args.no_analysis:
+        overrides["analysis_enabled"] = "false"
+    settings = load_settings(config_path=args.config, overrides=overrides)
+    with create_process_pool(2, log_format="auto", log_level="warning") as executor:
+        documents = asyncio.run(write_documents(args.output, manifest, settings, executor))
+    for path in documents:
+        label = "webvtt" if path.suffix == ".vtt" else path.stem.rsplit("_", 1)[-1]
+        print(f"  {label:10} {path}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """The one exception hierarchy of the media server."""
 
+from typing import Any
+
 
 class MediaServerError(Exception):
     """Base of every error the media server raises on purpose."""
@@ -79,6 +81,30 @@ class AgentProtocolError(MediaServerError, ValueError):
 
 class AgentDialError(MediaServerError):
     """The agent's WebSocket could not be reached or refused the connection."""
+
+
+class JobFailedError(MediaServerError):
+    """A post-call job cannot produce its result; the job's state shows `code` and the message."""
+
+    def __init__(
+        self, message: str, *, code: str = "job_failed", details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = dict(details or {})
+
+
+class TranscriptionError(JobFailedError):
+    """A transcription backend failed for good (its retries are spent, or the error is final)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "transcription_failed",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
 
 
 class RecordingQueryError(MediaServerError, ValueError):

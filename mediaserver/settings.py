@@ -23,6 +23,7 @@ _CHOICES = {
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
+    "transcription_backend": ("pocketsphinx", "none"),
 }
 _POSITIVE = (
     "flush_interval_s",
@@ -36,6 +37,14 @@ _POSITIVE = (
     "rtp_media_timeout_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
+    "job_workers",
+    "turn_gap_s",
+    "interruption_min_overlap_s",
+    "silence_min_s",
+    "vad_trim_db",
+    "transcription_timeout_s",
+    "transcription_max_attempts",
+    "transcription_max_upload_bytes",
 )
 
 
@@ -73,6 +82,24 @@ class Settings:
     signed_url_expiry_s: int = 300
     log_format: str = "auto"
     log_level: str = "info"
+    # Post-call jobs
+    analysis_enabled: bool = True
+    jobs_path: Path = Path("./data/jobs")
+    job_workers: int = 2
+    vad_mode: int = 3
+    vad_frame_ms: int = 30
+    vad_min_speech_ms: int = 90
+    vad_min_silence_ms: int = 300
+    vad_trim_db: float = 35.0
+    turn_gap_s: float = 0.5
+    interruption_min_overlap_s: float = 0.2
+    silence_min_s: float = 5.0
+    transcription_backend: str = "pocketsphinx"
+    transcription_model: str = ""
+    transcription_language: str = ""
+    transcription_timeout_s: float = 300.0
+    transcription_max_attempts: int = 5
+    transcription_max_upload_bytes: int = 25_000_000
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -143,6 +170,16 @@ def validate_settings(settings: Settings) -> Settings:
         )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")
+    if settings.vad_mode not in (0, 1, 2, 3):
+        raise SettingsError(f"setting vad_mode must be 0..3, got {settings.vad_mode}")
+    if settings.vad_frame_ms not in (10, 20, 30):
+        raise SettingsError(
+            f"setting vad_frame_ms must be 10, 20 or 30, got {settings.vad_frame_ms}"
+        )
+    if settings.vad_min_speech_ms < 0 or settings.vad_min_silence_ms < 0:
+        raise SettingsError(
+            "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
+        )
     return settings
 
 

@@ -158,11 +158,14 @@ def test_import_pcap_places_markers_on_their_channels(
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
+        "conversation_cap1_analysis.json",
         "conversation_cap1_left.opus",
         "conversation_cap1_manifest.json",
         "conversation_cap1_merged.opus",
         "conversation_cap1_peaks.json",
         "conversation_cap1_right.opus",
+        "conversation_cap1_transcript.json",
+        "conversation_cap1_transcript.vtt",
     ]
     for name in names:
         if name.endswith(".opus"):

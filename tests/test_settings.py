@@ -78,7 +78,13 @@ def test_unknown_key_and_bad_toml_in_file(tmp_path: Path) -> None:
 )
 def test_every_numeric_setting_can_come_from_the_environment(field: Field[object]) -> None:
     """Each numeric field is read from its MEDIASERVER_ variable."""
-    special = {"stereo_bitrate_bps": 24000, "stereo_complexity": 5, "rtp_port_min": 40500}
+    special = {
+        "stereo_bitrate_bps": 24000,
+        "stereo_complexity": 5,
+        "rtp_port_min": 40500,
+        "vad_mode": 2,
+        "vad_frame_ms": 20,
+    }
     value = {**special, "rtp_port_max": 40500}.get(field.name, 7)
     env = {f"MEDIASERVER_{field.name.upper()}": str(value)}
     settings = load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")

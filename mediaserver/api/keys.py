@@ -7,6 +7,7 @@ from aiohttp import web
 
 from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.calls import CallHub
+from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
@@ -15,6 +16,8 @@ from mediaserver.transports.port_allocator import PortAllocator
 
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
+JOB_POOL = web.AppKey("job_pool", ProcessPoolExecutor)  # post-call jobs, niced
+JOBS = web.AppKey("jobs", JobScheduler)
 STORE = web.AppKey("store", ObjectStore)
 RECORDER = web.AppKey("recorder", Recorder)
 HUB = web.AppKey("hub", CallHub)

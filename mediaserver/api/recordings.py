@@ -3,13 +3,14 @@
 # The parts that decide what to answer are pure (mediaserver.catalog); where a recording is found
 # is recording_lookup.py; these handlers only read the request and write the response.
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
 from aiohttp import web
 
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.keys import JOBS, RECORDER, RECORDING_INDEX, SETTINGS, STORE
 from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.api.recording_lookup import collect_page, find_recording
 from mediaserver.catalog.byte_range import (
@@ -142,12 +143,14 @@ async def delete_recording(request: web.Request) -> web.Response:
     # gone, still listed and deletable again, never audio that nothing points to. The seed's
     # names are deleted too, so files of an earlier failed upload do not stay behind.
     standard = build_recording_keys(call_id, view.created_at)
-    keys = set(standard.by_role().values())
+    keys = set(standard.by_role().values()) | set(standard.derived_keys())
     keys |= {entry.key for entry in view.manifest.files if entry.key is not None}
     keys.discard(view.manifest_key)
-    for key in sorted(keys):
-        await _delete_if_present(store, key)
-    await _delete_if_present(store, view.manifest_key)
+    jobs = request.app.get(JOBS)  # an app without post-call jobs has nothing to lock out
+    async with jobs.locked(call_id) if jobs else contextlib.nullcontext():
+        for key in sorted(keys):
+            await _delete_if_present(store, key)
+        await _delete_if_present(store, view.manifest_key)
     request.app[RECORDING_INDEX].forget(call_id)
     log.info("recording.deleted", call_id=call_id, objects=len(keys) + 1)
     return web.Response(status=204)

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mediaserver.jobs.state import summarize_jobs
 from mediaserver.recording.call import Call, CallStatus
 from mediaserver.recording.manifest import Manifest, format_utc
 
@@ -70,6 +71,8 @@ def build_links(view: RecordingView) -> dict[str, Any]:
         links["audio"] = {channel: f"{base}/audio?channel={channel}" for channel in CHANNEL_ROLES}
         if view.manifest is not None and any(f.role == PEAKS_ROLE for f in view.manifest.files):
             links["peaks"] = f"{base}/peaks"
+        links["analysis"] = f"{base}/analysis"
+        links["transcript"] = f"{base}/transcript"
     return links
 
 
@@ -94,6 +97,7 @@ def build_list_item(view: RecordingView) -> dict[str, Any]:
             {"role": entry.role, "size_bytes": entry.size_bytes, "key": entry.key}
             for entry in files
         ],
+        "jobs": {} if manifest is None else summarize_jobs(manifest.jobs),
         "links": build_links(view),
     }
 

@@ -50,6 +50,8 @@ class Manifest:
     notes: tuple[str, ...] = ()
     storage: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    # Post-call jobs by kind ("analysis", "transcript"): their state as mediaserver.jobs keeps it.
+    jobs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -85,4 +87,5 @@ def parse_manifest(text: str) -> Manifest:
         notes=tuple(data.get("notes", ())),
         storage=data.get("storage", {}),
         version=data.get("version", MANIFEST_VERSION),
+        jobs=data.get("jobs", {}),
     )

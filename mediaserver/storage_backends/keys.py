@@ -16,12 +16,15 @@ RECORDINGS_PREFIX = "recordings/"
 # RFC 7845 section 9: Ogg Opus files are served as audio/ogg.
 OGG_OPUS_CONTENT_TYPE = "audio/ogg"
 MANIFEST_CONTENT_TYPE = "application/json"
+JSON_CONTENT_TYPE = "application/json"
+WEBVTT_CONTENT_TYPE = "text/vtt"  # W3C WebVTT §8.1 (IANA registration)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 _CONTENT_TYPES_BY_SUFFIX = {
     ".opus": OGG_OPUS_CONTENT_TYPE,
     ".ogg": OGG_OPUS_CONTENT_TYPE,
     ".json": MANIFEST_CONTENT_TYPE,
+    ".vtt": WEBVTT_CONTENT_TYPE,
 }
 
 _CALL_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -43,14 +46,21 @@ class RecordingKeys:
     merged: str
     peaks: str
     manifest: str
+    analysis: str
+    transcript: str
+    transcript_vtt: str
 
     def all_keys(self) -> tuple[str, str, str, str, str]:
-        """Return every key of the recording, manifest last."""
+        """Return every key of the recording's audio and peaks, manifest last."""
         return (self.left, self.right, self.merged, self.peaks, self.manifest)
 
     def by_role(self) -> dict[str, str]:
         """The key of each file role a manifest lists."""
         return {"left": self.left, "right": self.right, "stereo": self.merged, "peaks": self.peaks}
+
+    def derived_keys(self) -> tuple[str, str, str]:
+        """Return the keys of what post-call jobs derive: analysis and transcripts."""
+        return (self.analysis, self.transcript, self.transcript_vtt)
 
 
 def validate_call_id(call_id: str) -> str:
@@ -73,6 +83,9 @@ def build_recording_keys(call_id: str, started_at: datetime) -> RecordingKeys:
         merged=f"{prefix}_merged.opus",
         peaks=f"{prefix}_peaks.json",
         manifest=f"{prefix}_manifest.json",
+        analysis=f"{prefix}_analysis.json",
+        transcript=f"{prefix}_transcript.json",
+        transcript_vtt=f"{prefix}_transcript.vtt",
     )
 
 

@@ -1,0 +1,1 @@
+"""Call analysis: voice activity per channel, turns, latencies, interruptions, silences."""

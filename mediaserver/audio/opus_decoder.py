@@ -1,0 +1,200 @@
+"""OpusDecoder: libopus's decoder at any Opus rate, and Ogg Opus files decoded to PCM blocks."""
+
+# libopus decodes straight to 8, 12, 16, 24 or 48 kHz (RFC 6716 §2): speech analysis wants
+# 16 kHz, and resampling FFmpeg's 48 kHz output one 20 ms frame at a time costs more than the
+# decoding itself. PyAV's wheels carry libopus (it is already loaded with `av`); a system
+# libopus (Debian's libopus0) is used when that copy cannot be found. opus_decoder_create and
+# opus_decode are libopus's stable ABI since 1.0.
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from mediaserver.audio.ogg_opus_reader import OggOpusReader
+from mediaserver.audio.opus_silence import (
+    MAX_SILENCE_PACKET_SAMPLES,
+    SILENCE_FRAME_SAMPLES,
+    silence_packet,
+)
+from mediaserver.audio.opus_toc import SAMPLE_RATES_HZ, compute_packet_samples
+from mediaserver.errors import OggError, OpusPacketError
+
+Pcm = npt.NDArray[np.int16]
+OPUS_RATE_HZ = 48000
+# RFC 6716 §3.2.5: a packet carries at most 120 ms; the buffer holds that at any rate.
+_MAX_PACKET_MS = 120
+# opus_defines.h: OPUS_RESET_STATE, the decoder ctl that forgets all history.
+_OPUS_RESET_STATE = 4028
+_OPUS_OK = 0
+# Opus DTX sends packets of one or two bytes while the talker is silent (RFC 6716 §2.1.9).
+DTX_MAX_BYTES = 2
+# Decoded PCM is handed out in blocks about this long, so memory stays flat for any length.
+BLOCK_MS = 1000
+
+
+class OpusDecoder:
+    """One libopus decoder state: packets in, 16-bit PCM at `sample_rate_hz` out."""
+
+    def __init__(self, sample_rate_hz: int = 16000, channel_count: int = 1) -> None:
+        """Create the decoder; ValueError for a rate libopus does not decode to."""
+        if sample_rate_hz not in SAMPLE_RATES_HZ:
+            raise ValueError(f"{sample_rate_hz} Hz is not an Opus sample rate {SAMPLE_RATES_HZ}")
+        if channel_count not in (1, 2):
+            raise ValueError(f"an Opus decoder has 1 or 2 channels, not {channel_count}")
+        self._state: int | None = None
+        self.sample_rate_hz = sample_rate_hz
+        self.channel_count = channel_count
+        self._lib = load_libopus()
+        error = ctypes.c_int(0)
+        self._state = self._lib.opus_decoder_create(
+            sample_rate_hz, channel_count, ctypes.byref(error)
+        )
+        if error.value != _OPUS_OK or not self._state:
+            raise OpusPacketError(f"libopus cannot create a decoder (error {error.value})")
+        self._max_samples = sample_rate_hz * _MAX_PACKET_MS // 1000
+        self._buffer = np.zeros(self._max_samples * channel_count, np.int16)
+
+    def decode(self, packet: bytes) -> Pcm:
+        """Decode one packet (interleaved if stereo); OpusPacketError if libopus rejects it."""
+        count = self._lib.opus_decode(
+            self._state, packet, len(packet), self._buffer.ctypes.data, self._max_samples, 0
+        )
+        if count < 0:
+            raise OpusPacketError(f"libopus cannot decode a {len(packet)}-byte packet ({count})")
+        return self._buffer[: count * self.channel_count].copy()
+
+    def reset(self) -> None:
+        """Forget the decoder's history, as after a stream restart."""
+        self._lib.opus_decoder_ctl(self._state, _OPUS_RESET_STATE)
+
+    def close(self) -> None:
+        """Free the libopus state."""
+        if self._state:
+            self._lib.opus_decoder_destroy(self._state)
+            self._state = None
+
+    def __enter__(self) -> OpusDecoder:
+        """Use as a context manager that frees the state."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Free the state."""
+        self.close()
+
+    def __del__(self) -> None:
+        """Free the state if close() was not called."""
+        self.close()
+
+
+def decode_ogg_opus(stream: BinaryIO, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
+    """Decode a mono Ogg Opus stream to PCM blocks, pre-skip removed, end trimmed (RFC 7845 §4)."""
+    # Packets that carry nothing audible (the recorder's silence fill, DTX) become zeros without
+    # being decoded: in a call each side is silent most of the time, so this halves the work.
+    # The decoder is reset after such a run, as a decoder fed those packets would have been.
+    reader = OggOpusReader(stream)
+    if reader.head.channel_count != 1:
+        raise OggError(f"expected a mono Ogg Opus stream, got {reader.head.channel_count} channels")
+    scale = OPUS_RATE_HZ // sample_rate_hz
+    to_skip = reader.head.pre_skip_samples // scale
+    silent = _silence_packets()
+    block_samples = sample_rate_hz * BLOCK_MS // 1000
+    pending: list[Pcm] = []
+    pending_samples = 0
+    emitted_48k = 0  # samples of the stream decoded so far, at 48 kHz (granule units)
+    with OpusDecoder(sample_rate_hz) as decoder:
+        skipped_run = False
+        for packet, granule in reader:
+            if packet in silent or len(packet) <= DTX_MAX_BYTES:
+                samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
+                pcm = np.zeros(samples, np.int16)
+                skipped_run = True
+            else:
+                if skipped_run:
+                    decoder.reset()
+                    skipped_run = False
+                try:
+                    pcm = decoder.decode(packet)
+                except OpusPacketError:
+                    pcm = np.zeros(compute_packet_samples(packet, sample_rate_hz), np.int16)
+            emitted_48k += pcm.size * scale
+            if granule is not None and emitted_48k > granule:
+                # RFC 7845 §4.5: the last page's granule position trims the end.
+                pcm = pcm[: max(0, pcm.size - (emitted_48k - granule) // scale)]
+                emitted_48k = granule
+            if to_skip:
+                cut = min(to_skip, pcm.size)
+                pcm, to_skip = pcm[cut:], to_skip - cut
+            if pcm.size:
+                pending.append(pcm)
+                pending_samples += pcm.size
+            if pending_samples >= block_samples:
+                yield np.concatenate(pending)
+                pending, pending_samples = [], 0
+    if pending:
+        yield np.concatenate(pending)
+
+
+def decode_ogg_opus_file(path: Path, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
+    """Decode a mono Ogg Opus file to PCM blocks (see decode_ogg_opus)."""
+    with path.open("rb") as stream:
+        yield from decode_ogg_opus(stream, sample_rate_hz)
+
+
+@cache
+def _silence_packets() -> frozenset[bytes]:
+    """Every packet opus_silence builds for a mono channel: they decode to digital silence."""
+    return frozenset(
+        silence_packet(samples)
+        for samples in range(
+            SILENCE_FRAME_SAMPLES, MAX_SILENCE_PACKET_SAMPLES + 1, SILENCE_FRAME_SAMPLES
+        )
+    )
+
+
+@cache
+def load_libopus() -> ctypes.CDLL:
+    """libopus, from PyAV's wheel when it carries one, else the system's; with its signatures."""
+    for path in _candidate_paths():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.opus_decoder_create.restype = ctypes.c_void_p
+        lib.opus_decoder_create.argtypes = [
+            ctypes.c_int32,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int),
+        ]
+        lib.opus_decode.restype = ctypes.c_int
+        lib.opus_decode.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        lib.opus_decoder_ctl.restype = ctypes.c_int
+        lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.opus_decoder_destroy.restype = None
+        lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+        return lib
+    raise OpusPacketError("libopus not found: install PyAV's wheel or the libopus0 package")
+
+
+def _candidate_paths() -> list[str]:
+    """Where libopus may be: PyAV's bundled copy (Linux, macOS), then the system's."""
+    package = Path(av.__file__).parent
+    bundled = sorted(package.parent.glob("av.libs/libopus*.so*"))
+    bundled += sorted(package.glob(".dylibs/libopus*.dylib"))
+    system = ctypes.util.find_library("opus")
+    return [str(p) for p in bundled] + ([system] if system else [])

@@ -1,0 +1,1 @@
+"""Post-call jobs (analysis, transcripts) with durable state, behind a queue interface."""

@@ -1,0 +1,170 @@
+"""LocalJobQueue: the in-process JobQueue, durable as one small file per job on local disk."""
+
+# Each queued job is `<directory>/<sequence>-<call id>-<kind>.json`, written to a temporary name,
+# fsynced and renamed (then the directory fsynced), so a job is either whole or absent after a
+# crash. The file is removed only once the handler has returned: a job interrupted by a crash
+# or a shutdown is found again by start() and runs again. Sequence numbers are nanoseconds of
+# wall time (kept increasing within a process), so file names sort in the order of enqueueing,
+# across restarts too.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from mediaserver.jobs.queue import Job, JobHandler, parse_job
+
+log = structlog.get_logger(__name__)
+
+_SUFFIX = ".json"
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A queued job and its file."""
+
+    sequence: int
+    job: Job
+    path: Path
+
+
+class LocalJobQueue:
+    """Jobs in files under `directory`, run by `concurrency` tasks of this process."""
+
+    def __init__(self, directory: Path, *, concurrency: int = 2) -> None:
+        """Use `directory` (created at start) for the queue's files."""
+        if concurrency < 1:
+            raise ValueError("a job queue needs at least one worker")
+        self.directory = directory
+        self.concurrency = concurrency
+        self._waiting: list[_Entry] = []
+        self._running: dict[str, _Entry] = {}  # by call id: one job per recording at a time
+        self._changed = asyncio.Condition()
+        self._last_sequence = 0
+
+    async def start(self) -> None:
+        """Load the jobs an earlier process left, oldest first."""
+        entries = await asyncio.to_thread(_load_entries, self.directory)
+        self._waiting = entries
+        if entries:
+            self._last_sequence = entries[-1].sequence
+            log.info("jobs.resumed", jobs=[f"{e.job.call_id}/{e.job.kind.value}" for e in entries])
+
+    async def enqueue(self, job: Job) -> None:
+        """Write the job's file durably, replacing a waiting job for the same call and kind."""
+        self._last_sequence = max(time.time_ns(), self._last_sequence + 1)
+        name = f"{self._last_sequence:020d}-{job.call_id}-{job.kind.value}{_SUFFIX}"
+        path = self.directory / name
+        await asyncio.to_thread(_write_durably, path, job.to_json())
+        replaced = [
+            e for e in self._waiting if e.job.call_id == job.call_id and e.job.kind is job.kind
+        ]
+        async with self._changed:
+            for entry in replaced:
+                self._waiting.remove(entry)
+            self._waiting.append(_Entry(self._last_sequence, job, path))
+            self._changed.notify_all()
+        for entry in replaced:
+            await asyncio.to_thread(entry.path.unlink, missing_ok=True)
+        log.info("job.queued", call_id=job.call_id, kind=job.kind.value, job_id=job.job_id)
+
+    async def run(self, handler: JobHandler) -> None:
+        """Run jobs with `concurrency` workers until cancelled."""
+        workers = [
+            asyncio.create_task(self._work(handler), name=f"jobs.worker.{index}")
+            for index in range(self.concurrency)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def depth(self) -> int:
+        """Jobs waiting or running."""
+        return len(self._waiting) + len(self._running)
+
+    def waiting(self) -> list[Job]:
+        """Jobs waiting to run, oldest first."""
+        return [entry.job for entry in self._waiting]
+
+    async def close(self) -> None:
+        """Nothing to release: unfinished jobs' files stay for the next start."""
+        self._waiting = []
+
+    async def _work(self, handler: JobHandler) -> None:
+        """One worker: take the oldest runnable job, run it, remove it."""
+        while True:
+            entry = await self._take()
+            finished = False
+            try:
+                await handler(entry.job)
+                finished = True
+            except asyncio.CancelledError:
+                raise  # shutting down: the job's file stays and it runs after the restart
+            except Exception:
+                # A handler records its own failures; reaching here is a bug. Dropping the job
+                # keeps one bad job from running again at every start.
+                log.exception("job.crashed", call_id=entry.job.call_id, kind=entry.job.kind.value)
+                finished = True
+            finally:
+                async with self._changed:
+                    self._running.pop(entry.job.call_id, None)
+                    self._changed.notify_all()
+            if finished:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(entry.path.unlink, missing_ok=True)
+
+    async def _take(self) -> _Entry:
+        """Wait for the oldest waiting job whose recording has no job running."""
+        async with self._changed:
+            while True:
+                for entry in self._waiting:
+                    if entry.job.call_id not in self._running:
+                        self._waiting.remove(entry)
+                        self._running[entry.job.call_id] = entry
+                        return entry
+                await self._changed.wait()
+
+
+def _load_entries(directory: Path) -> list[_Entry]:
+    """The queue's job files, oldest first; unreadable ones are logged and skipped."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for path in sorted(directory.glob(f"*{_SUFFIX}")):
+        if path.name.startswith("."):
+            continue
+        try:
+            sequence = int(path.name.split("-", 1)[0])
+            entries.append(_Entry(sequence, parse_job(path.read_text()), path))
+        except (ValueError, OSError) as exc:
+            log.warning("jobs.unreadable_file", path=str(path), error=str(exc))
+    return entries
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write a file so that it is whole or absent after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    directory_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)

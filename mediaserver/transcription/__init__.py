@@ -1,0 +1,1 @@
+"""Transcripts per channel from interchangeable backends, merged into one dialogue."""
