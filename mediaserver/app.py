@@ -10,8 +10,9 @@ import structlog
 from aiohttp import web
 
 from mediaserver.admission import AdmissionLimits, LoadMonitor
-from mediaserver.api import analysis, calls, demo, health, recordings, whip
+from mediaserver.api import analysis, calls, console, console_session, health, recordings, whip
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     FINALIZER,
@@ -55,11 +56,15 @@ JOB_NICENESS = 10
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
+    sessions = ConsoleSessions(
+        settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token)],  # type: ignore[list-item]
+        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
     )
     app[SETTINGS] = settings
+    app[CONSOLE_SESSIONS] = sessions
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
     chosen_clock = clock or SystemClock()
@@ -84,7 +89,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     whip.add_routes(app)
     recordings.add_routes(app)
     analysis.add_routes(app)
-    demo.add_routes(app)
+    console_session.add_routes(app)
+    console.add_routes(app)
     return app
 
 

@@ -43,6 +43,7 @@ _POSITIVE = (
     "http_keepalive_timeout_s",
     "http_header_timeout_s",
     "max_connections",
+    "console_session_ttl_s",
     "job_workers",
     "turn_gap_s",
     "interruption_min_overlap_s",
@@ -96,6 +97,8 @@ class Settings:
     agent_opus_complexity: int = 0
     send_silence: bool = True
     signed_url_expiry_s: int = 300
+    console_session_ttl_s: float = 43200.0
+    echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
     # Post-call jobs
@@ -196,6 +199,10 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             "settings rtp_port_min..rtp_port_max must be a range within 1024..65535,"
             f" got {settings.rtp_port_min}..{settings.rtp_port_max}"
+        )
+    if not 0 <= settings.echo_agent_delay_s <= 10:
+        raise SettingsError(
+            f"setting echo_agent_delay_s must be 0..10, got {settings.echo_agent_delay_s}"
         )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")
