@@ -88,6 +88,11 @@ class AgentBridge:
         for name in self.playout.clear():
             self._echo_mark(name)
 
+    def finish(self) -> None:
+        """The agent leg ends: queued audio will not play, but its marks are answered first."""
+        for name in self.playout.clear():
+            self._echo_mark(name)
+
     def next_payload(self) -> bytes | None:
         """Play one 20 ms frame: its encoded payload, or None when the agent is silent."""
         frame = self.playout.next_frame()

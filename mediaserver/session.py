@@ -212,7 +212,7 @@ class CallSession:
         if channel is Channel.AGENT:
             bridge = self.bridge
             if bridge is not None:
-                bridge.playout.clear()
+                bridge.finish()  # pending marks are echoed before `stop`
                 self._spawn(bridge.agent.close(reason.value))
         else:
             caller, self.caller = self.caller, None
