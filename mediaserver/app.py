@@ -7,7 +7,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api import analysis, calls, demo, health, recordings, whip
+from mediaserver.api import analysis, calls, demo, health, openapi, recordings, whip
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     recordings.add_routes(app)
     analysis.add_routes(app)
     demo.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 

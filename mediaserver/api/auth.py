@@ -6,7 +6,7 @@ from aiohttp import web
 
 from mediaserver.api.errors import Handler, error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo", "/v1/openapi.json"})
 
 
 def read_bearer_token(header: str) -> bytes | None:
