@@ -109,3 +109,7 @@ class TranscriptionError(JobFailedError):
 
 class RecordingQueryError(MediaServerError, ValueError):
     """A recordings query names a parameter with a value it cannot have."""
+
+
+class AgentUrlError(MediaServerError, ValueError):
+    """An agent_url names no agent this server can reach (not ws://, wss:// or a built-in one)."""

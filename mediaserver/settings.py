@@ -38,6 +38,7 @@ _POSITIVE = (
     "rtp_media_timeout_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
+    "console_session_ttl_s",
     "job_workers",
     "turn_gap_s",
     "interruption_min_overlap_s",
@@ -81,6 +82,8 @@ class Settings:
     agent_connect_timeout_s: float = 10.0
     end_call_on_agent_exit: bool = False
     signed_url_expiry_s: int = 300
+    console_session_ttl_s: float = 43200.0
+    echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
     # Post-call jobs
@@ -168,6 +171,10 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             "settings rtp_port_min..rtp_port_max must be a range within 1024..65535,"
             f" got {settings.rtp_port_min}..{settings.rtp_port_max}"
+        )
+    if not 0 <= settings.echo_agent_delay_s <= 10:
+        raise SettingsError(
+            f"setting echo_agent_delay_s must be 0..10, got {settings.echo_agent_delay_s}"
         )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")

@@ -1,4 +1,4 @@
-"""A real browser (headless Chromium) calls the server through /demo; the recording is checked."""
+"""Headless Chromium joins a call from Try it (the old /demo link); the recording is checked."""
 
 import json
 import shutil
@@ -58,6 +58,7 @@ def test_chromium_calls_through_the_demo_page(tmp_path: Path) -> None:
     assert 0.3 * RATE_HZ <= np.count_nonzero(right) <= 0.5 * RATE_HZ
     assert not (tone_envelope(audio[1], CALLER_HZ, window_s=0.02) > 0.05).any()
     assert not (tone_envelope(audio[0], AGENT_HZ, window_s=0.02) > 0.05).any()
+    assert outcome["landed_on"] == "/try"
     manifest = outcome["manifest"]
     assert manifest["status"] == "stored"
     assert manifest["storage"]["metadata"] == {"via": "chromium"}

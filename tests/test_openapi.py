@@ -5,6 +5,7 @@ from importlib import metadata
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from openapi_spec_validator import validate
 
 from mediaserver.api.openapi import OPENAPI_PATH, load_openapi_document
@@ -19,7 +20,12 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 def _registered_operations(tmp_path: Path) -> set[tuple[str, str]]:
     """(METHOD, path template) of every route, without the HEAD aiohttp adds beside each GET."""
     app = create_app(make_settings(tmp_path))
-    routes = {(route.method, route.resource.canonical) for route in app.router.routes()}
+    routes = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if isinstance(route.resource, web.StaticResource):
+            path += "/{filename}"  # a directory of files: one templated path in the document
+        routes.add((route.method, path))
     return {
         (method, path)
         for method, path in routes
