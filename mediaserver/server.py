@@ -79,8 +79,8 @@ def build_welcome(host: str, port: int, paths: set[str]) -> str:
     lines = [f"mediaserver listening on http://{host}:{port}"]
     if "/" in paths:
         lines.append(f"  console: {base}/")
-    if "/demo" in paths:
-        lines.append(f"  demo:    {base}/demo  (call the server from your browser)")
+    if "/try" in paths:
+        lines.append(f"  try it:  {base}/try  (call the server from your browser)")
     lines.append(f"  API:     {base}/v1/openapi.json describes it")
     return "\n".join(lines)
 

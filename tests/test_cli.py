@@ -55,9 +55,10 @@ async def test_serve_api_token_flag_welcome_and_unknown_variables(tmp_path: Path
         lines = [(await asyncio.wait_for(process.stdout.readline(), 60)).decode().rstrip()]
         base = lines[0].split()[-1]
         assert lines[0].startswith("mediaserver listening on http://127.0.0.1:"), lines
-        lines += [(await process.stdout.readline()).decode().rstrip() for _ in range(2)]
+        lines += [(await process.stdout.readline()).decode().rstrip() for _ in range(3)]
         assert lines[1:] == [
-            f"  demo:    {base}/demo  (call the server from your browser)",
+            f"  console: {base}/",
+            f"  try it:  {base}/try  (call the server from your browser)",
             f"  API:     {base}/v1/openapi.json describes it",
         ]
         async with aiohttp.ClientSession() as client:
