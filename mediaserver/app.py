@@ -7,7 +7,16 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api import analysis, calls, console, console_session, health, recordings, whip
+from mediaserver.api import (
+    analysis,
+    calls,
+    console,
+    console_session,
+    health,
+    openapi,
+    recordings,
+    whip,
+)
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
@@ -80,6 +89,7 @@ def create_app(settings: Settings) -> web.Application:
     analysis.add_routes(app)
     console_session.add_routes(app)
     console.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 
