@@ -10,7 +10,16 @@ import structlog
 from aiohttp import web
 
 from mediaserver.admission import AdmissionLimits, LoadMonitor
-from mediaserver.api import analysis, calls, console, console_session, health, recordings, whip
+from mediaserver.api import (
+    analysis,
+    calls,
+    console,
+    console_session,
+    health,
+    openapi,
+    recordings,
+    whip,
+)
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
@@ -91,6 +100,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     analysis.add_routes(app)
     console_session.add_routes(app)
     console.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 

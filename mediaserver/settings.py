@@ -1,5 +1,6 @@
 """Settings: TOML defaults, then the environment, then command-line flags; validated at start."""
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -69,7 +70,7 @@ class Settings:
     stereo_complexity: int = 10
     finalize_workers: int = 2
     storage_type: str = "local"
-    storage_path: str = "./data/recordings"
+    storage_path: str = "./data"  # local: objects under <path>/recordings/YYYY/MM/DD/
     upload_deadline_s: float = 120.0
     gcs_create_bucket: bool = False
     host: str = "127.0.0.1"
@@ -217,6 +218,21 @@ def validate_settings(settings: Settings) -> Settings:
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
         )
     return settings
+
+
+def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """MEDIASERVER_* variables that name no setting, each with the nearest setting's variable."""
+    known = {name.upper(): ENV_PREFIX + name.upper() for name in _FIELD_TYPES}
+    known["CONFIG"] = f"{ENV_PREFIX}CONFIG"
+    unknown: list[tuple[str, str | None]] = []
+    for env_name in sorted(environ):
+        upper = env_name.upper()
+        if not upper.startswith(ENV_PREFIX) or env_name in known.values():
+            continue
+        # Compared without the prefix, which every candidate shares and would make all look alike.
+        nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.6)
+        unknown.append((env_name, known[nearest[0]] if nearest else None))
+    return unknown
 
 
 def load_settings(

@@ -22,11 +22,7 @@ AGENT_HZ = 1300.0
 async def run(out_dir: Path, wav: Path) -> dict[str, object]:
     """Call the server from the browser, let the agent answer, return what was recorded."""
     settings = make_settings(out_dir)
-    flags = [
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-    ]
+    flags = cdp.fake_microphone_flags(wav)
     async with (
         running_server(settings) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,

@@ -37,6 +37,15 @@ KEYS = {
 }
 
 
+def fake_microphone_flags(wav: Path) -> list[str]:
+    """Flags that make `wav` the microphone, granted without asking (NOTES.md)."""
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    ]
+
+
 class CdpError(RuntimeError):
     """A DevTools command failed, or a page script threw."""
 

@@ -341,11 +341,7 @@ LANE_SCRIPT = """(() => {
 async def run(out_dir: Path, wav: Path, shots: Path) -> dict[str, Any]:
     """The whole console walk; returns what was seen."""
     settings = make_settings(out_dir)
-    flags = [
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-    ]
+    flags = cdp.fake_microphone_flags(wav)
     async with (
         running_server(settings) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,

@@ -3,13 +3,11 @@
 # One walk through the console (tests/console_scenario.py, run inside a loopback-only network
 # namespace because Try it makes a WebRTC call) feeds every test below.
 
-import json
 import math
 import os
 import re
 import shutil
 import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, tone_envelope
+from loopback_namespace import run_scenario
 
 SCENARIO = Path(__file__).parent / "console_scenario.py"
 TONE_HZ = 500.0
@@ -50,8 +49,6 @@ def write_caller_wav(path: Path) -> None:
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the console walk once; what it saw."""
-    assert Path("/usr/lib/chromium/chromium").exists(), "install the Debian chromium package"
-    assert shutil.which("unshare"), "util-linux is required"
     assert shutil.which("espeak-ng"), "install the Debian espeak-ng package"
     work = tmp_path_factory.mktemp("console")
     wav = work / "caller.wav"
@@ -59,16 +56,7 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = work / "out"
     out.mkdir()
     shots = Path(os.environ.get("CONSOLE_SHOTS_DIR", work / "shots"))
-    command = f"ip link set lo up && exec {sys.executable} {SCENARIO} {out} {wav} {shots}"
-    result = subprocess.run(
-        ["unshare", "--net", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-6000:] + result.stdout[-2000:]
-    outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = run_scenario(SCENARIO, out, wav, shots, timeout_s=280)
     return outcome
 
 

@@ -2,10 +2,11 @@
 
 import re
 from pathlib import Path
+from string import Template
 
 import pytest
 
-from mediaserver.api.console import CONSOLE_DIR, PAGES
+from mediaserver.api.console import CONSOLE_DIR, PAGES, build_page
 
 # The data-testid hooks the console promises to keep (their meaning is tested in the browser).
 HOOKS = (
@@ -52,15 +53,21 @@ def test_nothing_is_loaded_from_another_origin() -> None:
             assert url in NAMESPACES, (path, url)
 
 
-def test_pages_exist_and_load_only_local_modules() -> None:
-    """Every routed page is a file; its scripts are modules under /console/."""
-    for file_name in PAGES.values():
-        html = (CONSOLE_DIR / file_name).read_text()
-        scripts = re.findall(r'<script[^>]*src="([^"]+)"', html)
-        assert scripts, file_name
-        assert all(src.startswith("/console/js/") for src in scripts), scripts
-        assert all('type="module"' in tag for tag in re.findall(r"<script[^>]*>", html))
-        assert "Live calls" in html or file_name == "login.html"
+def test_pages_load_only_local_modules_and_link_live_calls() -> None:
+    """Every page is the layout around its <main>; scripts are modules under /console/js/."""
+    layout = Template((CONSOLE_DIR / "layout.html").read_text())
+    for page in PAGES:
+        main = (CONSOLE_DIR / "pages" / f"{page.name}.html").read_text()
+        html = build_page(layout, page, main)
+        scripts = re.findall(r"<script[^>]*>", html)
+        assert scripts, page
+        assert all('type="module"' in tag for tag in scripts), scripts
+        assert all(src.startswith("/console/js/") for src in re.findall(r'src="([^"]+)"', html))
+        assert (CONSOLE_DIR / "js" / f"{page.name}.js").is_file(), page
+        assert html.count('<main id="main"') == 1, page
+        if page.section is not None:
+            assert '<a href="/live"' in html  # "Live calls", linked from every page
+            assert html.count('aria-current="page"') == 1, page
 
 
 def test_wavesurfer_is_the_pinned_npm_release_with_its_license() -> None:

@@ -24,20 +24,16 @@ from mediaserver.app import create_app
 from mediaserver.clock import ManualClock
 from mediaserver.settings import Settings
 
+from server_harness import make_settings
+
 TOKEN = "console-token-0123456789"
 NOW_NS = 1_800_000_000 * 10**9
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    """A server with its own spool and store, a token and a 1-hour session."""
-    values: dict[str, Any] = {
-        "spool_path": tmp_path / "spool",
-        "storage_path": str(tmp_path / "store"),
-        "api_token": TOKEN,
-        "finalize_workers": 1,
-        "console_session_ttl_s": 3600.0,
-    }
-    return Settings(**(values | overrides))
+    """A test server's settings (server_harness), with its own token and a 1-hour session."""
+    defaults: dict[str, Any] = {"api_token": TOKEN, "console_session_ttl_s": 3600.0}
+    return make_settings(tmp_path, **(defaults | overrides))
 
 
 @pytest.fixture

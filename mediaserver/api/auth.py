@@ -8,7 +8,7 @@ from aiohttp import web
 from mediaserver.api.console_session import ConsoleSessions, SessionCheck
 from mediaserver.api.errors import Handler, error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo", "/login", "/logout"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo", "/login", "/logout", "/v1/openapi.json"})
 # The console's scripts, styles and vendored libraries: no secrets, and the sign-in page needs them.
 OPEN_PREFIXES = ("/console/",)
 

@@ -169,7 +169,10 @@ async def create_call(request: web.Request) -> web.Response:
     if echo_delay_s is not None:
         # Caller audio is decoded at the rate the caller's codec carries, so the echo loses nothing.
         rate_hz = 48000 if codec is Codec.OPUS else codec.clock_rate_hz
-        session.attach_agent(EchoAgent(session, sample_rate_hz=rate_hz, delay_s=echo_delay_s))
+        echo = EchoAgent(
+            session, call_id=session.call_id, sample_rate_hz=rate_hz, delay_s=echo_delay_s
+        )
+        session.attach_agent(echo)
     elif agent_url is not None:
         hub.spawn(
             _dial_agent(

@@ -42,9 +42,12 @@ def parse_echo_delay_s(url: str, default_delay_s: float) -> float:
 class EchoAgent:
     """An AgentLink that hands the caller's audio back to the call, `delay_s` later."""
 
-    def __init__(self, sink: AgentMediaSink, *, sample_rate_hz: int, delay_s: float) -> None:
+    def __init__(
+        self, sink: AgentMediaSink, *, call_id: str, sample_rate_hz: int, delay_s: float
+    ) -> None:
         """Echo into `sink` (the call session) at the rate the session decodes caller audio to."""
         self.sample_rate_hz = sample_rate_hz
+        self._log = log.bind(call_id=call_id)
         self._sink = sink
         self._delay_s = delay_s
         self._loop = asyncio.get_running_loop()
@@ -67,7 +70,7 @@ class EchoAgent:
         for handle in self._pending:
             handle.cancel()
         self._pending.clear()
-        log.info("agent.echo_closed", reason=reason)
+        self._log.info("agent.echo_closed", reason=reason)
 
     def _play(self, pcm: Pcm) -> None:
         """One chunk's delay is over: it goes to the playout queue like an agent's speech."""

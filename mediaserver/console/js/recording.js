@@ -143,6 +143,7 @@ async function setUpPlayer(manifest) {
     }
   });
   player.addEventListener("redrawcomplete", () => {
+    if (!waveform.dataset.drawn) performance.mark("console:waveform-drawn");
     waveform.dataset.drawn = "true";
   });
   player.addEventListener("ready", () => {
@@ -150,6 +151,7 @@ async function setUpPlayer(manifest) {
     if (analysisDoc) drawSpans(analysisDoc);
   });
   play.disabled = false;
+  performance.mark("console:controls-ready");
   play.addEventListener("click", () => toggle());
   byId("speed").addEventListener("change", (event) => player.setSpeed(Number(event.target.value)));
   wireChannelButtons();

@@ -98,7 +98,7 @@ function renderRow(item) {
   // While the analysis is pending or missing, its columns say so; completed ones are filled in.
   const analysis = stored ? jobState(item, "analysis") || "—" : "—";
   const pending = analysis === "completed" ? "…" : analysis;
-  const link = el("a", { href: `/recordings/${encodeURIComponent(item.call_id)}` }, formatLocalTime(item.created_at));
+  const link = el("a", { class: "nowrap", href: `/recordings/${encodeURIComponent(item.call_id)}` }, formatLocalTime(item.created_at));
   const status = stored ? null : el("span", { class: `badge ${item.status}` }, item.status.replace("_", " "));
   const cell = (label, content, extra = {}) => el("td", { "data-label": label, ...extra }, content);
   const transcript = jobState(item, "transcript");
@@ -148,8 +148,8 @@ function fillRow(callId, analysis) {
     const ratio = (side) => (channels[side] ? channels[side].talk_ratio : null);
     set(
       "talk",
-      el("span", {},
-        el("span", { class: "side-caller" }, `caller ${formatPercent(ratio("caller"))}`), " · ",
+      el("span", { class: "ratios" },
+        el("span", { class: "side-caller" }, `caller ${formatPercent(ratio("caller"))}`),
         el("span", { class: "side-agent" }, `agent ${formatPercent(ratio("agent"))}`)),
     );
     const latency = doc.response_latency_s || {};
