@@ -27,6 +27,7 @@ from mediaserver.api import recordings
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import FINALIZER, RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.token_registry import TokenRegistry
 from mediaserver.app import create_app
 from mediaserver.call_recording import CallRecording
 from mediaserver.catalog.byte_range import ByteRange, RangeOutcome, compute_byte_range
@@ -691,7 +692,10 @@ def build_app_on_store(
 ) -> web.Application:
     """The recordings API over a given store: the same keys and middlewares as create_app."""
     app = web.Application(
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token)]  # type: ignore[list-item]
+        middlewares=[
+            error_middleware,
+            build_auth_middleware(TokenRegistry(settings.api_token, None)),
+        ]  # type: ignore[list-item]
     )
     app[SETTINGS] = settings
     app[STORE] = store
