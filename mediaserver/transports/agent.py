@@ -1,6 +1,7 @@
 """The agent leg: one WebSocket speaking Twilio Media Streams messages, dialled in or out."""
 
 import asyncio
+import os
 import secrets
 from collections import deque
 from collections.abc import Mapping
@@ -489,8 +490,17 @@ async def dial_out(
             )
     except TimeoutError:
         raise AgentDialError(f"agent at {url} did not answer within {timeout_s} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        # asyncio's message carries the address as a Python tuple: name the errno instead.
+        errno_value = exc.os_error.errno
+        reason = os.strerror(errno_value) if errno_value else "the connection failed"
+        raise AgentDialError(f"agent at {url} could not be reached: {reason}") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise AgentDialError(
+            f"agent at {url} refused the WebSocket: HTTP {exc.status} {exc.message}"
+        ) from None
     except aiohttp.ClientError as exc:
-        raise AgentDialError(f"agent at {url} refused the WebSocket: {exc}") from None
+        raise AgentDialError(f"agent at {url} failed: {type(exc).__name__}") from None
     connection = AgentConnection(
         ws,
         sink=sink,
