@@ -277,7 +277,7 @@ class Browser:
 @contextlib.asynccontextmanager
 async def launch(extra_flags: Sequence[str] = ()) -> AsyncIterator[Browser]:
     """Start headless Chromium on a fresh profile; close it afterwards."""
-    # Chromium's helper processes may still write to the profile as it exits: cleanup is best effort.
+    # Chromium's helpers may still write to the profile as it exits: cleanup is best effort.
     with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         command = [
             CHROMIUM,

@@ -39,6 +39,7 @@ ROUTE_SCOPES: dict[tuple[str, str], RouteScope] = {
     ("GET", "/v1/calls/{call_id}"): Scope.CALLS,
     ("DELETE", "/v1/calls/{call_id}"): Scope.CALLS,
     ("POST", "/v1/calls/{call_id}/rtp"): Scope.CALLS,
+    ("POST", "/v1/calls/{call_id}/recording"): Scope.CALLS,  # pause and resume recording
     ("GET", "/v1/calls/{call_id}/agent"): Scope.CALLS,
     ("POST", "/whip"): Scope.CALLS,
     ("PATCH", "/whip/{call_id}"): Scope.CALLS,
