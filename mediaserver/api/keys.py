@@ -11,6 +11,7 @@ from mediaserver.audit.audit_log import AuditLog
 from mediaserver.calls import CallHub
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
@@ -32,3 +33,4 @@ LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
 AUDIT = web.AppKey("audit", AuditLog)
+GCS_MIRROR = web.AppKey("gcs_mirror", GcsLifecycleMirror)  # with gcs_apply_lifecycle only
