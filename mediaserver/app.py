@@ -16,11 +16,13 @@ from mediaserver.api import (
     console,
     console_session,
     health,
+    nodes,
     openapi,
     recordings,
     whip,
 )
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.cluster_routing import cluster_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
@@ -35,15 +37,18 @@ from mediaserver.api.keys import (
     PORTS,
     PROCESS_POOL,
     RECORDER,
+    REDIS,
     SETTINGS,
     STORE,
 )
 from mediaserver.calls import CallHub
 from mediaserver.clock import Clock, SystemClock
+from mediaserver.cluster_app import cluster_context, redis_context
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
-from mediaserver.jobs.local import LocalJobQueue
+from mediaserver.jobs.factory import build_job_queue, build_recording_locks
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
+from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
@@ -68,9 +73,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     sessions = ConsoleSessions(
         settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
     )
+    middlewares = [error_middleware, build_auth_middleware(settings.api_token, sessions)]
+    if settings.redis_url:  # several nodes: new calls placed, a call's requests sent to its node
+        middlewares.append(cluster_middleware)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
+        middlewares=middlewares,  # type: ignore[arg-type]
     )
     app[SETTINGS] = settings
     app[CONSOLE_SESSIONS] = sessions
@@ -81,6 +89,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            redis_context,
             _job_pool,
             _jobs,
             _finalizer,
@@ -89,6 +98,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             _loop_lag,
             _load(chosen_clock),
             _hub(chosen_clock),
+            cluster_context,
             _sweeper(chosen_clock),
             _stats_metrics,
         ]
@@ -101,6 +111,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     console_session.add_routes(app)
     console.add_routes(app)
     openapi.add_routes(app)
+    nodes.add_routes(app)
     return app
 
 
@@ -143,18 +154,24 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
-    states = JobStateStore(app[STORE], settings.jobs_path / "scratch")
+    redis = app.get(REDIS)
+    states = JobStateStore(
+        app[STORE], settings.jobs_path / "scratch", locks=build_recording_locks(redis)
+    )
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+        max_attempts=settings.job_max_attempts,
+        on_duration=app[METRICS].observe_job,
     )
     scheduler = JobScheduler(
-        queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
+        queue=build_job_queue(settings, redis),
         states=states,
         plan=build_job_plan(settings),
-        handler=runner,
+        # With Redis, `mediaserver worker` processes run the jobs (serve --with-worker too).
+        handler=runner if redis is None or settings.with_worker else None,
     )
     app[JOBS] = scheduler
     await scheduler.start()
@@ -168,9 +185,11 @@ def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]
     yield (
         "mediaserver_jobs_pending",
         "gauge",
-        "Post-call jobs queued or running in this process.",
+        "Post-call jobs queued or running (in this process; with Redis, in every worker).",
         [("", {}, scheduler.queue.depth())],
     )
+    if isinstance(scheduler.queue, RedisJobQueue):
+        yield from queue_reports(scheduler.queue)
     yield (
         "mediaserver_jobs",
         "counter",

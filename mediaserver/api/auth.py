@@ -1,12 +1,18 @@
 """Bearer-token authentication on everything but health checks; console sessions by cookie."""
 
 import hmac
+import time
 from urllib.parse import quote
 
 from aiohttp import web
 
 from mediaserver.api.console_session import ConsoleSessions, SessionCheck
 from mediaserver.api.errors import Handler, error_response
+from mediaserver.cluster.redirect_token import (
+    QUERY_PARAMETER,
+    check_redirect_token,
+    derive_redirect_key,
+)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/demo", "/login", "/logout", "/v1/openapi.json"})
 # The console's scripts, styles and vendored libraries: no secrets, and the sign-in page needs them.
@@ -28,6 +34,15 @@ def build_auth_middleware(token: str, sessions: ConsoleSessions | None = None) -
     """A middleware that requires `Authorization: Bearer <token>` or a console session cookie."""
     # No token configured: everything is open (the server refuses to listen off loopback then).
     expected = token.encode()
+    redirect_key = derive_redirect_key(token)
+
+    def redirected(request: web.Request) -> bool:
+        """Whether the request carries a valid redirect token for the call it names."""
+        signed = request.query.get(QUERY_PARAMETER)
+        call_id = request.match_info.get("call_id") or request.query.get("call_id")
+        return bool(signed and call_id) and check_redirect_token(
+            redirect_key, str(signed), str(call_id), now_s=time.time()
+        )
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,6 +57,8 @@ def build_auth_middleware(token: str, sessions: ConsoleSessions | None = None) -
         given = read_bearer_token(request.headers.get("Authorization", ""))
         # constant time: no timing oracle
         if given is not None and hmac.compare_digest(given, expected):
+            return await handler(request)
+        if redirected(request):  # sent here by another node's 307 (cluster_routing.py)
             return await handler(request)
         check = SessionCheck.NONE if sessions is None else sessions.check(request)
         if check is SessionCheck.VALID:
