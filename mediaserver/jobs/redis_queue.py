@@ -282,7 +282,7 @@ class RedisJobQueue:
         await self._finish_entry(delivery, job)
 
     async def _finish_entry(self, delivery: _Delivery, job: Job) -> None:
-        """Acknowledge a finished job, queue its recording's next one (retried until Redis answers)."""
+        """Acknowledge a finished job and queue its recording's next one (until Redis answers)."""
         keys = [STREAM_KEY, PAYLOAD_KEY, LATEST_KEY, recording_key(job.call_id)]
         args = [GROUP, delivery.entry_id, job.job_id, latest_field(job)]
         while True:
