@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis_server import RedisServer
 
 from mediaserver.cluster.redis_connection import open_redis
 from mediaserver.jobs.queue import Job
 from mediaserver.jobs.redis_queue import RedisJobQueue
 from mediaserver.jobs.state import JobKind
+
+from redis_server import RedisServer
 
 TIMEOUT_S = 10.0
 
