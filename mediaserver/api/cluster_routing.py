@@ -37,6 +37,7 @@ CALL_PATHS = frozenset(
     {
         "/v1/calls/{call_id}",
         "/v1/calls/{call_id}/rtp",
+        "/v1/calls/{call_id}/recording",
         "/v1/calls/{call_id}/agent",
         "/whip/{call_id}",
         "/v1/recordings/{call_id}",
