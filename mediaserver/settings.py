@@ -128,14 +128,16 @@ class Settings:
     transcription_max_upload_bytes: int = 25_000_000
     # Several nodes (empty redis_url: one node, everything in this process)
     node_id: str = ""  # "" = this machine's host name
-    public_url: str = (
-        ""  # this node's externally reachable base URL, e.g. https://node-3.example.com
-    )
+    public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
     redis_url: str = ""  # e.g. redis://redis:6379/0: node registry, call map and job queue
     storage_shared: bool = False  # local storage_path is a filesystem every node and worker mounts
     job_visibility_timeout_s: float = 60.0  # a job unfinished this long is redone by another worker
     job_max_attempts: int = 3  # a job that keeps failing ends `failed` after this many attempts
     with_worker: bool = False  # with redis_url: `serve` runs jobs too (else only workers do)
+    # Recording lifecycle and access (README, "Access", "Audit log")
+    api_tokens_path: str = ""
+    audit_path: Path = Path("./data/audit")
+    audit_retention_days: int = 0  # 0: keep forever
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -234,6 +236,7 @@ def validate_settings(settings: Settings) -> Settings:
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
         )
     _validate_cluster(settings)
+    _validate_lifecycle(settings)
     return settings
 
 
@@ -261,6 +264,19 @@ def _validate_cluster(settings: Settings) -> None:
 def resolve_node_id(settings: Settings) -> str:
     """This node's id: the node_id setting, or the host name."""
     return settings.node_id or socket.gethostname()
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+def _validate_lifecycle(settings: Settings) -> None:
+    """Retention, encryption and GCS-only settings fit together."""
+    for name in ("audit_retention_days",):
+        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
+                f" got {getattr(settings, name)}"
+            )
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

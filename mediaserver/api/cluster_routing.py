@@ -16,17 +16,14 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from mediaserver.api.auth import PRINCIPAL
 from mediaserver.api.calls import describe_session
 from mediaserver.api.errors import Handler
-from mediaserver.api.keys import HUB, LOCAL_NODE, NODE_CLIENT, REGISTRY, SETTINGS
+from mediaserver.api.keys import HUB, LOCAL_NODE, NODE_CLIENT, REGISTRY, TOKENS
 from mediaserver.cluster.node_client import PLACED_BY_HEADER
 from mediaserver.cluster.node_record import NodeRecord
 from mediaserver.cluster.placement import rank_nodes
-from mediaserver.cluster.redirect_token import (
-    QUERY_PARAMETER,
-    build_redirect_token,
-    derive_redirect_key,
-)
+from mediaserver.cluster.redirect_token import QUERY_PARAMETER, build_redirect_token
 from mediaserver.errors import ClusterUnavailableError, OverloadedError
 
 log = structlog.get_logger(__name__)
@@ -85,11 +82,14 @@ async def cluster_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _redirect_location(request: web.Request, owner: NodeRecord, call_id: str) -> str:
     """The same request on the owner's address, with a redirect token for this call."""
     target = URL(owner.public_url.rstrip("/") + request.path).with_query(request.query)
-    token = request.app[SETTINGS].api_token
-    if token:
-        expires_at_s = int(time.time()) + REDIRECT_TOKEN_TTL_S
+    principal = request.get(PRINCIPAL)
+    entry = None if principal is None else request.app[TOKENS].table.find(principal.name)
+    if entry is not None:  # no token at all (loopback only): nothing to carry
         signed = build_redirect_token(
-            derive_redirect_key(token), call_id, expires_at_s=expires_at_s
+            entry.digest,
+            call_id=call_id,
+            token_name=entry.name,
+            expires_at_s=int(time.time()) + REDIRECT_TOKEN_TTL_S,
         )
         target = target.update_query({QUERY_PARAMETER: signed})
     log.info("cluster.redirected", call_id=call_id, node_id=owner.node_id, path=request.path)

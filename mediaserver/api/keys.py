@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 
 from mediaserver.admission import LoadMonitor
 from mediaserver.api.recording_index import RecordingIndex
+from mediaserver.api.token_registry import TokenRegistry
+from mediaserver.audit.audit_log import AuditLog
 from mediaserver.calls import CallHub
 from mediaserver.cluster.local_node import LocalNode
 from mediaserver.cluster.node_client import NodeClient
@@ -34,6 +36,8 @@ METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
+AUDIT = web.AppKey("audit", AuditLog)
+TOKENS = web.AppKey("tokens", TokenRegistry)
 LOCAL_NODE = web.AppKey("local_node", LocalNode)
 # Only with redis_url (several nodes):
 REDIS = web.AppKey("redis", Redis)
