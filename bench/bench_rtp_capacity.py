@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib.util
 import multiprocessing
 import os
@@ -163,9 +164,23 @@ class EndpointLeg(asyncio.DatagramProtocol):
 
     async def start(self) -> int:
         """Bind a port of the range on the running loop's own datagram endpoint."""
-        port = self._ports.allocate()
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(HOST, port))
+        taken_elsewhere: list[int] = []
+        try:
+            while True:
+                port = self._ports.allocate()
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: self, local_addr=(HOST, port)
+                    )
+                    break
+                except OSError as error:
+                    if error.errno != errno.EADDRINUSE:
+                        raise
+                    taken_elsewhere.append(port)  # held until the search ends, as the leg does
+        finally:
+            for busy_port in taken_elsewhere:
+                self._ports.release(busy_port)
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         if self._read_bytes is not None:
