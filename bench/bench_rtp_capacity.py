@@ -37,6 +37,7 @@ from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.spool import CallSpool, Spool
+from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import is_rtcp, parse_rtp_header
 from mediaserver.rtp.sequencer import RtpSequencer
@@ -108,6 +109,10 @@ class JournalSink:
     def on_audio_sent(self, packet: MediaPacket) -> None:
         """Journal the packet the leg sent, as sent, on the agent channel."""
         self._record(Channel.AGENT, packet)
+
+    def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
+        """The bench's callers press no keys (the legs negotiate no telephone-event type)."""
+        raise RuntimeError(f"a benchmark caller pressed {digit}")
 
     def on_caller_ended(self, reason: EndReason) -> None:
         """A leg ending mid-run would spoil the figures."""
