@@ -23,7 +23,7 @@ _CHOICES = {
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
-    "transcription_backend": ("pocketsphinx", "none"),
+    "transcription_backend": ("pocketsphinx", "openai", "none"),
 }
 _POSITIVE = (
     "flush_interval_s",

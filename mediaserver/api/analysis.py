@@ -24,7 +24,7 @@ from mediaserver.settings import Settings
 from mediaserver.storage_backends.keys import JSON_CONTENT_TYPE, WEBVTT_CONTENT_TYPE
 
 TRANSCRIPT_FORMATS = ("json", "vtt")
-REQUESTABLE_BACKENDS = ("pocketsphinx",)
+REQUESTABLE_BACKENDS = ("pocketsphinx", "openai")
 _LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}(-[A-Za-z]{2,4})?")
 _MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _NOT_STORED_YET = frozenset({CallStatus.RECORDING, CallStatus.FINALIZING, CallStatus.UPLOAD_FAILED})
