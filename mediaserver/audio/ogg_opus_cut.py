@@ -72,7 +72,7 @@ def cut_ogg_opus_file(
         reader = OggOpusReader(stream)
         pre_skip = reader.head.pre_skip_samples
         packets = list(_packets(reader))
-    pieces = []
+    pieces: list[OggPiece] = []
     for start_s, end_s in spans_s:
         first_sample = round(start_s * OPUS_RATE_HZ) + pre_skip
         last_sample = round(end_s * OPUS_RATE_HZ) + pre_skip
