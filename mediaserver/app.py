@@ -12,6 +12,7 @@ from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     DRAINING,
+    EVENTS,
     HTTP_CLIENT,
     HUB,
     JOB_POOL,
@@ -33,10 +34,12 @@ from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
+from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.factory import open_store
 from mediaserver.transports.port_allocator import PortAllocator
+from mediaserver.webhooks import CallEvents, WebhookSender
 from mediaserver.workers import create_process_pool
 
 log = structlog.get_logger(__name__)
@@ -58,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             _process_pool,
             _store,
+            _webhooks,
             _job_pool,
             _jobs,
             _recorder,
@@ -95,6 +99,47 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """Signed event deliveries from a durable outbox: resumed at start, kept at stop."""
+    settings = app[SETTINGS]
+    if settings.webhook_url and not settings.webhook_secret:
+        log.warning("webhooks.unsigned", reason="webhook_secret is not set")
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(
+            directory=settings.jobs_path / "webhooks",
+            session=session,
+            secret=settings.webhook_secret,
+            timeout_s=settings.webhook_timeout_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+        )
+        app[EVENTS] = CallEvents(sender, settings.webhook_url)
+        await sender.start()
+        app[METRICS].add_stats_source(lambda: _webhook_reports(sender))
+        yield
+        await sender.close()
+
+
+def _webhook_reports(sender: WebhookSender) -> Iterator[Report]:
+    """The deliveries' counters for Prometheus."""
+    yield (
+        "mediaserver_webhook_deliveries",
+        "counter",
+        "Webhook delivery attempts by result (failed: given up after every retry).",
+        [
+            ("", {"result": "delivered"}, sender.delivered),
+            ("", {"result": "retried"}, sender.retried),
+            ("", {"result": "failed"}, sender.failed),
+        ],
+    )
+    yield (
+        "mediaserver_webhook_pending",
+        "gauge",
+        "Webhook deliveries waiting for an attempt.",
+        [("", {}, sender.pending())],
+    )
+
+
 async def _job_pool(app: web.Application) -> AsyncIterator[None]:
     """Worker processes for post-call jobs, niced below the server and the finalizers."""
     settings = app[SETTINGS]
@@ -118,6 +163,7 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+        on_event=app[EVENTS].job_finished,
     )
     scheduler = JobScheduler(
         queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
@@ -169,9 +215,14 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
 
     jobs = app[JOBS]
+    events = app[EVENTS]
 
     def observe(manifest: Manifest, elapsed_s: float) -> None:
+        if manifest.status is CallStatus.UPLOAD_FAILED:
+            events.recording_failed(manifest)
+            return
         metrics.finalize_seconds.observe(elapsed_s)
+        events.recording_stored(manifest)
         jobs.on_stored(manifest)
 
     recorder.on_stored = observe

@@ -419,7 +419,7 @@ class Recorder:
             bound.exception("recording.build_failed")
             return None
         stored = await self._store(call_id, spool_dir, manifest)
-        if self.on_stored is not None and stored.status is not CallStatus.UPLOAD_FAILED:
+        if self.on_stored is not None:  # stored, or upload_failed (kept and retried)
             self.on_stored(stored, loop.time() - started)
         return stored
 

@@ -45,6 +45,9 @@ _POSITIVE = (
     "transcription_timeout_s",
     "transcription_max_attempts",
     "transcription_max_upload_bytes",
+    "webhook_timeout_s",
+    "webhook_max_attempts",
+    "webhook_backoff_s",
 )
 
 
@@ -100,6 +103,11 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_s: float = 2.0
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -179,6 +187,10 @@ def validate_settings(settings: Settings) -> Settings:
     if settings.vad_min_speech_ms < 0 or settings.vad_min_silence_ms < 0:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
+        )
+    if settings.webhook_url and not settings.webhook_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
     return settings
 

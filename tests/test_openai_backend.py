@@ -9,6 +9,7 @@ import pytest
 from fake_openai import API_KEY, FakeOpenAI
 from server_harness import auth, make_settings, running_server
 from speech_call import record_speech_call, wait_for_document
+from webhook_receiver import SECRET, WebhookReceiver
 
 MAX_UPLOAD_BYTES = 6000  # a 3 s channel is about 12 KB: it goes in pieces
 SPEECH_START_S = 0.5  # record_speech_call speaks after half a second
@@ -36,8 +37,14 @@ async def test_openai_backend_pieces_retries_turns_and_failures(
     """whisper-1 in pieces under the size limit with a 429 retried; a model without timestamps
     per turn; a second request while one runs is 409; a permanent error fails the job with the
     API's message."""
+    receiver = WebhookReceiver()
+    await receiver.start()
     settings = make_settings(
-        tmp_path, transcription_backend="openai", transcription_max_upload_bytes=MAX_UPLOAD_BYTES
+        tmp_path,
+        transcription_backend="openai",
+        transcription_max_upload_bytes=MAX_UPLOAD_BYTES,
+        webhook_url=receiver.url,
+        webhook_secret=SECRET,
     )
     fake_openai.script.extend(["429"])
     async with (
@@ -116,3 +123,10 @@ async def test_openai_backend_pieces_retries_turns_and_failures(
             manifest = await response.json()
         assert manifest["jobs"]["transcript"]["status"] == "failed"
         assert manifest["jobs"]["analysis"]["status"] == "completed"
+        event = await receiver.wait_for("transcript.failed", call_id)
+        completed = await receiver.wait_for_all("transcript.completed", call_id, 3)
+    await receiver.stop()
+    assert event.signature_ok
+    assert event.event["error"]["code"] == "transcription_failed"
+    assert "too short" in event.event["error"]["message"]
+    assert all(c.signature_ok for c in completed)

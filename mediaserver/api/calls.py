@@ -24,6 +24,7 @@ from mediaserver.transports.twilio_protocol import (
     Encoding,
     parse_audio_format_query,
 )
+from mediaserver.webhooks import with_status_callback
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +139,8 @@ async def create_call(request: web.Request) -> web.Response:
     """POST /v1/calls: open a call (optionally dialling out to its agent)."""
     _refuse_while_draining(request)
     body = await read_json_object(request)
-    unknown = set(body) - {"call_id", "caller_codec", "agent_url", "agent_format", "metadata"}
+    known = {"call_id", "caller_codec", "agent_url", "agent_format", "metadata", "status_callback"}
+    unknown = set(body) - known
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
     call_id = body.get("call_id")
@@ -151,6 +153,8 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(
             400, "bad_request", f"metadata must be a JSON object under {MAX_METADATA_BYTES} bytes"
         )
+    # The call's own webhook receiver travels with its metadata into the recording's manifest.
+    metadata = with_status_callback(metadata, body.get("status_callback"))
     codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
     agent_url = body.get("agent_url")
     audio_format = _agent_format(body.get("agent_format"))
