@@ -1,6 +1,7 @@
 """The aiohttp application: every shared resource started and stopped in pairs, in order."""
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -40,7 +41,7 @@ from mediaserver.settings import Settings
 from mediaserver.storage_backends.factory import open_store
 from mediaserver.transports.port_allocator import PortAllocator
 from mediaserver.webhooks import CallEvents, WebhookSender
-from mediaserver.workers import create_process_pool
+from mediaserver.workers import create_process_pool, start_workers
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +150,7 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
         log_level=settings.log_level,
         niceness=JOB_NICENESS,
     )
+    await asyncio.to_thread(start_workers, pool, settings.job_workers)
     app[JOB_POOL] = pool
     yield
     await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
@@ -157,7 +159,9 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
-    states = JobStateStore(app[STORE], settings.jobs_path / "scratch")
+    scratch = settings.jobs_path / "scratch"
+    await asyncio.to_thread(shutil.rmtree, scratch, True)  # what jobs cut short left behind
+    states = JobStateStore(app[STORE], scratch)
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],

@@ -81,7 +81,9 @@ class LocalJobQueue:
             for index in range(self.concurrency)
         ]
         try:
-            await asyncio.gather(*workers)
+            # wait(), unlike gather(), does not cancel the workers itself: each is cancelled
+            # exactly once below, so its clean-up after the cancellation is not cut short.
+            await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for worker in workers:
                 worker.cancel()
