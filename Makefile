@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_rtp_capacity.py
 	$(BIN)/python bench/bench_webrtc_capacity.py
+	$(BIN)/python bench/bench_analysis.py --minutes 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

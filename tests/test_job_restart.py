@@ -1,26 +1,13 @@
 """Jobs and webhooks survive a restart: what was queued or running completes afterwards."""
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from fake_openai import API_KEY, FakeOpenAI
+from fake_openai import FakeOpenAI
 from server_harness import auth, make_settings, running_server
 from speech_call import record_speech_call, wait_for_document
 from webhook_receiver import SECRET, WebhookReceiver
-
-
-@pytest.fixture
-async def fake_openai(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    """The fake API, and the environment the SDK reads pointing at it."""
-    fake = FakeOpenAI()
-    await fake.start()
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-    yield fake
-    await fake.stop()
 
 
 async def _status(client: aiohttp.ClientSession, url: str) -> tuple[int, str]:

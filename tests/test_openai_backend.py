@@ -1,6 +1,5 @@
 """The openai transcription backend end to end, against an OpenAI-compatible server on loopback."""
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,17 +12,6 @@ from webhook_receiver import SECRET, WebhookReceiver
 
 MAX_UPLOAD_BYTES = 6000  # a 3 s channel is about 12 KB: it goes in pieces
 SPEECH_START_S = 0.5  # record_speech_call speaks after half a second
-
-
-@pytest.fixture
-async def fake_openai(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
-    """The fake API, and the environment the SDK reads pointing at it."""
-    fake = FakeOpenAI()
-    await fake.start()
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-    yield fake
-    await fake.stop()
 
 
 async def _post_transcript(client: aiohttp.ClientSession, url: str, body: dict[str, str]) -> int:

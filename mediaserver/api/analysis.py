@@ -16,7 +16,7 @@ from mediaserver.api.keys import JOBS, RECORDER, RECORDING_INDEX, SETTINGS, STOR
 from mediaserver.api.recording_lookup import find_recording
 from mediaserver.catalog.recording_view import RECORDINGS_PATH, RecordingView
 from mediaserver.errors import ObjectNotFoundError
-from mediaserver.jobs.plan import DEFAULT_MODELS, build_transcript_params
+from mediaserver.jobs.plan import DEFAULT_MODELS, build_job_plan, build_transcript_params
 from mediaserver.jobs.runner import build_keys
 from mediaserver.jobs.state import JobKind, JobState, JobStatus, parse_job_states
 from mediaserver.recording.call import CallStatus
@@ -55,9 +55,7 @@ def build_job_params(settings: Settings, body: dict[str, Any]) -> dict[str, str]
 
 def is_planned(settings: Settings, kind: JobKind) -> bool:
     """True if every stored recording gets a job of this kind."""
-    if kind is JobKind.ANALYSIS:
-        return settings.analysis_enabled
-    return settings.transcription_backend != "none"
+    return any(planned is kind for planned, _ in build_job_plan(settings))
 
 
 async def get_analysis(request: web.Request) -> web.StreamResponse:

@@ -39,6 +39,9 @@ _OPUS_OK = 0
 DTX_MAX_BYTES = 2
 # Decoded PCM is handed out in blocks about this long, so memory stays flat for any length.
 BLOCK_MS = 1000
+# RFC 7845 §4.4 asks a decoder to start at least 80 ms before a point reached by seeking; CELT's
+# energy prediction needs about 300 ms more to give the very samples a whole decode gives.
+WARM_UP_MS = 400
 
 
 class OpusDecoder:
@@ -95,26 +98,44 @@ class OpusDecoder:
         self.close()
 
 
-def decode_ogg_opus(stream: BinaryIO, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
-    """Decode a mono Ogg Opus stream to PCM blocks, pre-skip removed, end trimmed (RFC 7845 §4)."""
-    # Packets that carry nothing audible (the recorder's silence fill, DTX) become zeros without
-    # being decoded: in a call each side is silent most of the time, so this halves the work.
-    # The decoder is reset after such a run, as a decoder fed those packets would have been.
+def decode_ogg_opus(
+    stream: BinaryIO,
+    sample_rate_hz: int = 16000,
+    *,
+    first_sample: int = 0,
+    end_sample: int | None = None,
+) -> Iterator[Pcm]:
+    """Samples [first_sample, end_sample) of a mono Ogg Opus stream's time line, as PCM blocks."""
+    # The time line starts after the pre-skip and ends at the last granule position (RFC 7845
+    # §4.2, §4.5). Packets that carry nothing audible (the recorder's silence fill, DTX) become
+    # zeros without being decoded: each side of a call is silent much of the time. The decoder
+    # is reset after such a run, as a decoder fed those packets would have been, and starts
+    # WARM_UP_MS before `first_sample` to converge; earlier packets are only parsed.
     reader = OggOpusReader(stream)
     if reader.head.channel_count != 1:
         raise OggError(f"expected a mono Ogg Opus stream, got {reader.head.channel_count} channels")
     scale = OPUS_RATE_HZ // sample_rate_hz
-    to_skip = reader.head.pre_skip_samples // scale
+    pre_skip = reader.head.pre_skip_samples // scale
+    warm_up_from = first_sample - sample_rate_hz * WARM_UP_MS // 1000
+    stop_at = end_sample if end_sample is not None else None
     silent = _silence_packets()
     block_samples = sample_rate_hz * BLOCK_MS // 1000
     pending: list[Pcm] = []
     pending_samples = 0
-    emitted_48k = 0  # samples of the stream decoded so far, at 48 kHz (granule units)
+    position = -pre_skip  # where the next packet starts on the time line, in output samples
     with OpusDecoder(sample_rate_hz) as decoder:
         skipped_run = False
         for packet, granule in reader:
+            start = position
+            samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
+            position += samples
+            if stop_at is not None and start >= stop_at:
+                break
+            stream_end = None if granule is None else granule // scale - pre_skip
+            if position <= warm_up_from:
+                skipped_run = True  # not needed: parsed, never decoded
+                continue
             if packet in silent or len(packet) <= DTX_MAX_BYTES:
-                samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
                 pcm = np.zeros(samples, np.int16)
                 skipped_run = True
             else:
@@ -124,18 +145,14 @@ def decode_ogg_opus(stream: BinaryIO, sample_rate_hz: int = 16000) -> Iterator[P
                 try:
                     pcm = decoder.decode(packet)
                 except OpusPacketError:
-                    pcm = np.zeros(compute_packet_samples(packet, sample_rate_hz), np.int16)
-            emitted_48k += pcm.size * scale
-            if granule is not None and emitted_48k > granule:
-                # RFC 7845 §4.5: the last page's granule position trims the end.
-                pcm = pcm[: max(0, pcm.size - (emitted_48k - granule) // scale)]
-                emitted_48k = granule
-            if to_skip:
-                cut = min(to_skip, pcm.size)
-                pcm, to_skip = pcm[cut:], to_skip - cut
-            if pcm.size:
-                pending.append(pcm)
-                pending_samples += pcm.size
+                    pcm = np.zeros(samples, np.int16)
+            last = position if stream_end is None else min(position, stream_end)
+            if stop_at is not None:
+                last = min(last, stop_at)
+            first = max(start, first_sample)
+            if last > first:
+                pending.append(pcm[first - start : last - start])
+                pending_samples += last - first
             if pending_samples >= block_samples:
                 yield np.concatenate(pending)
                 pending, pending_samples = [], 0
@@ -143,10 +160,14 @@ def decode_ogg_opus(stream: BinaryIO, sample_rate_hz: int = 16000) -> Iterator[P
         yield np.concatenate(pending)
 
 
-def decode_ogg_opus_file(path: Path, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
-    """Decode a mono Ogg Opus file to PCM blocks (see decode_ogg_opus)."""
+def decode_ogg_opus_file(
+    path: Path, sample_rate_hz: int = 16000, *, first_sample: int = 0, end_sample: int | None = None
+) -> Iterator[Pcm]:
+    """Decode (part of) a mono Ogg Opus file to PCM blocks (see decode_ogg_opus)."""
     with path.open("rb") as stream:
-        yield from decode_ogg_opus(stream, sample_rate_hz)
+        yield from decode_ogg_opus(
+            stream, sample_rate_hz, first_sample=first_sample, end_sample=end_sample
+        )
 
 
 @cache
