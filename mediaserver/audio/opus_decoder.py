@@ -66,14 +66,27 @@ class OpusDecoder:
         self._max_samples = sample_rate_hz * _MAX_PACKET_MS // 1000
         self._buffer = np.zeros(self._max_samples * channel_count, np.int16)
 
+    @property
+    def max_packet_samples(self) -> int:
+        """Samples per channel of the longest packet (120 ms) at this rate."""
+        return self._max_samples
+
     def decode(self, packet: bytes) -> Pcm:
         """Decode one packet (interleaved if stereo); OpusPacketError if libopus rejects it."""
-        count = self._lib.opus_decode(
-            self._state, packet, len(packet), self._buffer.ctypes.data, self._max_samples, 0
+        count = self.decode_into(packet, self._buffer, 0)
+        return self._buffer[: count * self.channel_count].copy()
+
+    def decode_into(self, packet: bytes, out: Pcm, offset: int) -> int:
+        """Decode one packet into `out[offset:]` (room for max_packet_samples); samples written."""
+        if out.size - offset < self._max_samples * self.channel_count or not out.flags.c_contiguous:
+            raise ValueError("the output has no room for the longest packet")
+        address = out.ctypes.data + offset * out.itemsize
+        count: int = self._lib.opus_decode(
+            self._state, packet, len(packet), address, self._max_samples, 0
         )
         if count < 0:
             raise OpusPacketError(f"libopus cannot decode a {len(packet)}-byte packet ({count})")
-        return self._buffer[: count * self.channel_count].copy()
+        return count
 
     def reset(self) -> None:
         """Forget the decoder's history, as after a stream restart."""
@@ -117,47 +130,64 @@ def decode_ogg_opus(
     scale = OPUS_RATE_HZ // sample_rate_hz
     pre_skip = reader.head.pre_skip_samples // scale
     warm_up_from = first_sample - sample_rate_hz * WARM_UP_MS // 1000
-    stop_at = end_sample if end_sample is not None else None
     silent = _silence_packets()
     block_samples = sample_rate_hz * BLOCK_MS // 1000
-    pending: list[Pcm] = []
-    pending_samples = 0
-    position = -pre_skip  # where the next packet starts on the time line, in output samples
     with OpusDecoder(sample_rate_hz) as decoder:
+        # Packets are decoded straight into one block; it is handed out once a second is there.
+        block = np.zeros(block_samples + decoder.max_packet_samples, np.int16)
+        filled = 0
+        position = -pre_skip  # where the next packet starts on the time line, in output samples
         skipped_run = False
         for packet, granule in reader:
             start = position
-            samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
-            position += samples
-            if stop_at is not None and start >= stop_at:
+            if end_sample is not None and start >= end_sample:
                 break
-            stream_end = None if granule is None else granule // scale - pre_skip
-            if position <= warm_up_from:
-                skipped_run = True  # not needed: parsed, never decoded
-                continue
-            if packet in silent or len(packet) <= DTX_MAX_BYTES:
-                pcm = np.zeros(samples, np.int16)
-                skipped_run = True
+            if packet in silent or len(packet) <= DTX_MAX_BYTES or start < warm_up_from:
+                samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
+                position += samples
+                if position <= warm_up_from:
+                    skipped_run = True  # not needed: parsed, never decoded
+                    continue
+                block[filled : filled + samples] = 0
+                if packet not in silent and len(packet) > DTX_MAX_BYTES:  # warm-up: decode
+                    samples = _decode_or_silence(decoder, packet, block, filled)
+                else:
+                    skipped_run = True
             else:
                 if skipped_run:
                     decoder.reset()
                     skipped_run = False
-                try:
-                    pcm = decoder.decode(packet)
-                except OpusPacketError:
-                    pcm = np.zeros(samples, np.int16)
-            last = position if stream_end is None else min(position, stream_end)
-            if stop_at is not None:
-                last = min(last, stop_at)
+                samples = _decode_or_silence(decoder, packet, block, filled)
+                position += samples
+            # Keep only what lies in [first_sample, end_sample) and before the stream's end.
+            last = position
+            if granule is not None:
+                last = min(last, granule // scale - pre_skip)  # RFC 7845 §4.5: end trimming
+            if end_sample is not None:
+                last = min(last, end_sample)
             first = max(start, first_sample)
-            if last > first:
-                pending.append(pcm[first - start : last - start])
-                pending_samples += last - first
-            if pending_samples >= block_samples:
-                yield np.concatenate(pending)
-                pending, pending_samples = [], 0
-    if pending:
-        yield np.concatenate(pending)
+            if last <= first:
+                continue
+            if first > start:  # drop the packet's leading samples
+                block[filled : filled + last - first] = block[
+                    filled + first - start : filled + last - start
+                ]
+            filled += last - first
+            if filled >= block_samples:
+                yield block[:filled].copy()
+                filled = 0
+    if filled:
+        yield block[:filled].copy()
+
+
+def _decode_or_silence(decoder: OpusDecoder, packet: bytes, block: Pcm, offset: int) -> int:
+    """Decode a packet into the block; one libopus rejects becomes silence of its duration."""
+    try:
+        return decoder.decode_into(packet, block, offset)
+    except OpusPacketError:
+        count = compute_packet_samples(packet, decoder.sample_rate_hz)
+        block[offset : offset + count] = 0
+        return count
 
 
 def decode_ogg_opus_file(
