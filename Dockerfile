@@ -58,12 +58,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MEDIASERVER_SPOOL_PATH=/var/lib/mediaserver/spool \
     MEDIASERVER_JOBS_PATH=/var/lib/mediaserver/spool/.jobs \
-    AUDIO_STORAGE_PATH=/var/lib/mediaserver/recordings \
+    AUDIO_STORAGE_PATH=/var/lib/mediaserver \
     MEDIASERVER_LOG_FORMAT=json \
     MEDIASERVER_RTP_PORT_MIN=40000 \
     MEDIASERVER_RTP_PORT_MAX=40999
 # AUDIO_STORAGE_PATH rather than MEDIASERVER_STORAGE_PATH: the seed variable has the lower
 # precedence, so either name set at run time (a bucket name for gcs) replaces this default.
+# Object keys start with recordings/, so local recordings land in /var/lib/mediaserver/recordings.
 
 WORKDIR /var/lib/mediaserver
 USER 10001:10001

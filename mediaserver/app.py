@@ -8,8 +8,18 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api import analysis, calls, demo, health, recordings, whip
+from mediaserver.api import (
+    analysis,
+    calls,
+    console,
+    console_session,
+    health,
+    openapi,
+    recordings,
+    whip,
+)
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     DRAINING,
@@ -27,6 +37,7 @@ from mediaserver.api.keys import (
     STORE,
 )
 from mediaserver.calls import CallHub
+from mediaserver.clock import SystemClock
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.jobs.local import LocalJobQueue
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
@@ -50,11 +61,15 @@ JOB_NICENESS = 10
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
+    sessions = ConsoleSessions(
+        settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token)],  # type: ignore[list-item]
+        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
     )
     app[SETTINGS] = settings
+    app[CONSOLE_SESSIONS] = sessions
     app[DRAINING] = {"draining": False}
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
@@ -77,7 +92,9 @@ def create_app(settings: Settings) -> web.Application:
     whip.add_routes(app)
     recordings.add_routes(app)
     analysis.add_routes(app)
-    demo.add_routes(app)
+    console_session.add_routes(app)
+    console.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
 from mediaserver.server import serve
-from mediaserver.settings import Settings, load_settings
+from mediaserver.settings import Settings, find_unknown_env, load_settings
 from mediaserver.storage_backends.factory import open_store
 from mediaserver.workers import create_process_pool
 
@@ -62,11 +62,20 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = _Parser(prog="mediaserver", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('mediaserver')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the media server")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080; 0 picks one)")
+    serve.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help="bearer token every API request must carry (other local users can read a"
+        " command line: MEDIASERVER_API_TOKEN keeps it out of the process list)",
+    )
     _settings_flags(serve)
 
     demo = commands.add_parser(
@@ -113,10 +122,17 @@ def _load(args: argparse.Namespace) -> Settings:
         "log_level",
         "host",
         "port",
+        "api_token",
     )
     overrides = {name: getattr(args, name, None) for name in names}
     settings = load_settings(config_path=getattr(args, "config", None), overrides=overrides)
     configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    # A warning, not an error, unlike an unknown key in the config file: the environment is
+    # shared with everything else on the machine. Kubernetes, for one, adds MEDIASERVER_SERVICE_HOST
+    # and friends for a Service named mediaserver, and an old variable left in a unit file should
+    # not keep a server from starting; but a typo must not pass silently either.
+    for variable, nearest in find_unknown_env(os.environ):
+        log.warning("settings.unknown_env", variable=variable, did_you_mean=nearest)
     return settings
 
 

@@ -11,6 +11,18 @@ class RtpParseError(MediaServerError, ValueError):
     """An RTP or RTCP packet is malformed."""
 
 
+class SdpParseError(MediaServerError, ValueError):
+    """A session description (RFC 8866) is malformed or too large."""
+
+
+class SdpNegotiationError(MediaServerError, ValueError):
+    """An SDP offer has nothing this server can answer (no usable audio, no codec in common)."""
+
+
+class TelephoneEventError(RtpParseError):
+    """An RFC 4733 telephone-event payload is malformed."""
+
+
 class OpusPacketError(MediaServerError, ValueError):
     """An Opus packet violates RFC 6716 framing."""
 
@@ -97,3 +109,7 @@ class TranscriptionError(JobFailedError):
 
 class RecordingQueryError(MediaServerError, ValueError):
     """A recordings query names a parameter with a value it cannot have."""
+
+
+class AgentUrlError(MediaServerError, ValueError):
+    """An agent_url names no agent this server can reach (not ws://, wss:// or a built-in one)."""

@@ -68,6 +68,23 @@ async def start_server(settings: Settings) -> RunningServer:
     return RunningServer(runner, port)
 
 
+def build_welcome(host: str, port: int, paths: set[str]) -> str:
+    """What `serve` prints at start: where it listens, and where a person should look first."""
+    # The first line is what scripts wait for; the rest names pages on an address a browser on
+    # this machine can open (a wildcard address is not one).
+    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in local and not local.startswith("["):
+        local = f"[{local}]"
+    base = f"http://{local}:{port}"
+    lines = [f"mediaserver listening on http://{host}:{port}"]
+    if "/" in paths:
+        lines.append(f"  console: {base}/")
+    if "/try" in paths:
+        lines.append(f"  try it:  {base}/try  (call the server from your browser)")
+    lines.append(f"  API:     {base}/v1/openapi.json describes it")
+    return "\n".join(lines)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully."""
     server = await start_server(settings)
@@ -75,7 +92,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"mediaserver listening on http://{settings.host}:{server.port}", flush=True)
+    paths = {resource.canonical for resource in server.app.router.resources()}
+    print(build_welcome(settings.host, server.port, paths), flush=True)
     await stop.wait()
     log.info("server.draining", timeout_s=settings.drain_timeout_s)
     await server.stop()

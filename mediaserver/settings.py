@@ -1,5 +1,6 @@
 """Settings: TOML defaults, then the environment, then command-line flags; validated at start."""
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ _POSITIVE = (
     "rtp_media_timeout_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
+    "console_session_ttl_s",
     "job_workers",
     "turn_gap_s",
     "interruption_min_overlap_s",
@@ -65,7 +67,7 @@ class Settings:
     stereo_complexity: int = 10
     finalize_workers: int = 2
     storage_type: str = "local"
-    storage_path: str = "./data/recordings"
+    storage_path: str = "./data"  # local: objects under <path>/recordings/YYYY/MM/DD/
     upload_deadline_s: float = 120.0
     gcs_create_bucket: bool = False
     host: str = "127.0.0.1"
@@ -83,6 +85,8 @@ class Settings:
     agent_connect_timeout_s: float = 10.0
     end_call_on_agent_exit: bool = False
     signed_url_expiry_s: int = 300
+    console_session_ttl_s: float = 43200.0
+    echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
     # Post-call jobs
@@ -176,6 +180,10 @@ def validate_settings(settings: Settings) -> Settings:
             "settings rtp_port_min..rtp_port_max must be a range within 1024..65535,"
             f" got {settings.rtp_port_min}..{settings.rtp_port_max}"
         )
+    if not 0 <= settings.echo_agent_delay_s <= 10:
+        raise SettingsError(
+            f"setting echo_agent_delay_s must be 0..10, got {settings.echo_agent_delay_s}"
+        )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")
     if settings.vad_mode not in (0, 1, 2, 3):
@@ -193,6 +201,21 @@ def validate_settings(settings: Settings) -> Settings:
             f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
     return settings
+
+
+def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """MEDIASERVER_* variables that name no setting, each with the nearest setting's variable."""
+    known = {name.upper(): ENV_PREFIX + name.upper() for name in _FIELD_TYPES}
+    known["CONFIG"] = f"{ENV_PREFIX}CONFIG"
+    unknown: list[tuple[str, str | None]] = []
+    for env_name in sorted(environ):
+        upper = env_name.upper()
+        if not upper.startswith(ENV_PREFIX) or env_name in known.values():
+            continue
+        # Compared without the prefix, which every candidate shares and would make all look alike.
+        nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.6)
+        unknown.append((env_name, known[nearest[0]] if nearest else None))
+    return unknown
 
 
 def load_settings(

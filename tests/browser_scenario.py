@@ -4,9 +4,7 @@
 
 import asyncio
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,39 +12,17 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import cdp
 from server_harness import TOKEN, auth, make_settings, running_server, wait_for_recording
 from twilio_agent import dial_in
 
-CHROMIUM = "/usr/lib/chromium/chromium"
 AGENT_HZ = 1300.0
-
-
-def chromium_command(url: str, wav: Path, profile: str) -> list[str]:
-    """Headless Chromium with a fake microphone playing `wav` (flags from NOTES.md)."""
-    return [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required",
-        "--remote-debugging-port=0",
-        url,
-    ]
 
 
 async def run(out_dir: Path, wav: Path) -> dict[str, object]:
     """Call the server from the browser, let the agent answer, return what was recorded."""
     settings = make_settings(out_dir)
+    flags = cdp.fake_microphone_flags(wav)
     async with (
         running_server(settings) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,
@@ -54,31 +30,29 @@ async def run(out_dir: Path, wav: Path) -> dict[str, object]:
         async with client.post(f"{base}/v1/calls", json={"metadata": {"via": "chromium"}}) as r:
             call_id = (await r.json())["call_id"]
         ws_url = base.replace("http", "ws") + f"/v1/calls/{call_id}/agent"
-        async with dial_in(client, ws_url) as agent:
+        async with dial_in(client, ws_url) as agent, cdp.launch(flags) as browser:
             await agent.wait_for("start")
-            url = f"{base}/demo?token={TOKEN}&call_id={call_id}&autostart=1"
-            with tempfile.TemporaryDirectory() as profile:
-                browser = await asyncio.create_subprocess_exec(
-                    *chromium_command(url, wav, profile),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    packets = await _wait_for_caller_packets(client, base, call_id, 150)
-                    agent_sent_s = time.monotonic()
-                    await agent.send_tone(AGENT_HZ, 400)
-                    await asyncio.sleep(2.0)  # the browser plays the agent's answer
-                    heard = agent.caller_audio()
-                    async with client.delete(f"{base}/v1/calls/{call_id}") as r:
-                        assert r.status == 202
-                finally:
-                    browser.terminate()
-                    await asyncio.wait_for(browser.wait(), 20)
+            page = await browser.new_page("try")
+            await page.goto(f"{base}/login")
+            await page.type_into("[data-testid=login-token]", TOKEN)
+            await page.click("[data-testid=login-submit]")
+            await page.wait_for("location.pathname === '/'")
+            # The old demo address still works: it leads to the console's Try it page.
+            await page.goto(f"{base}/demo?call_id={call_id}&autostart=1")
+            landed = await page.evaluate("location.pathname")
+            packets = await _wait_for_caller_packets(client, base, call_id, 150)
+            agent_sent_s = time.monotonic()
+            await agent.send_tone(AGENT_HZ, 400)
+            await asyncio.sleep(2.0)  # the browser plays the agent's answer
+            heard = agent.caller_audio()
+            async with client.delete(f"{base}/v1/calls/{call_id}") as r:
+                assert r.status == 202
         manifest = await wait_for_recording(client, base, call_id)
         async with client.get(f"{base}/v1/recordings/{call_id}/audio") as r:
             (out_dir / "stereo.opus").write_bytes(await r.read())
     return {
         "call_id": call_id,
+        "landed_on": landed,
         "caller_packets_before_answer": packets,
         "agent_sent_s": agent_sent_s,
         "stereo": str(out_dir / "stereo.opus"),

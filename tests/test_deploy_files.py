@@ -17,6 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from mediaserver.errors import SettingsError
 from mediaserver.settings import ENV_PREFIX, SEED_ENV, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -498,6 +499,17 @@ def test_pod_runs_as_the_image_user_without_privileges() -> None:
     container = media_container()["securityContext"]
     assert container["allowPrivilegeEscalation"] is False
     assert container["capabilities"]["drop"] == ["ALL"]
+
+
+def test_service_links_cannot_shadow_settings(tmp_path: Path) -> None:
+    """A Service named like the settings prefix would inject MEDIASERVER_PORT: links are off."""
+    services = [o["metadata"]["name"] for o in k8s_objects() if o["kind"] == "Service"]
+    # The kubelet's service links: <NAME>_PORT=tcp://<ip>:<port>, <NAME>_SERVICE_HOST, ...
+    linked = {name.upper().replace("-", "_") + "_PORT": "tcp://10.0.0.11:8080" for name in services}
+    assert f"{ENV_PREFIX}PORT" in linked
+    with pytest.raises(SettingsError, match="MEDIASERVER_PORT"):
+        load_deployed_settings({**dockerfile_env(), **k8s_environment(), **linked}, tmp_path)
+    assert media_pod_spec()["enableServiceLinks"] is False
 
 
 def test_writable_paths_are_volumes() -> None:

@@ -1,15 +1,12 @@
-"""A real browser (headless Chromium) calls the server through /demo; the recording is checked."""
+"""Headless Chromium joins a call from Try it (the old /demo link); the recording is checked."""
 
-import json
-import shutil
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, tone_envelope
+from loopback_namespace import run_scenario
 
 CALLER_HZ = 500.0
 AGENT_HZ = 1300.0
@@ -29,23 +26,10 @@ def _write_caller_wav(path: Path) -> None:
 
 def test_chromium_calls_through_the_demo_page(tmp_path: Path) -> None:
     """Chromium's fake microphone tone is on the left, the agent's answer on the right."""
-    assert Path("/usr/lib/chromium/chromium").exists(), "install the Debian chromium package"
-    assert shutil.which("unshare"), "util-linux is required"
-    assert shutil.which("ip"), "iproute2 is required"
     wav = tmp_path / "caller.wav"
     _write_caller_wav(wav)
-    # Only loopback exists inside the namespace, so ICE cannot wander onto a real interface.
-    command = f"ip link set lo up && exec {sys.executable} {SCENARIO} {tmp_path / 'out'} {wav}"
     (tmp_path / "out").mkdir()
-    result = subprocess.run(
-        ["unshare", "--net", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    outcome = run_scenario(SCENARIO, tmp_path / "out", wav)
     assert outcome["agent_heard_peak"] > 1000  # the agent heard the browser's tone
     stereo = Path(outcome["stereo"])
     assert_valid_opus(stereo)
@@ -58,6 +42,7 @@ def test_chromium_calls_through_the_demo_page(tmp_path: Path) -> None:
     assert 0.3 * RATE_HZ <= np.count_nonzero(right) <= 0.5 * RATE_HZ
     assert not (tone_envelope(audio[1], CALLER_HZ, window_s=0.02) > 0.05).any()
     assert not (tone_envelope(audio[0], AGENT_HZ, window_s=0.02) > 0.05).any()
+    assert outcome["landed_on"] == "/try"
     manifest = outcome["manifest"]
     assert manifest["status"] == "stored"
     assert manifest["storage"]["metadata"] == {"via": "chromium"}

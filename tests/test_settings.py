@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mediaserver.errors import SettingsError
-from mediaserver.settings import Settings, load_settings
+from mediaserver.settings import Settings, find_unknown_env, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,3 +89,21 @@ def test_every_numeric_setting_can_come_from_the_environment(field: Field[object
     env = {f"MEDIASERVER_{field.name.upper()}": str(value)}
     settings = load_settings(environ=env, config_path=REPO / "config" / "mediaserver.toml")
     assert getattr(settings, field.name) == value
+
+
+@pytest.mark.parametrize(
+    ("environ", "reported"),
+    [
+        ({"MEDIASERVER_API_TOKN": "x"}, [("MEDIASERVER_API_TOKN", "MEDIASERVER_API_TOKEN")]),
+        ({"MEDIASERVER_RETENTION": "60"}, [("MEDIASERVER_RETENTION", "MEDIASERVER_RETENTION_S")]),
+        ({"mediaserver_port": "9000"}, [("mediaserver_port", "MEDIASERVER_PORT")]),
+        ({"MEDIASERVER_ZZZZZZZZ": "1"}, [("MEDIASERVER_ZZZZZZZZ", None)]),
+        ({"MEDIASERVER_PORT": "9000", "MEDIASERVER_CONFIG": "x.toml", "HOME": "/root"}, []),
+        ({"AUDIO_STORAGE_PATH": "x", "MEDIA_SERVER_PORT": "1"}, []),
+    ],
+)
+def test_unknown_variables_are_found_with_the_nearest_setting(
+    environ: dict[str, str], reported: list[tuple[str, str | None]]
+) -> None:
+    """A MEDIASERVER_* variable that names no setting is reported with the closest one's name."""
+    assert find_unknown_env(environ) == reported

@@ -16,7 +16,8 @@ from mediaserver.recorder import CALL_ID_PATTERN
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.session import CallSession
-from mediaserver.transports.agent import accept, dial_out
+from mediaserver.transports.agent import AgentConnection, accept, dial_out
+from mediaserver.transports.echo_agent import EchoAgent, is_builtin_agent_url, parse_echo_delay_s
 from mediaserver.transports.rtp import RtpCallerTransport
 from mediaserver.transports.twilio_protocol import (
     MULAW_8K,
@@ -24,6 +25,7 @@ from mediaserver.transports.twilio_protocol import (
     Encoding,
     parse_audio_format_query,
 )
+from mediaserver.transports.webrtc import WebRtcCallerTransport
 from mediaserver.webhooks import with_status_callback
 
 log = structlog.get_logger(__name__)
@@ -58,12 +60,14 @@ def describe_session(session: CallSession) -> dict[str, Any]:
         "created_at_ns": session.call.wall_start_ns,
         "legs": {
             "caller": {
+                "kind": _link_kind(session.caller),
                 "connected": session.caller is not None,
                 "open": session.leg_open(Channel.CALLER),
                 "packets": session.stats.caller_packets,
                 "transport": _plain(caller_stats),
             },
             "agent": {
+                "kind": _link_kind(session.agent),
                 "connected": session.agent is not None,
                 "open": session.leg_open(Channel.AGENT),
                 "frames_played": session.stats.agent_frames_played,
@@ -75,6 +79,17 @@ def describe_session(session: CallSession) -> dict[str, Any]:
         "dropped": session.drop_counts(),
         "metadata": session.metadata,
     }
+
+
+def _link_kind(link: object) -> str | None:
+    """What carries a leg: webrtc, rtp, websocket (an agent) or echo (the built-in agent)."""
+    kinds = {
+        WebRtcCallerTransport: "webrtc",
+        RtpCallerTransport: "rtp",
+        AgentConnection: "websocket",
+        EchoAgent: "echo",
+    }
+    return None if link is None else kinds.get(type(link), type(link).__name__)
 
 
 def _plain(stats: object) -> Any:
@@ -158,14 +173,26 @@ async def create_call(request: web.Request) -> web.Response:
     codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
     agent_url = body.get("agent_url")
     audio_format = _agent_format(body.get("agent_format"))
-    if agent_url is not None and (
+    settings = request.app[SETTINGS]
+    echo_delay_s: float | None = None
+    if isinstance(agent_url, str) and is_builtin_agent_url(agent_url):
+        echo_delay_s = parse_echo_delay_s(agent_url, settings.echo_agent_delay_s)
+    elif agent_url is not None and (
         not isinstance(agent_url, str) or not agent_url.startswith(("ws://", "wss://"))
     ):
-        raise ApiError(400, "bad_request", "agent_url must be a ws:// or wss:// URL")
+        raise ApiError(
+            400, "bad_request", "agent_url must be a ws:// or wss:// URL or builtin:echo"
+        )
     hub = request.app[HUB]
     session = hub.create(call_id, caller_codec=codec, metadata=metadata)
-    if agent_url is not None:
-        settings = request.app[SETTINGS]
+    if echo_delay_s is not None:
+        # Caller audio is decoded at the rate the caller's codec carries, so the echo loses nothing.
+        rate_hz = 48000 if codec is Codec.OPUS else codec.clock_rate_hz
+        echo = EchoAgent(
+            session, call_id=session.call_id, sample_rate_hz=rate_hz, delay_s=echo_delay_s
+        )
+        session.attach_agent(echo)
+    elif agent_url is not None:
         hub.spawn(
             _dial_agent(
                 session,

@@ -199,6 +199,9 @@ async def _stream(
         async for chunk in chunks:
             await response.write(chunk)
         await response.write_eof()
+    except ConnectionError:  # reset by the peer, or aiohttp's "Connection lost" on a write
+        # Players drop a ranged download whenever they seek or have buffered enough: not an error.
+        log.debug("recording.audio_client_left", path=request.path)
     finally:
         if isinstance(chunks, AsyncGenerator):
             await chunks.aclose()  # closes the file (or stops GCS reads) if the client left

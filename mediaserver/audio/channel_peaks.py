@@ -32,6 +32,11 @@ def _read_mono_peaks(path: Path, samples_per_pixel: int) -> Peaks:
         raise MergeError(f"channel file {path} is not readable media: {exc}") from exc
     with container:
         for frame in container.decode(container.streams.audio[0]):
-            pcm = frame.to_ndarray().astype(np.float32, copy=False)
-            builder.add(pcm[:1].reshape(-1, 1))  # the first channel: these files are mono
+            # FFmpeg decodes Opus to planar float: the first plane is the (only) channel.
+            if frame.format.name != "fltp":
+                raise MergeError(f"channel file {path} decodes to {frame.format.name}, not fltp")
+            plane = np.frombuffer(
+                memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples
+            )
+            builder.add(plane.reshape(-1, 1))
     return builder.build()
