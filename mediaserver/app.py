@@ -1,13 +1,16 @@
 """The aiohttp application: every shared resource started and stopped in pairs, in order."""
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from mediaserver.admission import AdmissionLimits, LoadMonitor
 from mediaserver.api import (
     analysis,
     calls,
@@ -22,12 +25,13 @@ from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
-    DRAINING,
     EVENTS,
+    FINALIZER,
     HTTP_CLIENT,
     HUB,
     JOB_POOL,
     JOBS,
+    LOAD,
     LOOP_LAG,
     METRICS,
     PORTS,
@@ -37,8 +41,9 @@ from mediaserver.api.keys import (
     STORE,
 )
 from mediaserver.calls import CallHub
-from mediaserver.clock import SystemClock
+from mediaserver.clock import Clock, SystemClock
 from mediaserver.finalize import FinalizeOptions
+from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.local import LocalJobQueue
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
 from mediaserver.jobs.runner import JobRunner
@@ -48,8 +53,10 @@ from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
+from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.factory import open_store
+from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
 from mediaserver.webhooks import CallEvents, WebhookSender
 from mediaserver.workers import create_process_pool, start_workers
@@ -59,7 +66,7 @@ log = structlog.get_logger(__name__)
 JOB_NICENESS = 10
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
     sessions = ConsoleSessions(
         settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
@@ -70,9 +77,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CONSOLE_SESSIONS] = sessions
-    app[DRAINING] = {"draining": False}
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
+    chosen_clock = clock or SystemClock()
     app.cleanup_ctx.extend(
         [
             _process_pool,
@@ -80,10 +87,13 @@ def create_app(settings: Settings) -> web.Application:
             _webhooks,
             _job_pool,
             _jobs,
-            _recorder,
+            _finalizer,
+            _recorder(chosen_clock),
             _http_client,
-            _hub,
             _loop_lag,
+            _load(chosen_clock),
+            _hub(chosen_clock),
+            _sweeper(chosen_clock),
             _stats_metrics,
         ]
     )
@@ -96,6 +106,9 @@ def create_app(settings: Settings) -> web.Application:
     console.add_routes(app)
     openapi.add_routes(app)
     return app
+
+
+Context = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def _process_pool(app: web.Application) -> AsyncIterator[None]:
@@ -216,11 +229,24 @@ def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]
     )
 
 
-async def _recorder(app: web.Application) -> AsyncIterator[None]:
-    """The recorder: recovers leftovers at start, drains finalizations at stop."""
+async def _finalizer(app: web.Application) -> AsyncIterator[None]:
+    """Builds and stores ended calls; at stop, waits for them up to the finalize timeout."""
     settings = app[SETTINGS]
-    recorder = Recorder(
-        spool_root=settings.spool_path,
+    metrics = app[METRICS]
+    jobs = app[JOBS]
+    events = app[EVENTS]
+
+    def observe(manifest: Manifest, elapsed_s: float) -> None:
+        if manifest.status is CallStatus.UPLOAD_FAILED:
+            events.recording_failed(manifest)  # the files are kept; a retry stores them
+            return
+        metrics.finalize_seconds.observe(elapsed_s)
+        if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+            events.recording_stored(manifest)
+            jobs.on_stored(manifest)
+
+    app[FINALIZER] = Finalizer(
+        spool=Spool(settings.spool_path),
         store=app[STORE],
         executor=app[PROCESS_POOL],
         options=FinalizeOptions(
@@ -228,29 +254,32 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
             stereo_bitrate_bps=settings.stereo_bitrate_bps,
             stereo_complexity=settings.stereo_complexity,
         ),
-        retention_s=settings.retention_s,
-        sweep_interval_s=settings.sweep_interval_s,
-        flush_interval_s=settings.flush_interval_s,
-        enabled=settings.recording_enabled,
+        on_stored=observe,
     )
-    metrics = app[METRICS]
-
-    jobs = app[JOBS]
-    events = app[EVENTS]
-
-    def observe(manifest: Manifest, elapsed_s: float) -> None:
-        if manifest.status is CallStatus.UPLOAD_FAILED:
-            events.recording_failed(manifest)
-            return
-        metrics.finalize_seconds.observe(elapsed_s)
-        events.recording_stored(manifest)
-        jobs.on_stored(manifest)
-
-    recorder.on_stored = observe
-    app[RECORDER] = recorder
-    await recorder.start()
     yield
-    await recorder.close(drain_timeout_s=settings.drain_timeout_s)
+    await app[FINALIZER].close(drain_timeout_s=settings.finalize_timeout_s)
+
+
+def _recorder(clock: Clock) -> Context:
+    """The recorder: live calls' journals; recovers what a previous process left."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        finalizer = app[FINALIZER]
+        recorder = Recorder(
+            spool=finalizer.spool,
+            on_call_ended=finalizer.submit,
+            clock=clock,
+            flush_interval_s=settings.flush_interval_s,
+            enabled=settings.recording_enabled,
+        )
+        app[RECORDER] = recorder
+        await recorder.start()
+        await finalizer.recover(live=recorder.live_ids())
+        yield
+        await recorder.close()
+
+    return context
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
@@ -260,33 +289,98 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _hub(app: web.Application) -> AsyncIterator[None]:
-    """Live calls and their pacer; closing ends every call (graceful drain)."""
-    settings = app[SETTINGS]
-    hub = CallHub(app[RECORDER], end_call_on_agent_exit=settings.end_call_on_agent_exit)
-    app[HUB] = hub
-    await hub.start()
-    yield
-    app[DRAINING]["draining"] = True
-    await hub.close(drain_timeout_s=settings.drain_timeout_s)
-
-
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
-    """Measure event-loop lag for the metrics."""
+    """Measure event-loop lag for the metrics and for admission."""
     monitor = LoopLagMonitor(app[METRICS].loop_lag)
     app[LOOP_LAG] = monitor
-    task = asyncio.create_task(monitor.run(), name="metrics.loop_lag")
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with _owned(monitor.run(), "metrics.loop_lag"):
+        yield
+
+
+def _load(clock: Clock) -> Context:
+    """The load monitor that admits or refuses new calls."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        lag = app[LOOP_LAG]
+        monitor = LoadMonitor(
+            AdmissionLimits(
+                max_calls=settings.max_calls,
+                max_cpu_share=settings.max_cpu_share,
+                max_loop_lag_ms=settings.max_loop_lag_ms,
+                call_cpu_share=settings.call_cpu_share,
+            ),
+            clock=clock,
+            # p95 over 10 s: a lone hiccup is not overload, a loop late one wake in twenty is.
+            lag_ms=lambda: lag.percentile_s(0.95, window_s=10.0, min_samples=100) * 1000,
+            # The hub starts after the monitor (it admits through it): read it when sampling.
+            live_calls=lambda: len(app[HUB].sessions()) if HUB in app else 0,
+        )
+        app[LOAD] = monitor
+        async with _owned(monitor.run(), "admission.load"):
+            yield
+
+    return context
+
+
+def _hub(clock: Clock) -> Context:
+    """Live calls and their pacer; closing ends every call still live."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        hub = CallHub(
+            app[RECORDER],
+            clock=clock,
+            admission=app[LOAD].admit,
+            end_call_on_agent_exit=settings.end_call_on_agent_exit,
+            agent_complexity=settings.agent_opus_complexity,
+            send_silence=settings.send_silence,
+        )
+        app[HUB] = hub
+        await hub.start()
+        yield
+        await hub.close(drain_timeout_s=settings.finalize_timeout_s)
+
+    return context
+
+
+def _sweeper(clock: Clock) -> Context:
+    """Expire idle calls and retry unfinished spools, every sweep interval."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        sweeper = Sweeper(
+            app[HUB],
+            app[FINALIZER],
+            clock=clock,
+            retention_s=settings.retention_s,
+            interval_s=settings.sweep_interval_s,
+        )
+        async with _owned(sweeper.run(), "recorder.sweep"):
+            yield
+
+    return context
+
+
+@contextlib.asynccontextmanager
+async def _owned(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run a coroutine as a task for the duration of a block; cancel and await it after."""
+    task = asyncio.create_task(coroutine, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
-    """Expose the recorder's and the calls' counters to Prometheus."""
+    """Expose the recorder's, the finalizer's and the calls' counters to Prometheus."""
 
     def read() -> Iterator[Report]:
-        stats = app[RECORDER].stats()
+        recorder = app[RECORDER].stats()
+        finalizer = app[FINALIZER].stats()
         hub = app[HUB]
+        load = app[LOAD]
         yield (
             "mediaserver_live_calls",
             "gauge",
@@ -297,23 +391,29 @@ async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
             "mediaserver_packets_recorded",
             "counter",
             "Packets journalled, both directions.",
-            [("", {}, stats.packets_recorded)],
+            [("", {}, recorder.packets_recorded)],
         )
+        drops = hub.drop_counts()
         yield (
             "mediaserver_packets_dropped",
             "counter",
-            "Packets dropped before the journal, by reason.",
-            [("", {"reason": "malformed"}, stats.packets_malformed)]
-            + [("", {"reason": r}, n) for r, n in hub.drop_counts().items()],
+            "Packets and frames lost inside the server, by where and why.",
+            [("", {"reason": reason}, count) for reason, count in sorted(drops.items())],
+        )
+        yield (
+            "mediaserver_calls_refused",
+            "counter",
+            "New calls refused with 503, by reason.",
+            [("", {"reason": reason}, count) for reason, count in sorted(load.refused.items())],
         )
         yield (
             "mediaserver_calls_finalized",
             "counter",
-            "Calls whose recording was built, by how they ended.",
+            "Calls whose recording was built, by how.",
             [
-                ("", {"how": "ended"}, stats.calls_finalized),
-                ("", {"how": "expired"}, stats.calls_expired),
-                ("", {"how": "recovered"}, stats.calls_recovered),
+                ("", {"how": "ended"}, finalizer.built - finalizer.recovered),
+                ("", {"how": "recovered"}, finalizer.recovered),
+                ("", {"how": "failed"}, finalizer.build_failed),
             ],
         )
         yield (
@@ -321,21 +421,28 @@ async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
             "counter",
             "Recordings handed to the store, by result (failed: after every retry).",
             [
-                ("", {"result": "stored"}, stats.uploads_stored),
-                ("", {"result": "failed"}, stats.uploads_failed),
+                ("", {"result": "stored"}, finalizer.uploads_stored),
+                ("", {"result": "failed"}, finalizer.uploads_failed),
             ],
         )
         yield (
             "mediaserver_caller_packets",
             "counter",
             "RTP packets received from callers (in) and agent frames sent to them (out).",
-            [("", {"direction": d}, n) for d, n in hub.packet_counts().items()],
+            [("", {"direction": d}, n) for d, n in sorted(hub.packet_counts().items())],
         )
         yield (
             "mediaserver_pacer_late_ticks",
             "counter",
-            "Times the 20 ms playout pacer fell more than a frame behind.",
+            "Times the 20 ms playout pacer woke more than a frame late.",
             [("", {}, hub.pacer_late_ticks)],
+        )
+        sample = load.load(len(hub.sessions()))
+        yield (
+            "mediaserver_cpu_share",
+            "gauge",
+            "CPU the server process used over the last seconds, as a share of one core.",
+            [("", {}, sample.cpu_share)],
         )
 
     app[METRICS].add_stats_source(read)

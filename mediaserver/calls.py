@@ -1,38 +1,64 @@
-"""The live calls of one server: their sessions, the shared 20 ms pacer, the tasks they spawn."""
+"""The live calls of one server: their sessions, the one 20 ms pacer, the tasks they spawn."""
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
 
-from mediaserver.errors import CallStateError, UnknownCallError
-from mediaserver.recorder import Recorder, new_call_id
+from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
+from mediaserver.clock import Clock, SystemClock
+from mediaserver.errors import CallStateError, DrainingError, UnknownCallError
+from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
 from mediaserver.session import CallSession
 
 log = structlog.get_logger(__name__)
 
-FRAME_S = 0.020
+FRAME_NS = 20_000_000
 TICKS_PER_SLICE = 8  # sessions ticked between two yields to the event loop
+# A late pacer plays the ticks it missed back to back up to this many (a receiver's jitter
+# buffer absorbs 60 ms); beyond, their audio is dropped and counted rather than queued behind.
+MAX_CATCH_UP_TICKS = 3
+
+Admission = Callable[[int], None]  # raises OverloadedError to refuse a call; given live calls
+
+
+def _admit_all(live_calls: int) -> None:
+    """No admission limit."""
 
 
 class CallHub:
-    """Owns every live CallSession and every task they start; start() and close() pair up."""
+    """Owns every live CallSession, the pacer that plays their agents, and the tasks they start."""
 
-    def __init__(self, recorder: Recorder, *, end_call_on_agent_exit: bool = False) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        *,
+        clock: Clock | None = None,
+        admission: Admission = _admit_all,
+        end_call_on_agent_exit: bool = False,
+        agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
+        send_silence: bool = True,
+    ) -> None:
         self.recorder = recorder
+        self.send_silence = send_silence
+        self.clock: Clock = clock or SystemClock()
         self.end_call_on_agent_exit = end_call_on_agent_exit
+        self.agent_complexity = agent_complexity
+        self._admission = admission
         self._sessions: dict[str, CallSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pacer: asyncio.Task[None] | None = None
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.pacer_late_ticks = 0
+        self.pacer_skipped_ticks = 0
         self._ended_drops: Counter[str] = Counter()
         self._ended_packets: Counter[str] = Counter()
-        recorder.on_expire = self._expire
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -40,15 +66,34 @@ class CallHub:
         """Start the pacer."""
         self._pacer = asyncio.create_task(self._pace(), name="calls.pacer")
 
+    @property
+    def draining(self) -> bool:
+        """Whether the hub has stopped taking calls (shutdown has begun)."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Take no new call from now on; live calls go on."""
+        self._draining = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no call is live, up to the timeout; True if none is."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def close(self, *, drain_timeout_s: float = 30.0) -> None:
-        """End every call and wait for their transports to close."""
+        """End every call that is still live and wait for their transports to close."""
+        self._draining = True
         for session in list(self._sessions.values()):
-            session.end("shutdown", EndReason.SHUTDOWN)
+            session.end(EndReason.SHUTDOWN)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=drain_timeout_s)
         if self._pacer is not None:
             self._pacer.cancel()
             await asyncio.gather(self._pacer, return_exceptions=True)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=drain_timeout_s)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -62,26 +107,35 @@ class CallHub:
         caller_codec: Codec = Codec.OPUS,
         metadata: dict[str, object] | None = None,
     ) -> CallSession:
-        """Open a call and start recording it."""
-        call_id = call_id or new_call_id()
-        if call_id in self._sessions:
+        """Open a call and start recording it, unless the node takes no call now."""
+        if self._draining:
+            raise DrainingError("the server is shutting down")
+        self._admission(len(self._sessions))
+        if call_id is not None and call_id in self._sessions:
             raise CallStateError(f"call {call_id} already exists")
+        recording = self.recorder.open_call(
+            call_id, caller_codec=caller_codec, agent_codec=caller_codec, metadata=metadata
+        )
         session = CallSession(
-            call_id=call_id,
-            recorder=self.recorder,
+            recording=recording,
             caller_codec=caller_codec,
-            end_call_on_agent_exit=self.end_call_on_agent_exit,
             spawn=self.spawn,
             on_closed=self._forget,
+            end_call_on_agent_exit=self.end_call_on_agent_exit,
+            agent_complexity=self.agent_complexity,
+            send_silence=self.send_silence,
             metadata=metadata,
         )
-        self._sessions[call_id] = session
+        self._sessions[session.call_id] = session
+        self._idle.clear()
         return session
 
     def discard(self, session: CallSession) -> None:
         """Drop a call whose setup failed before any media: no recording is made."""
         self._sessions.pop(session.call_id, None)
-        self.recorder.discard_call(session.call_id)
+        self.recorder.discard(session.recording)
+        if not self._sessions:
+            self._idle.set()
 
     def get(self, call_id: str) -> CallSession:
         """A live call by id."""
@@ -93,6 +147,20 @@ class CallHub:
     def sessions(self) -> list[CallSession]:
         """Every live call."""
         return list(self._sessions.values())
+
+    def expire_idle(self, retention_s: float) -> list[str]:
+        """End calls idle past the retention (the sweeper asks); returns their ids."""
+        expired = self.recorder.idle_calls(retention_s)
+        for call_id in expired:
+            log.warning("call.expired", call_id=call_id)
+            session = self._sessions.get(call_id)
+            if session is not None:
+                session.end(EndReason.EXPIRED)
+            else:  # recorded without a session (the CLI's demo, say)
+                recording = self.recorder.get_call(call_id)
+                for channel in list(recording.open_channels):
+                    recording.end(channel, EndReason.EXPIRED)
+        return expired
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine as a task this hub owns (awaited at close)."""
@@ -111,6 +179,8 @@ class CallHub:
         self._sessions.pop(session.call_id, None)
         self._ended_drops.update(session.drop_counts())
         self._ended_packets.update(session.packet_counts())
+        if not self._sessions:
+            self._idle.set()
 
     def packet_counts(self) -> dict[str, int]:
         """Packets received from callers and sent to them since start."""
@@ -126,36 +196,43 @@ class CallHub:
             total.update(session.drop_counts())
         return dict(total)
 
-    def _expire(self, call_id: str) -> None:
-        """End an idle call for the recorder's sweeper, transports included."""
-        session = self._sessions.get(call_id)
-        if session is None:
-            self.recorder.end_call(call_id, EndReason.EXPIRED)
-        else:
-            session.end("expired", EndReason.EXPIRED)
+    # -- the pacer ------------------------------------------------------------------------------
 
     async def _pace(self) -> None:
         """Tick every session every 20 ms on an absolute schedule (no drift, no per-call timers)."""
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        clock = self.clock
+        started_ns = clock.monotonic_ns()
+        tick = 0
         while True:
-            next_tick += FRAME_S
-            delay = next_tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -FRAME_S:
-                self.pacer_late_ticks += 1
-                next_tick = loop.time()  # fell behind by more than a frame: do not burst
-            now_ns = time.monotonic_ns()
-            for index, session in enumerate(list(self._sessions.values())):
-                if index and index % TICKS_PER_SLICE == 0:
-                    # Each tick encodes a frame: let packets and requests in between slices,
-                    # so a round over hundreds of calls never holds the loop for milliseconds.
-                    await asyncio.sleep(0)
-                    if session.closed:
-                        continue
-                try:
-                    session.tick(now_ns)
-                except Exception:  # one broken call must not stop the others' audio
-                    log.exception("calls.tick_failed", call_id=session.call_id)
-                    session.end("internal_error")
+            tick += 1
+            due_ns = started_ns + tick * FRAME_NS
+            now_ns = clock.monotonic_ns()
+            if due_ns > now_ns:
+                await clock.sleep((due_ns - now_ns) / 1e9)
+            else:
+                behind = (now_ns - due_ns) // FRAME_NS
+                if behind:
+                    self.pacer_late_ticks += 1
+                if behind > MAX_CATCH_UP_TICKS:
+                    # Fell far behind (a stalled loop): the missed ticks' audio is dropped.
+                    skipped = int(behind - MAX_CATCH_UP_TICKS)
+                    self.pacer_skipped_ticks += skipped
+                    for session in list(self._sessions.values()):
+                        session.skip(skipped)
+                    tick += skipped
+            await self._tick_all(tick)
+
+    async def _tick_all(self, tick: int) -> None:
+        """Tick every session once, yielding to the loop between slices."""
+        for index, session in enumerate(list(self._sessions.values())):
+            if index and index % TICKS_PER_SLICE == 0:
+                # Each tick encodes a frame: let packets and requests in between slices,
+                # so a round over hundreds of calls never holds the loop for milliseconds.
+                await asyncio.sleep(0)
+                if session.closed:
+                    continue
+            try:
+                session.tick(tick)
+            except Exception:  # one broken call must not stop the others' audio
+                log.exception("calls.tick_failed", call_id=session.call_id)
+                session.end(EndReason.INTERNAL_ERROR)

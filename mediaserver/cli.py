@@ -16,6 +16,7 @@ from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
+from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.files import write_documents
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
@@ -26,8 +27,10 @@ from mediaserver.pcap_import import (
     select_streams,
 )
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
+from mediaserver.recording.spool import Spool
 from mediaserver.server import serve
 from mediaserver.settings import Settings, find_unknown_env, load_settings
 from mediaserver.storage_backends.factory import open_store
@@ -145,16 +148,13 @@ def _finalize_options(settings: Settings) -> FinalizeOptions:
     )
 
 
-async def _recorder(settings: Settings, executor: ProcessPoolExecutor) -> Recorder:
-    """A recorder over the configured store."""
-    return Recorder(
-        spool_root=settings.spool_path,
+async def _finalizer(settings: Settings, executor: ProcessPoolExecutor) -> Finalizer:
+    """A finalizer over the configured store and spool."""
+    return Finalizer(
+        spool=Spool(settings.spool_path),
         store=await open_store(settings),
         executor=executor,
         options=_finalize_options(settings),
-        retention_s=settings.retention_s,
-        sweep_interval_s=settings.sweep_interval_s,
-        flush_interval_s=settings.flush_interval_s,
     )
 
 
@@ -171,7 +171,8 @@ async def _run_demo(settings: Settings) -> Manifest | None:
     with create_process_pool(
         settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
     ) as executor:
-        recorder = await _recorder(settings, executor)
+        finalizer = await _finalizer(settings, executor)
+        recorder = Recorder(spool=finalizer.spool, on_call_ended=finalizer.submit)
         await recorder.start()
         try:
             call = recorder.open_call(metadata={"source": "demo"})
@@ -179,22 +180,15 @@ async def _run_demo(settings: Settings) -> Manifest | None:
             packets += [(p, Channel.AGENT) for p in agent.packets] if agent else []
             base = min(p.arrival_ns for p, _ in packets)
             for packet, channel in sorted(packets, key=lambda item: item[0].arrival_ns):
-                recorder.record(
-                    call.call_id,
-                    channel,
-                    arrival_ns=call.mono_start_ns + packet.arrival_ns - base,
-                    rtp_timestamp=packet.rtp_timestamp,
-                    ssrc=packet.ssrc,
-                    sequence=packet.sequence,
-                    payload_type=packet.payload_type,
-                    marker=packet.marker,
-                    payload=packet.payload,
-                )
-            task = recorder.end_call(call.call_id)
-            manifest = await task if task else None
+                arrival_ns = call.mono_start_ns + packet.arrival_ns - base
+                call.record(channel, packet._replace(arrival_ns=arrival_ns))
+            for channel in Channel:
+                call.end(channel, EndReason.CALLER_HANGUP)
+            manifest = await finalizer.wait(call.call_id)
         finally:
             await recorder.close()
-        await recorder.store.close()
+            await finalizer.close()
+        await finalizer.store.close()
     return manifest
 
 
@@ -220,11 +214,11 @@ async def _run_recover(settings: Settings) -> int:
     with create_process_pool(
         settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
     ) as executor:
-        recorder = await _recorder(settings, executor)
-        started = await recorder.recover()
-        results = [await recorder.wait_finalized(call_id) for call_id in started]
-        await recorder.close()
-        await recorder.store.close()
+        finalizer = await _finalizer(settings, executor)
+        started = await finalizer.recover()
+        results = [await finalizer.wait(call_id) for call_id in started]
+        await finalizer.close()
+        await finalizer.store.close()
     for call_id, manifest in zip(started, results, strict=True):
         print(f"{call_id}: {manifest.status.value if manifest else 'failed'}")
     print(f"{len(started)} call(s) recovered")

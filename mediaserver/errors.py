@@ -83,6 +83,38 @@ class AgentDialError(MediaServerError):
     """The agent's WebSocket could not be reached or refused the connection."""
 
 
+class OverloadedError(MediaServerError):
+    """The node takes no new call now: it is at its call limit or its load is too high."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DrainingError(OverloadedError):
+    """The node is shutting down and takes no new call."""
+
+
+class SdpError(MediaServerError, ValueError):
+    """An SDP offer or fragment cannot be used."""
+
+
+class MalformedSdpError(SdpError):
+    """The SDP is not well-formed."""
+
+
+class UnsupportedSdpError(SdpError):
+    """Well-formed SDP asking for what this server does not do."""
+
+
+class WebRtcSetupError(MediaServerError):
+    """The server could not set up its side of a WebRTC connection (a configuration problem)."""
+
+
+class PortsExhaustedError(OverloadedError):
+    """Every port of the RTP range is in use."""
+
+
 class JobFailedError(MediaServerError):
     """A post-call job cannot produce its result; the job's state shows `code` and the message."""
 

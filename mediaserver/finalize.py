@@ -1,9 +1,9 @@
-"""Build a call's files from its journals: channel files, the stereo file and the manifest."""
+"""Build a call's files from its spool: channel files, the stereo file and the manifest."""
 
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,32 +21,24 @@ from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.channel import Channel, Codec
-from mediaserver.recording.journal import JournalHeader, JournalRecord, parse_journal
+from mediaserver.recording.journal import JournalHeader, parse_journal
 from mediaserver.recording.manifest import ChannelReport, FileEntry, Manifest, format_utc
-from mediaserver.recording.spool import (
-    CALL_FILE,
-    MANIFEST_FILE,
-    journal_path,
-    output_path,
-    parse_call_description,
+from mediaserver.recording.plan import (
+    LOSSLESS_GRANULARITY,
+    OPUS_RATE_HZ,
+    ChannelInput,
+    ChannelPlan,
+    RecordingPlan,
+    plan_recording,
+    to_48k,
 )
-from mediaserver.recording.timeline import (
-    Placement,
-    TimedPacket,
-    Timeline,
-    TimelineConfig,
-    compute_timeline,
-)
+from mediaserver.recording.spool import CallSpool
+from mediaserver.recording.timeline import Placement
+from mediaserver.rtp.media_packet import MediaPacket
 
 log = structlog.get_logger(__name__)
 
-OPUS_RATE_HZ = 48000
-PRECISE_GRANULARITY = 120  # 2.5 ms, the shortest Opus frame: gaps are filled to the sample grid
-LOSSLESS_GRANULARITY = 960  # 20 ms: both channels stay on one packet grid so they can be muxed
 G711_CHUNK_SAMPLES = 8000
-ORIGIN_MARGIN_NS = 500_000_000
-# Opus packets this small carry no audible content (DTX, digital silence): drift is corrected there.
-SILENCE_PAYLOAD_BYTES = 8
 REMUX_PRE_SKIP = 960  # one 20 ms silence packet: keeps both channels on the lossless packet grid
 
 
@@ -64,44 +56,24 @@ class FinalizeOptions:
 DEFAULT_OPTIONS = FinalizeOptions()
 
 
-@dataclass(frozen=True, slots=True)
-class _ChannelInput:
-    """One channel's journal, read and made ready for placement."""
-
-    channel: Channel
-    codec: Codec
-    records: list[JournalRecord]
-    packets: list[TimedPacket]
-    malformed: int
-
-
-def _read_channel(spool_dir: Path, channel: Channel, codec: Codec) -> _ChannelInput:
+def read_channel(spool: CallSpool, channel: Channel, codec: Codec) -> ChannelInput:
     """Read a channel's journal; a missing journal is a channel that sent nothing."""
-    path = journal_path(spool_dir, channel)
-    records: list[JournalRecord] = []
+    path = spool.journal_path(channel)
+    records: list[MediaPacket] = []
     if path.exists() and path.stat().st_size > 0:
         header, records = parse_journal(path.read_bytes())
         _check_header(header, channel, codec)
-    packets: list[TimedPacket] = []
+    packets: list[MediaPacket] = []
+    durations: list[int] = []
     malformed = 0
-    for index, record in enumerate(records):
+    for record in records:
         try:
-            duration = _packet_duration(codec, record.payload)
+            durations.append(_packet_duration(codec, record.payload))
         except OpusPacketError:
             malformed += 1
             continue
-        packets.append(
-            TimedPacket(
-                arrival_ns=record.arrival_ns,
-                rtp_timestamp=record.rtp_timestamp,
-                sequence=record.sequence,
-                ssrc=record.ssrc,
-                duration=duration,
-                index=index,
-                silence_hint=len(record.payload) <= SILENCE_PAYLOAD_BYTES,
-            )
-        )
-    return _ChannelInput(channel, codec, records, packets, malformed)
+        packets.append(record)
+    return ChannelInput(channel, codec, packets, durations, malformed)
 
 
 def _check_header(header: JournalHeader, channel: Channel, codec: Codec) -> None:
@@ -121,42 +93,9 @@ def _packet_duration(codec: Codec, payload: bytes) -> int:
     return len(payload)  # one byte per 8 kHz sample (RFC 3551 §4.5.14)
 
 
-def _granularity(item: _ChannelInput, stereo_mode: str) -> int:
-    """Placement grid of a channel, in its clock units."""
-    # Opus snaps to its shortest frame; for lossless muxing to the 20 ms packet grid, but only
-    # when every packet is whole 20 ms (otherwise muxing fails and the precise grid is better).
-    if item.codec is not Codec.OPUS:
-        return 1
-    if stereo_mode == "lossless" and all(
-        p.duration % LOSSLESS_GRANULARITY == 0 for p in item.packets
-    ):
-        return LOSSLESS_GRANULARITY
-    return PRECISE_GRANULARITY
-
-
-def _to_48k(samples: int, codec: Codec) -> int:
-    """Convert a count in the codec's clock to 48 kHz samples."""
-    return samples * OPUS_RATE_HZ // codec.clock_rate_hz
-
-
-def _rebase(timeline: Timeline, lead_in_48k: int, codec: Codec) -> Timeline:
-    """Move every placement earlier by a lead-in common to both channels."""
-    shift = lead_in_48k * codec.clock_rate_hz // OPUS_RATE_HZ
-    placements = tuple(replace(p, start=p.start - shift) for p in timeline.placements)
-    return replace(timeline, placements=placements)
-
-
-def _timeline_end_48k(timeline: Timeline, codec: Codec) -> int:
-    """Where a channel's last placed audio ends, in 48 kHz samples since the origin."""
-    if not timeline.placements:
-        return 0
-    last = timeline.placements[-1]
-    return _to_48k(last.start + last.duration, codec)
-
-
 def write_opus_channel(
     out_path: Path,
-    records: Sequence[JournalRecord],
+    records: Sequence[MediaPacket],
     placements: Sequence[Placement],
     span: int,
     *,
@@ -195,7 +134,7 @@ def _write_silence(
 def write_g711_channel(
     out_path: Path,
     codec: Codec,
-    records: Sequence[JournalRecord],
+    records: Sequence[MediaPacket],
     placements: Sequence[Placement],
     span_8k: int,
 ) -> None:
@@ -217,7 +156,7 @@ def write_g711_channel(
 
 def _g711_pcm(
     decode: Callable[[bytes], np.ndarray],
-    records: Sequence[JournalRecord],
+    records: Sequence[MediaPacket],
     placements: Sequence[Placement],
     span_8k: int,
 ) -> Iterator[np.ndarray]:
@@ -254,80 +193,80 @@ def _file_entry(path: Path, role: str, channels: int, duration_samples: int) -> 
     )
 
 
-def _write_peaks(
-    spool_dir: Path, builder: PeaksBuilder, span: int, stereo_mode: str, channels: tuple[Path, Path]
-) -> FileEntry:
-    """Write the waveform peaks: the merge fed them, unless lossless stereo decoded nothing."""
-    if stereo_mode == "encode":
-        peaks = builder.build()
-    else:
-        length = -(-span // builder.samples_per_pixel)
-        peaks = read_channel_peaks(channels, builder.samples_per_pixel, length)
-    path = output_path(spool_dir, "peaks")
-    path.write_bytes(build_audiowaveform_json(peaks))
-    return _file_entry(path, "peaks", 2, span)
-
-
-def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
+def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     """Turn a spool's journals into left, right and stereo files and a manifest (CPU-bound)."""
     started = time.perf_counter()
-    call = parse_call_description((spool_dir / CALL_FILE).read_text())
-    inputs = [_read_channel(spool_dir, c, call.codecs[c]) for c in (Channel.CALLER, Channel.AGENT)]
-    arrivals = [min(p.arrival_ns for p in i.packets) for i in inputs if i.packets]
-    # Anchored media times can precede the first arrival (that packet may have been delayed by
-    # jitter), so place from a little earlier and then cut the common lead-in away.
-    origin_ns = (min(arrivals) if arrivals else call.mono_start_ns) - ORIGIN_MARGIN_NS
-    grids = [_granularity(i, options.stereo_mode) for i in inputs]
-    timelines = [
-        compute_timeline(
-            i.packets,
-            origin_ns=origin_ns,
-            config=TimelineConfig(clock_rate_hz=i.codec.clock_rate_hz, granularity=grid),
-        )
-        for i, grid in zip(inputs, grids, strict=True)
-    ]
-    grid = max([*grids, PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
-    starts = [
-        _to_48k(t.placements[0].start, i.codec)
-        for t, i in zip(timelines, inputs, strict=True)
-        if t.placements
-    ]
-    lead_in = (min(starts) // grid * grid) if starts else 0
-    timelines = [_rebase(t, lead_in, i.codec) for t, i in zip(timelines, inputs, strict=True)]
-    origin_ns += lead_in * 1_000_000_000 // OPUS_RATE_HZ
-    span = max([_timeline_end_48k(t, i.codec) for t, i in zip(timelines, inputs, strict=True)])
-    span = max(grid, -(-span // grid) * grid)  # whole grid units, never an empty file
+    call = spool.read_description()
+    inputs = [read_channel(spool, c, call.codecs[c]) for c in (Channel.CALLER, Channel.AGENT)]
+    plan = plan_recording(inputs, mono_start_ns=call.mono_start_ns, stereo_mode=options.stereo_mode)
+    files = [_write_channel(spool, item, plan) for item in plan.channels]
+    reports = [_channel_report(item, plan) for item in plan.channels]
+    peaks = PeaksBuilder(choose_samples_per_pixel(plan.span_samples), 2)  # fed by the merge
+    stereo_mode, notes = _write_stereo(spool, options, peaks)
+    files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, plan.span_samples))
+    files.append(_write_peaks(spool, peaks, plan.span_samples, stereo_mode))
 
-    files: list[FileEntry] = []
-    reports: list[ChannelReport] = []
-    for item, timeline, channel_grid in zip(inputs, timelines, grids, strict=True):
-        path = output_path(spool_dir, item.channel.side)
-        if item.codec is Codec.OPUS:
-            # Lossless muxing pairs the channels' packets one to one: keep gaps in 20 ms packets.
-            fill = LOSSLESS_GRANULARITY if channel_grid == LOSSLESS_GRANULARITY else None
-            write_opus_channel(
-                path, item.records, timeline.placements, span, silence_packet_samples=fill
-            )
-        else:
-            write_g711_channel(path, item.codec, item.records, timeline.placements, span // 6)
-        files.append(_file_entry(path, item.channel.side, 1, span))
-        stats = asdict(timeline.stats)
-        stats["malformed"] = item.malformed
-        stats["silence_inserted_ms"] = round(
-            (span - sum(_to_48k(p.duration, item.codec) for p in timeline.placements))
-            * 1000
-            / OPUS_RATE_HZ,
-            3,
-        )
-        reports.append(
-            ChannelReport(item.channel.value, item.channel.side, item.codec.value, stats)
-        )
+    origin_wall_ns = call.wall_start_ns + (plan.origin_ns - call.mono_start_ns)
+    end_wall_ns = origin_wall_ns + plan.span_samples * 1_000_000_000 // OPUS_RATE_HZ
+    manifest = Manifest(
+        call_id=call.call_id,
+        status=CallStatus.RECOVERED if options.recovered else CallStatus.FINALIZING,
+        created_at=format_utc(call.wall_start_ns),
+        ended_at=format_utc(max(end_wall_ns, call.wall_start_ns)),
+        media_started_at=format_utc(origin_wall_ns) if plan.has_media else None,
+        duration_ms=round(plan.span_samples * 1000 / OPUS_RATE_HZ, 3),
+        stereo_mode=stereo_mode,
+        channels=tuple(reports),
+        files=tuple(files),
+        end_reason=options.end_reason,
+        notes=tuple(notes),
+        storage={"metadata": call.metadata},
+    )
+    spool.write_manifest(manifest)
+    log.info(
+        "recording.built",
+        call_id=call.call_id,
+        duration_s=plan.span_samples / OPUS_RATE_HZ,
+        stereo_mode=stereo_mode,
+        elapsed_s=round(time.perf_counter() - started, 3),
+    )
+    return manifest
 
+
+def _write_channel(spool: CallSpool, item: ChannelPlan, plan: RecordingPlan) -> FileEntry:
+    """Write one channel's Ogg Opus file as planned."""
+    source = item.input
+    path = spool.output_path(source.channel.side)
+    placements = item.timeline.placements
+    if source.codec is Codec.OPUS:
+        # Lossless muxing pairs the channels' packets one to one: keep gaps in 20 ms packets.
+        fill = LOSSLESS_GRANULARITY if item.grid == LOSSLESS_GRANULARITY else None
+        write_opus_channel(
+            path, source.packets, placements, plan.span_samples, silence_packet_samples=fill
+        )
+    else:
+        write_g711_channel(path, source.codec, source.packets, placements, plan.span_samples // 6)
+    return _file_entry(path, source.channel.side, 1, plan.span_samples)
+
+
+def _channel_report(item: ChannelPlan, plan: RecordingPlan) -> ChannelReport:
+    """A channel's placement statistics for the manifest."""
+    source = item.input
+    stats = asdict(item.timeline.stats)
+    stats["malformed"] = source.malformed
+    placed_48k = sum(to_48k(p.duration, source.codec) for p in item.timeline.placements)
+    stats["silence_inserted_ms"] = round((plan.span_samples - placed_48k) * 1000 / OPUS_RATE_HZ, 3)
+    return ChannelReport(source.channel.value, source.channel.side, source.codec.value, stats)
+
+
+def _write_stereo(
+    spool: CallSpool, options: FinalizeOptions, peaks: PeaksBuilder
+) -> tuple[str, list[str]]:
+    """Write the stereo file; returns the mode used and any notes about it."""
     notes: list[str] = []
-    stereo_path = output_path(spool_dir, "stereo")
-    left, right = output_path(spool_dir, "left"), output_path(spool_dir, "right")
+    stereo_path = spool.output_path("stereo")
+    left, right = spool.output_path("left"), spool.output_path("right")
     stereo_mode = options.stereo_mode
-    peaks = PeaksBuilder(choose_samples_per_pixel(span), 2)  # fed by the merge's own decode
     if stereo_mode == "lossless":
         try:
             with left.open("rb") as lf, right.open("rb") as rf, stereo_path.open("wb") as out:
@@ -344,33 +283,17 @@ def build_recording(spool_dir: Path, options: FinalizeOptions) -> Manifest:
             complexity=options.stereo_complexity,
             peaks=peaks,
         )
-    files.append(_file_entry(stereo_path, "stereo", 2, span))
-    files.append(_write_peaks(spool_dir, peaks, span, stereo_mode, (left, right)))
+    return stereo_mode, notes
 
-    first_wall_ns = call.wall_start_ns + (origin_ns - call.mono_start_ns) if arrivals else None
-    end_wall_ns = (
-        call.wall_start_ns + (origin_ns - call.mono_start_ns) + span * 1_000_000_000 // OPUS_RATE_HZ
-    )
-    manifest = Manifest(
-        call_id=call.call_id,
-        status=CallStatus.RECOVERED if options.recovered else CallStatus.FINALIZING,
-        created_at=format_utc(call.wall_start_ns),
-        ended_at=format_utc(max(end_wall_ns, call.wall_start_ns)),
-        media_started_at=format_utc(first_wall_ns) if first_wall_ns is not None else None,
-        duration_ms=round(span * 1000 / OPUS_RATE_HZ, 3),
-        stereo_mode=stereo_mode,
-        channels=tuple(reports),
-        files=tuple(files),
-        end_reason=options.end_reason,
-        notes=tuple(notes),
-        storage={"metadata": call.metadata},
-    )
-    (spool_dir / MANIFEST_FILE).write_text(manifest.to_json())
-    log.info(
-        "recording.built",
-        call_id=call.call_id,
-        duration_s=span / OPUS_RATE_HZ,
-        stereo_mode=stereo_mode,
-        elapsed_s=round(time.perf_counter() - started, 3),
-    )
-    return manifest
+
+def _write_peaks(spool: CallSpool, builder: PeaksBuilder, span: int, stereo_mode: str) -> FileEntry:
+    """Write the waveform peaks: the merge fed them, unless lossless stereo decoded nothing."""
+    if stereo_mode == "encode":
+        peaks = builder.build()
+    else:
+        length = -(-span // builder.samples_per_pixel)
+        channels = (spool.output_path("left"), spool.output_path("right"))
+        peaks = read_channel_peaks(channels, builder.samples_per_pixel, length)
+    path = spool.output_path("peaks")
+    path.write_bytes(build_audiowaveform_json(peaks))
+    return _file_entry(path, "peaks", 2, span)

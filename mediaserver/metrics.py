@@ -34,11 +34,15 @@ class LoopLagMonitor:
             self._recent.append(lag_s)
             del self._recent[:-1200]
 
-    def percentile_s(self, fraction: float) -> float:
-        """A percentile of the last minute or so of lag samples."""
-        if not self._recent:
+    def percentile_s(
+        self, fraction: float, *, window_s: float = 60.0, min_samples: int = 1
+    ) -> float:
+        """A percentile of the lag samples of the last `window_s` seconds (at most a minute)."""
+        count = max(1, int(window_s / self.interval_s))
+        recent = self._recent[-count:]
+        if len(recent) < max(1, min_samples):
             return 0.0
-        ordered = sorted(self._recent)
+        ordered = sorted(recent)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 

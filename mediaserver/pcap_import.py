@@ -17,7 +17,8 @@ from mediaserver.recording.call import CallStatus
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, JournalWriter
 from mediaserver.recording.manifest import Manifest
-from mediaserver.recording.spool import CALL_FILE, MANIFEST_FILE, CallDescription, journal_path
+from mediaserver.recording.spool import CallDescription, CallSpool
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import is_rtcp, parse_rtp_header
 from mediaserver.storage_backends.keys import build_file_name
 
@@ -27,26 +28,13 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class CapturedPacket:
-    """One RTP packet from the capture, with its capture time."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    ssrc: int
-    sequence: int
-    payload_type: int
-    marker: bool
-    payload: bytes
-
-
 @dataclass(slots=True)
 class RtpStream:
     """Every RTP packet one source address sent to one destination."""
 
     source: Address
     destination: Address
-    packets: list[CapturedPacket] = field(default_factory=list)
+    packets: list[MediaPacket] = field(default_factory=list)
 
     @property
     def payload_type(self) -> int:
@@ -145,14 +133,14 @@ def _add_frame(
     destination = (str(ipaddress.ip_address(ip.dst)), udp.dport)
     stream = streams.setdefault((source, destination), RtpStream(source, destination))
     stream.packets.append(
-        CapturedPacket(
-            arrival_ns=round(timestamp * 1e9),
-            rtp_timestamp=header.timestamp,
-            ssrc=header.ssrc,
-            sequence=header.sequence,
-            payload_type=header.payload_type,
-            marker=header.marker,
-            payload=data[header.payload_offset : header.payload_end],
+        MediaPacket(
+            round(timestamp * 1e9),
+            header.timestamp,
+            header.sequence,
+            header.ssrc,
+            header.payload_type,
+            header.marker,
+            data[header.payload_offset : header.payload_end],
         )
     )
 
@@ -224,36 +212,29 @@ def import_pcap(
     }
     start_ns = min(s.packets[0].arrival_ns for s in chosen.values() if s is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as spool_name:
-        spool = Path(spool_name)
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as work_name:
+        spool = CallSpool(Path(work_name) / call_id)
         # Capture times are wall-clock times, so the call's two start clocks coincide.
-        description = CallDescription(
-            call_id, start_ns, start_ns, codecs, {"source": "pcap", "capture": capture.name}
+        spool.create(
+            CallDescription(
+                call_id, start_ns, start_ns, codecs, {"source": "pcap", "capture": capture.name}
+            )
         )
-        (spool / CALL_FILE).write_text(description.to_json())
         for channel, stream in chosen.items():
-            with journal_path(spool, channel).open("wb") as handle:
+            with spool.journal_path(channel).open("wb") as handle:
                 writer = JournalWriter(
                     handle, JournalHeader(channel, codecs[channel], start_ns, start_ns)
                 )
-                for p in stream.packets if stream else ():
-                    writer.append(
-                        p.arrival_ns,
-                        p.rtp_timestamp,
-                        p.ssrc,
-                        p.sequence,
-                        p.payload_type,
-                        p.marker,
-                        p.payload,
-                    )
+                for packet in stream.packets if stream else ():
+                    writer.append(packet)
         manifest = build_recording(spool, options)
         files = []
         for entry in manifest.files:
             name = build_file_name(call_id, entry.role)
-            shutil.move(spool / entry.name, out_dir / name)
+            shutil.move(spool.directory / entry.name, out_dir / name)
             files.append(replace(entry, name=name, key=name))
         manifest = replace(manifest, status=CallStatus.STORED, files=tuple(files))
         if agent_stream is None:
             manifest = replace(manifest, notes=(*manifest.notes, "capture has no agent stream"))
-        (out_dir / f"conversation_{call_id}_{MANIFEST_FILE}").write_text(manifest.to_json())
+        (out_dir / f"conversation_{call_id}_manifest.json").write_text(manifest.to_json())
     return manifest

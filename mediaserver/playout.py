@@ -27,7 +27,8 @@ class Playout:
         self._items: deque[Pcm | str] = deque()
         self._buffered_samples = 0
         self._stalled_partial = False
-        self.dropped_samples = 0  # audio dropped by clear() or by overflow
+        self.cleared_samples = 0  # audio dropped by clear() (barge-in): never played, by design
+        self.overflow_samples = 0  # audio dropped because the queue was over its limit
 
     @property
     def buffered_ms(self) -> float:
@@ -47,7 +48,7 @@ class Playout:
                 break
             self._items.popleft()
             self._buffered_samples -= head.size
-            self.dropped_samples += head.size
+            self.overflow_samples += head.size
 
     def push_mark(self, name: str) -> None:
         """Queue a mark: it is reached when all audio queued before it has played."""
@@ -56,7 +57,7 @@ class Playout:
     def clear(self) -> tuple[str, ...]:
         """Drop every queued audio chunk (barge-in); returns the marks queued, now reached."""
         marks = tuple(item for item in self._items if isinstance(item, str))
-        self.dropped_samples += self._buffered_samples
+        self.cleared_samples += self._buffered_samples
         self._items.clear()
         self._buffered_samples = 0
         self._stalled_partial = False

@@ -1,15 +1,18 @@
-"""Run the application: AppRunner + TCPSite, graceful drain on SIGTERM/SIGINT."""
+"""Run the application: a guarded runner and site, graceful drain on SIGTERM/SIGINT."""
 
 import asyncio
 import ipaddress
+import resource
 import signal
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
-from mediaserver.api.keys import DRAINING
+from mediaserver.api.keys import FINALIZER, HUB, SETTINGS
 from mediaserver.app import create_app
+from mediaserver.clock import Clock
+from mediaserver.connection_guard import ConnectionGuard, DescriptorExhaustionLog, GuardedAppRunner
 from mediaserver.errors import SettingsError
 from mediaserver.settings import Settings
 
@@ -32,11 +35,20 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one (each call holds a few); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
 @dataclass(slots=True)
 class RunningServer:
     """A started server: its runner and the port it listens on."""
 
-    runner: web.AppRunner
+    runner: GuardedAppRunner
     port: int
 
     @property
@@ -45,15 +57,42 @@ class RunningServer:
         return self.runner.app
 
     async def stop(self) -> None:
-        """Stop accepting calls, drain live ones, release every resource."""
-        self.app[DRAINING]["draining"] = True
+        """Drain: take no call, let live ones finish (up to the drain timeout), then stop."""
+        # The listener stays open meanwhile: health checks, the calls' own routes (WHIP DELETE,
+        # the agents' sockets) and the recordings API go on working. /readyz says 503 at once.
+        settings = self.app[SETTINGS]
+        hub = self.app[HUB]
+        hub.drain()
+        live = len(hub.sessions())
+        log.info("server.draining", live_calls=live, timeout_s=settings.drain_timeout_s)
+        if live and not await hub.wait_idle(settings.drain_timeout_s):
+            log.warning("server.drain_timeout", live_calls=len(hub.sessions()))
+        # Calls still live are ended cleanly here (agents get `stop`, sockets close normally),
+        # before aiohttp's own shutdown would cut their connections.
+        await hub.close(drain_timeout_s=settings.finalize_timeout_s)
+        unfinished = await self.app[FINALIZER].close(drain_timeout_s=settings.finalize_timeout_s)
+        if unfinished:
+            log.warning("server.finalize_timeout", unfinished=unfinished)
         await self.runner.cleanup()
 
 
-async def start_server(settings: Settings) -> RunningServer:
+async def start_server(settings: Settings, *, clock: Clock | None = None) -> RunningServer:
     """Start the application on the configured host and port (0 picks a free port)."""
     check_exposure(settings)
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(DescriptorExhaustionLog())
+    runner = GuardedAppRunner(
+        create_app(settings, clock=clock),
+        guard=ConnectionGuard(
+            max_connections=settings.max_connections,
+            header_timeout_s=settings.http_header_timeout_s,
+        ),
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=settings.http_keepalive_timeout_s,
+        # Long enough for the drain above; aiohttp's own shutdown only meets what is left.
+        shutdown_timeout=5.0,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
@@ -87,6 +126,11 @@ def build_welcome(host: str, port: int, paths: set[str]) -> str:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully."""
+    open_files = raise_open_files_limit()
+    if settings.max_connections > open_files // 2:
+        log.warning(
+            "server.open_files_low", open_files=open_files, max_connections=settings.max_connections
+        )
     server = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +139,5 @@ async def serve(settings: Settings) -> None:
     paths = {resource.canonical for resource in server.app.router.resources()}
     print(build_welcome(settings.host, server.port, paths), flush=True)
     await stop.wait()
-    log.info("server.draining", timeout_s=settings.drain_timeout_s)
     await server.stop()
     log.info("server.stopped")

@@ -1,26 +1,23 @@
-"""One live call: the caller leg, the agent leg, the playout between them, and the recording."""
+"""One live call: its caller leg, its agent leg, and the recording both directions go to."""
 
-import secrets
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from mediaserver.audio.transcoder import AgentAudioEncoder, CallerAudioDecoder
-from mediaserver.errors import CallStateError, OpusPacketError
-from mediaserver.playout import Playout
-from mediaserver.recorder import Recorder
+from mediaserver.agent_bridge import FRAME_MS, AgentBridge
+from mediaserver.audio.opus_silence import silence_packet
+from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
+from mediaserver.call_recording import CallRecording
+from mediaserver.errors import CallStateError
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.rtp.media_packet import MediaPacket
+from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
-
-OPUS_PAYLOAD_TYPE = 111
-_PAYLOAD_TYPES = {Codec.OPUS: OPUS_PAYLOAD_TYPE, Codec.PCMU: 0, Codec.PCMA: 8}
-_HALF_SEQUENCE = 1 << 15
 
 
 @dataclass(slots=True)
@@ -28,53 +25,64 @@ class SessionStats:
     """What one call has moved so far."""
 
     caller_packets: int = 0
-    caller_undecodable: int = 0
-    caller_late_for_agent: int = 0
     agent_frames_played: int = 0
-    agent_marks_echoed: int = 0
-    agent_clears: int = 0
+    silence_frames_sent: int = 0
     legs_ended: dict[str, str] = field(default_factory=dict)
 
 
 class CallSession:
-    """Moves audio between a caller leg and an agent leg and records both directions."""
+    """Moves audio between a caller leg and an agent leg; its recording owns the legs' state."""
 
     def __init__(
         self,
         *,
-        call_id: str,
-        recorder: Recorder,
+        recording: CallRecording,
         caller_codec: Codec,
-        end_call_on_agent_exit: bool = False,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_closed: Callable[["CallSession"], None] | None = None,
-        clock_ns: Callable[[], int] = time.monotonic_ns,
+        end_call_on_agent_exit: bool = False,
+        agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
+        send_silence: bool = True,
         metadata: dict[str, object] | None = None,
     ) -> None:
-        self.call_id = call_id
-        self.recorder = recorder
+        self.recording = recording
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
+        self.agent_complexity = agent_complexity
         self.metadata = dict(metadata or {})
         self._spawn = spawn  # the owner runs (and at shutdown awaits) transport teardown
         self._on_closed = on_closed
-        self._clock_ns = clock_ns
-        self.call = recorder.open_call(
-            call_id, caller_codec=caller_codec, agent_codec=caller_codec, metadata=self.metadata
-        )
         self.caller: CallerLink | None = None
-        self.agent: AgentLink | None = None
-        self.playout: Playout | None = None
-        self._decoder: CallerAudioDecoder | None = None
-        self._encoder: AgentAudioEncoder | None = None
-        self._last_sequence: dict[int, int] = {}
-        self._agent_ssrc = secrets.randbits(32)
-        self._agent_sequence = secrets.randbits(16)
-        self._agent_timestamp = secrets.randbits(32)
-        self._open_legs = {Channel.CALLER, Channel.AGENT}
-        self._caller_drops: dict[str, int] = {}
+        self.bridge: AgentBridge | None = None
+        # The call's one RTP numbering of what it sends the caller, ticked by the hub's pacer.
+        self.sequencer = RtpSequencer(caller_codec.clock_rate_hz * FRAME_MS // 1000)
+        # While the agent is silent the caller still gets a frame every tick: gateways end legs
+        # that go quiet, and jitter buffers (aiortc's among them) hold an utterance's last
+        # packets until the next one arrives. Silence frames are not journalled: the recording
+        # fills the same silence itself.
+        self._silence = _silence_payload(caller_codec) if send_silence else None
+        self._ended_caller_drops: dict[str, int] = {}
         self.stats = SessionStats()
-        self.log = log.bind(call_id=call_id)
+        self.log = log.bind(call_id=recording.call_id)
+
+    @property
+    def call_id(self) -> str:
+        """The call's id."""
+        return self.recording.call_id
+
+    @property
+    def agent(self) -> AgentLink | None:
+        """The connected agent, if any."""
+        return None if self.bridge is None else self.bridge.agent
+
+    @property
+    def closed(self) -> bool:
+        """Whether both legs have ended."""
+        return not self.recording.open_channels
+
+    def leg_open(self, channel: Channel) -> bool:
+        """Whether a leg is still going."""
+        return self.recording.is_open(channel)
 
     def packet_counts(self) -> dict[str, int]:
         """Caller packets received and agent frames sent to the caller."""
@@ -82,27 +90,28 @@ class CallSession:
 
     def drop_counts(self) -> dict[str, int]:
         """Packets this call dropped, by reason (its transports' counts included)."""
-        counts = {
-            "undecodable_for_agent": self.stats.caller_undecodable,
-            "late_for_agent": self.stats.caller_late_for_agent,
-        }
-        counts.update(self._caller_drops or _transport_drops(self.caller))
+        counts: dict[str, int] = {}
+        if self.bridge is not None:
+            stats = self.bridge.stats
+            counts["late_for_agent"] = stats.caller_late_for_agent
+            counts["undecodable_for_agent"] = stats.caller_undecodable
+            counts["agent_late_frames"] = stats.agent_frames_late
+            counts["playout_overflow_frames"] = (
+                self.bridge.playout.overflow_samples // self.bridge.playout.frame_samples
+            )
+        counts["after_end"] = self.recording.packets_after_end
+        caller_drops = (
+            self.caller.drop_counts() if self.caller is not None else self._ended_caller_drops
+        )
+        for reason, count in caller_drops.items():
+            counts[reason] = counts.get(reason, 0) + count
         return counts
-
-    @property
-    def closed(self) -> bool:
-        """Whether both legs have ended."""
-        return not self._open_legs
-
-    def leg_open(self, channel: Channel) -> bool:
-        """Whether a leg is still going."""
-        return channel in self._open_legs
 
     # -- wiring ---------------------------------------------------------------------------------
 
     def attach_caller(self, link: CallerLink) -> None:
         """Connect the caller transport."""
-        if self.caller is not None or Channel.CALLER not in self._open_legs:
+        if self.caller is not None or not self.recording.is_open(Channel.CALLER):
             raise CallStateError(f"call {self.call_id} already has a caller")
         if link.codec is not self.caller_codec:
             raise CallStateError(f"call {self.call_id} records {self.caller_codec.value}")
@@ -110,58 +119,31 @@ class CallSession:
 
     def attach_agent(self, link: AgentLink) -> None:
         """Connect the agent; caller audio is decoded at the agent's sample rate from now on."""
-        if self.agent is not None or Channel.AGENT not in self._open_legs:
+        if self.bridge is not None or not self.recording.is_open(Channel.AGENT):
             raise CallStateError(f"call {self.call_id} already has an agent")
-        self.agent = link
-        self.playout = Playout(link.sample_rate_hz)
-        self._decoder = CallerAudioDecoder(self.caller_codec, link.sample_rate_hz)
-        self._encoder = AgentAudioEncoder(self.caller_codec, link.sample_rate_hz)
+        self.bridge = AgentBridge(
+            link, caller_codec=self.caller_codec, complexity=self.agent_complexity
+        )
         self.log.info("call.agent_attached", sample_rate_hz=link.sample_rate_hz)
 
     # -- caller side (CallerMediaSink) ---------------------------------------------------------
 
-    def on_caller_packet(
-        self,
-        *,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes,
-    ) -> None:
+    def on_caller_packet(self, packet: MediaPacket) -> None:
         """Journal the packet as received; decode it for the agent if one is listening."""
-        if Channel.CALLER not in self._open_legs:
+        if not self.recording.record(Channel.CALLER, packet):
             return
-        self.recorder.record(
-            self.call_id,
-            Channel.CALLER,
-            arrival_ns=arrival_ns,
-            rtp_timestamp=rtp_timestamp,
-            ssrc=ssrc,
-            sequence=sequence,
-            payload_type=payload_type,
-            marker=marker,
-            payload=payload,
-        )
         self.stats.caller_packets += 1
-        if self.agent is None or self._decoder is None:
-            return
-        last = self._last_sequence.get(ssrc)
-        if last is not None and (sequence - last) % 65536 >= _HALF_SEQUENCE:
-            # The agent hears audio once, in order: a late packet is already history for it.
-            self.stats.caller_late_for_agent += 1
-            return
-        self._last_sequence[ssrc] = sequence
-        try:
-            pcm = self._decoder.decode(payload)
-        except OpusPacketError:
-            self.stats.caller_undecodable += 1
-            return
-        self.agent.send_caller_audio(pcm)
+        if self.bridge is not None:
+            self.bridge.hear_caller(packet)
 
-    def on_caller_ended(self, reason: str) -> None:
+    def on_audio_sent(self, packet: MediaPacket) -> None:
+        """Journal an agent packet exactly as the transport sent it, when it sent it."""
+        if packet.payload is self._silence:  # the very object tick() sent: not the agent's
+            self.stats.silence_frames_sent += 1
+        elif self.recording.record(Channel.AGENT, packet):
+            self.stats.agent_frames_played += 1
+
+    def on_caller_ended(self, reason: EndReason) -> None:
         """The caller hung up or vanished: the whole call ends."""
         self.end(reason)
 
@@ -169,93 +151,82 @@ class CallSession:
 
     def on_agent_audio(self, pcm: Pcm) -> None:
         """Queue agent speech for playout."""
-        if self.playout is not None and Channel.AGENT in self._open_legs:
-            self.playout.push_audio(pcm)
+        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
+            self.bridge.queue_audio(pcm)
 
     def on_agent_mark(self, name: str) -> None:
         """Queue a mark behind the agent's audio."""
-        if self.playout is not None:
-            self.playout.push_mark(name)
+        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
+            self.bridge.queue_mark(name)
 
     def on_agent_clear(self) -> None:
         """Barge-in: drop queued agent audio; its marks are reached now."""
-        if self.playout is None or self.agent is None:
-            return
-        self.stats.agent_clears += 1
-        for name in self.playout.clear():
-            self._echo_mark(name)
+        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
+            self.bridge.clear()
 
     def on_agent_ended(self, reason: str) -> None:
         """The agent left: its leg ends; the call goes on unless configured otherwise."""
+        self.end_agent_leg(EndReason.AGENT_EXIT, detail=reason)
+
+    def end_agent_leg(self, reason: EndReason, *, detail: str = "") -> None:
+        """The agent is gone (or never came): the call goes on unless configured otherwise."""
         if self.end_call_on_agent_exit:
             self.end(reason)
         else:
-            self._end_leg(Channel.AGENT, reason, EndReason.HANGUP)
+            self._end_leg(Channel.AGENT, reason, detail=detail)
 
-    # -- pacing --------------------------------------------------------------------------------
+    # -- pacing (called by the hub's pacer) ----------------------------------------------------
 
-    def tick(self, now_ns: int) -> None:
-        """Play one 20 ms frame of agent audio to the caller and record exactly what was sent."""
-        if self.playout is None or self.caller is None or self._encoder is None:
+    def tick(self, tick: int) -> None:
+        """Send the caller this 20 ms tick's frame: the agent's audio, or silence."""
+        caller = self.caller
+        if caller is None:
             return
-        frame = self.playout.next_frame()
-        if frame.pcm is not None and Channel.AGENT in self._open_legs:
-            payload = self._encoder.encode_frame(frame.pcm)
-            self.caller.send_audio(payload, self._encoder.duration)
-            self.recorder.record(
-                self.call_id,
-                Channel.AGENT,
-                arrival_ns=now_ns,
-                rtp_timestamp=self._agent_timestamp,
-                ssrc=self._agent_ssrc,
-                sequence=self._agent_sequence,
-                payload_type=_PAYLOAD_TYPES[self.caller_codec],
-                marker=False,
-                payload=payload,
-            )
-            self._agent_timestamp = (self._agent_timestamp + self._encoder.duration) % 2**32
-            self._agent_sequence = (self._agent_sequence + 1) % 65536
-            self.stats.agent_frames_played += 1
-        for name in frame.marks:
-            self._echo_mark(name)
+        payload = None
+        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
+            payload = self.bridge.next_payload()
+        if payload is None:
+            payload = self._silence
+            if payload is None or not caller.can_send:
+                return
+        caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
 
-    def _echo_mark(self, name: str) -> None:
-        """Tell the agent its mark was reached."""
-        if self.agent is not None and Channel.AGENT in self._open_legs:
-            self.agent.send_mark(name)
-            self.stats.agent_marks_echoed += 1
+    def skip(self, ticks: int) -> None:
+        """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
+        if self.bridge is not None and self.caller is not None:
+            self.bridge.skip(ticks)
 
     # -- ending --------------------------------------------------------------------------------
 
-    def end(self, reason: str, end_reason: EndReason = EndReason.HANGUP) -> None:
+    def end(self, reason: EndReason) -> None:
         """End both legs (idempotent); the recording is finalized once both are closed."""
-        for channel in (Channel.AGENT, Channel.CALLER):
-            self._end_leg(channel, reason, end_reason)
+        self._end_leg(Channel.AGENT, reason)
+        self._end_leg(Channel.CALLER, reason)
 
-    def _end_leg(self, channel: Channel, reason: str, end_reason: EndReason) -> None:
-        """End one leg: drop its recording reference and close its transport."""
-        if channel not in self._open_legs:
+    def _end_leg(self, channel: Channel, reason: EndReason, *, detail: str = "") -> None:
+        """End one leg: close its transport and its channel of the recording."""
+        if not self.recording.is_open(channel):
             return
-        self._open_legs.discard(channel)
-        self.stats.legs_ended[channel.value] = reason
-        self.log.info("call.leg_ended", channel=channel.value, reason=reason)
+        self.stats.legs_ended[channel.value] = reason.value
+        self.log.info("call.leg_ended", channel=channel.value, reason=reason.value, detail=detail)
         if channel is Channel.AGENT:
-            agent, self.agent = self.agent, None
-            if self.playout is not None:
-                self.playout.clear()
-            if agent is not None:
-                self._spawn(agent.close(reason))
+            bridge = self.bridge
+            if bridge is not None:
+                bridge.finish()  # pending marks are echoed before `stop`
+                self._spawn(bridge.agent.close(reason.value))
         else:
             caller, self.caller = self.caller, None
-            self._caller_drops = _transport_drops(caller)
             if caller is not None:
+                self._ended_caller_drops = dict(caller.drop_counts())
                 self._spawn(caller.close())
-        self.recorder.end_channel(self.call_id, channel, end_reason)
+        self.recording.end(channel, reason)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
 
 
-def _transport_drops(link: CallerLink | None) -> dict[str, int]:
-    """A caller transport's dropped-packet counts by reason, if it keeps them."""
-    dropped = getattr(getattr(link, "stats", None), "dropped_in", None) or {}
-    return {str(reason): int(count) for reason, count in dropped.items()}
+def _silence_payload(codec: Codec) -> bytes:
+    """One 20 ms frame of digital silence in the caller's codec."""
+    if codec is Codec.OPUS:
+        return silence_packet(960)
+    # RFC 3551 §4.5.14: the codes of a zero sample, μ-law 0xFF and A-law 0xD5.
+    return (b"\xff" if codec is Codec.PCMU else b"\xd5") * 160

@@ -38,6 +38,12 @@ _POSITIVE = (
     "rtp_media_timeout_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
+    "finalize_timeout_s",
+    "max_calls",
+    "call_cpu_share",
+    "http_keepalive_timeout_s",
+    "http_header_timeout_s",
+    "max_connections",
     "console_session_ttl_s",
     "job_workers",
     "turn_gap_s",
@@ -75,6 +81,14 @@ class Settings:
     api_token: str = ""
     max_body_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
+    finalize_timeout_s: float = 60.0
+    max_calls: int = 500
+    max_cpu_share: float = 0.85
+    max_loop_lag_ms: float = 20.0
+    call_cpu_share: float = 0.004
+    http_keepalive_timeout_s: float = 15.0
+    http_header_timeout_s: float = 10.0
+    max_connections: int = 4096
     rtp_host: str = "127.0.0.1"
     rtp_public_host: str = ""
     rtp_port_min: int = 40000
@@ -84,6 +98,8 @@ class Settings:
     ice_host_addresses: str = ""
     agent_connect_timeout_s: float = 10.0
     end_call_on_agent_exit: bool = False
+    agent_opus_complexity: int = 0
+    send_silence: bool = True
     signed_url_expiry_s: int = 300
     console_session_ttl_s: float = 43200.0
     echo_agent_delay_s: float = 1.0
@@ -172,6 +188,19 @@ def validate_settings(settings: Settings) -> Settings:
     if not 6000 <= settings.stereo_bitrate_bps <= 510000:
         raise SettingsError(  # RFC 6716 §2.1.1: Opus runs from 6 to 510 kbit/s
             f"setting stereo_bitrate_bps must be 6000..510000, got {settings.stereo_bitrate_bps}"
+        )
+    if not 0 <= settings.agent_opus_complexity <= 10:
+        raise SettingsError(
+            f"setting agent_opus_complexity must be 0..10, got {settings.agent_opus_complexity}"
+        )
+    if not 0.0 <= settings.max_cpu_share <= 1.0:
+        raise SettingsError(
+            f"setting max_cpu_share is a share of one core (0..1, 0 = off),"
+            f" got {settings.max_cpu_share}"
+        )
+    if settings.max_loop_lag_ms < 0:
+        raise SettingsError(
+            f"setting max_loop_lag_ms must be 0 (off) or positive, got {settings.max_loop_lag_ms}"
         )
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"setting port must be 0..65535, got {settings.port}")

@@ -2,52 +2,35 @@
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from mediaserver.recording.call import EndReason
+from mediaserver.rtp.media_packet import MediaPacket
 
 WAIT_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class CallerPacket:
-    """One packet as the transport handed it to the sink."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    ssrc: int
-    sequence: int
-    payload_type: int
-    marker: bool
-    payload: bytes
-
-
 class CollectingSink:
-    """A call-session stand-in: keeps every delivered packet and every end of the leg."""
+    """A call-session stand-in: keeps every delivered and sent packet and every end of the leg."""
 
     def __init__(self) -> None:
-        self.packets: list[CallerPacket] = []
+        self.packets: list[MediaPacket] = []
+        self.sent: list[MediaPacket] = []
         self.ended: list[str] = []
         self._changed = asyncio.Event()
 
-    def on_caller_packet(
-        self,
-        *,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes,
-    ) -> None:
+    def on_caller_packet(self, packet: MediaPacket) -> None:
         """Keep the packet."""
-        self.packets.append(
-            CallerPacket(arrival_ns, rtp_timestamp, ssrc, sequence, payload_type, marker, payload)
-        )
+        self.packets.append(packet)
         self._changed.set()
 
-    def on_caller_ended(self, reason: str) -> None:
+    def on_audio_sent(self, packet: MediaPacket) -> None:
+        """Keep what the transport reports it sent."""
+        self.sent.append(packet)
+        self._changed.set()
+
+    def on_caller_ended(self, reason: EndReason) -> None:
         """Keep the reason."""
-        self.ended.append(reason)
+        self.ended.append(reason.value)
         self._changed.set()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:

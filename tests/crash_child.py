@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from mediaserver.log import configure_logging
-from mediaserver.recorder import Recorder
 from mediaserver.recording.channel import Channel
 from mediaserver.storage_backends.local import LocalStore
 
+from recorder_rig import RecorderRig
 from rtp_sender import TEMPLATE_LEAD_PACKETS, marker_template, silence_payload
 
 CALLER_HZ = 500.0
@@ -52,7 +52,7 @@ def build_packet(channel: Channel, index: int, payload: bytes) -> bytes:
     return build_rtp(1000 + index, 90_000 + index * FRAME_SAMPLES, SSRCS[channel], payload)
 
 
-async def feed_realtime(recorder: Recorder, call_id: str, packet_count: int) -> None:
+async def feed_realtime(recorder: RecorderRig, call_id: str, packet_count: int) -> None:
     """Feed both channels one packet per 20 ms slot, on a fixed schedule, reporting each slot."""
     payloads = {
         Channel.CALLER: build_payloads(packet_count, CALLER_HZ, CALLER_MARKER_S),
@@ -69,7 +69,7 @@ async def feed_realtime(recorder: Recorder, call_id: str, packet_count: int) -> 
         print(index + 1, flush=True)
 
 
-def feed_burst(recorder: Recorder, call_id: str, packet_count: int) -> None:
+def feed_burst(recorder: RecorderRig, call_id: str, packet_count: int) -> None:
     """Record every packet at once with arrivals 20 ms apart, then flush the journals."""
     payloads = {
         Channel.CALLER: build_payloads(packet_count, CALLER_HZ, CALLER_MARKER_S),
@@ -80,7 +80,7 @@ def feed_burst(recorder: Recorder, call_id: str, packet_count: int) -> None:
         for channel, channel_payloads in payloads.items():
             packet = build_packet(channel, index, channel_payloads[index])
             recorder.record_rtp(call_id, channel, packet, arrival_ns=start_ns + index * 20_000_000)
-    recorder.flush()
+    recorder.recorder.flush()
     last = [len(payloads[channel][-1]) for channel in (Channel.CALLER, Channel.AGENT)]
     print("flushed", packet_count, *last, flush=True)
 
@@ -88,7 +88,7 @@ def feed_burst(recorder: Recorder, call_id: str, packet_count: int) -> None:
 async def main(mode: str, spool_root: Path, store_root: Path, call_id: str, count: int) -> None:
     """Record one call in the given mode, then wait to be killed."""
     configure_logging()  # log lines go to stderr: stdout carries only the reports
-    recorder = Recorder(
+    recorder = RecorderRig(
         spool_root=spool_root,
         store=LocalStore(store_root),
         executor=None,

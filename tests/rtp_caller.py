@@ -27,8 +27,11 @@ class RtpCaller(asyncio.DatagramProtocol):
     payload_type: int = 111
     ssrc: int = 0x1234ABCD
     received: list[ReceivedPacket] = field(default_factory=list)
+    # Of `received`, the packets that carry sound: the server sends silence frames in between.
+    audio: list[ReceivedPacket] = field(default_factory=list)
     transport: asyncio.DatagramTransport | None = None
     got_packet: asyncio.Event = field(default_factory=asyncio.Event)
+    got_audio: asyncio.Event = field(default_factory=asyncio.Event)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the socket."""
@@ -39,10 +42,14 @@ class RtpCaller(asyncio.DatagramProtocol):
         if len(data) < 12 or data[1] & 0x7F in range(72, 96):
             return  # RTCP
         _, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
-        self.received.append(
-            ReceivedPacket(time.monotonic_ns(), second & 0x7F, sequence, timestamp, ssrc, data[12:])
+        packet = ReceivedPacket(
+            time.monotonic_ns(), second & 0x7F, sequence, timestamp, ssrc, data[12:]
         )
+        self.received.append(packet)
         self.got_packet.set()
+        if not is_silence(packet.payload):
+            self.audio.append(packet)
+            self.got_audio.set()
 
     def send_packet(
         self, sequence: int, timestamp: int, payload: bytes, marker: bool = False
@@ -67,6 +74,17 @@ class RtpCaller(asyncio.DatagramProtocol):
             sent.append(time.monotonic_ns())
             self.send_packet(index & 0xFFFF, index * samples_per_packet, payload, marker=index == 0)
         return sent
+
+
+# The filler frames the server sends while the agent is silent: Opus TOC config 31 (CELT
+# fullband 20 ms, RFC 6716 §3.1) with a CELT frame that decodes to digital silence; for G.711,
+# 160 zero samples (μ-law 0xFF, A-law 0xD5, RFC 3551 §4.5.14).
+SILENCE_FRAMES = frozenset({b"\xf8\xff\xfe", b"\xff" * 160, b"\xd5" * 160})
+
+
+def is_silence(payload: bytes) -> bool:
+    """Whether a payload is one of the server's silence fillers (not the agent's own audio)."""
+    return payload in SILENCE_FRAMES
 
 
 async def open_caller(host: str, port: int, payload_type: int = 111) -> RtpCaller:

@@ -26,16 +26,19 @@ from hypothesis import strategies as st
 from mediaserver.api import recordings
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.errors import error_middleware
-from mediaserver.api.keys import RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.keys import FINALIZER, RECORDER, RECORDING_INDEX, SETTINGS, STORE
 from mediaserver.app import create_app
+from mediaserver.call_recording import CallRecording
 from mediaserver.catalog.byte_range import ByteRange, RangeOutcome, compute_byte_range
 from mediaserver.catalog.list_query import build_cursor, parse_cursor
 from mediaserver.clock import ManualClock
+from mediaserver.finalizer import Finalizer
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest
-from mediaserver.recording.spool import CALL_FILE, CallDescription
+from mediaserver.recording.spool import CallDescription, CallSpool, Spool
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.gcs import GcsStore, RetryPolicy
 from mediaserver.storage_backends.keys import parse_manifest_key
@@ -62,9 +65,9 @@ class Server:
     store_root: Path | None
 
     @property
-    def recorder(self) -> Recorder:
-        """The application's recorder."""
-        return self.app[RECORDER]
+    def recorder(self) -> "AppRecorder":
+        """The application's recorder and finalizer, driven by call id."""
+        return AppRecorder(self.app[RECORDER], self.app[FINALIZER])
 
     async def get_json(
         self, path: str, status: int = 200, params: Mapping[str, str] | None = None
@@ -76,6 +79,37 @@ class Server:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class AppRecorder:
+    """The application's own recorder and finalizer, addressed by call id."""
+
+    recorder: Recorder
+    finalizer: Finalizer
+
+    def open_call(self, call_id: str | None = None, **options: Any) -> CallRecording:
+        """Open a call's recording."""
+        return self.recorder.open_call(call_id, **options)
+
+    def record(self, call_id: str, channel: Channel, packet: MediaPacket) -> None:
+        """Journal a packet."""
+        self.recorder.get_call(call_id).record(channel, packet)
+
+    def end_channel(
+        self, call_id: str, channel: Channel, reason: EndReason = EndReason.CALLER_HANGUP
+    ) -> None:
+        """End one channel (the caller hung up, say)."""
+        self.recorder.get_call(call_id).end(channel, reason)
+
+    def end_call(self, call_id: str) -> None:
+        """End both channels."""
+        for channel in Channel:
+            self.end_channel(call_id, channel)
+
+    async def wait_finalized(self, call_id: str) -> Manifest | None:
+        """Wait for the call's recording to be stored."""
+        return await self.finalizer.wait(call_id)
+
+
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for one test's server: its own spool and store, a token, one worker."""
     values: dict[str, Any] = {
@@ -85,6 +119,9 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
         "api_token": TOKEN,
         "finalize_workers": 1,
         "port": 0,
+        # The test's client shares the server's process: the load guard would count it.
+        "max_cpu_share": 0.0,
+        "max_loop_lag_ms": 0.0,
     }
     return Settings(**(values | overrides))
 
@@ -95,15 +132,18 @@ async def start_server(app: web.Application, store_root: Path | None) -> Server:
         TestServer(app, host="127.0.0.1", port=0)
     )
     await client.start_server()
-    clock = ManualClock(wall_ns=BASE_WALL_NS)
-    app[RECORDER].clock = clock
+    clock = app[RECORDER].clock
+    assert isinstance(clock, ManualClock)
     return Server(app, client, clock, store_root)
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """The real application (create_app) on local storage."""
-    running = await start_server(create_app(settings_for(tmp_path)), tmp_path / "store")
+    running = await start_server(
+        create_app(settings_for(tmp_path), clock=ManualClock(wall_ns=BASE_WALL_NS)),
+        tmp_path / "store",
+    )
     yield running
     await running.client.close()
 
@@ -114,7 +154,7 @@ async def make_recording(
     seconds: float = 1.0,
     seed: int = 1,
     metadata: dict[str, Any] | None = None,
-    end_reason: EndReason = EndReason.HANGUP,
+    end_reason: EndReason = EndReason.CALLER_HANGUP,
 ) -> Manifest:
     """Record a call through the app's recorder (a tone on each side) and wait until stored."""
     recorder = server.recorder
@@ -147,13 +187,15 @@ async def feed(server: Server, call_id: str, seconds: float, seed: int) -> None:
             server.recorder.record(
                 call_id,
                 channel,
-                arrival_ns=base_ns + round(packet.arrival_s * 1e9),
-                rtp_timestamp=packet.rtp_timestamp,
-                ssrc=packet.ssrc,
-                sequence=packet.sequence,
-                payload_type=PAYLOAD_TYPE,
-                marker=False,
-                payload=packet.payload,
+                MediaPacket(
+                    base_ns + round(packet.arrival_s * 1e9),
+                    packet.rtp_timestamp,
+                    packet.sequence,
+                    packet.ssrc,
+                    PAYLOAD_TYPE,
+                    False,
+                    packet.payload,
+                ),
             )
     server.clock.advance(seconds + 0.1)
 
@@ -258,7 +300,7 @@ async def test_filters_by_status_end_reason_text_and_duration(server: Server) ->
     assert await ids(q="ACME") == [short.call_id]  # live calls carry no metadata yet
     assert await ids(q=long.call_id[:10]) == [long.call_id]
     assert await ids(min_duration_s="2.5") == [long.call_id]
-    assert await ids(min_duration_s="0.5", end_reason="hangup", status="stored") == [
+    assert await ids(min_duration_s="0.5", end_reason="caller_hangup", status="stored") == [
         long.call_id,
         short.call_id,
     ]
@@ -506,12 +548,11 @@ async def test_a_live_call_shows_as_recording(server: Server) -> None:
 
 async def test_a_spool_without_a_stored_manifest_shows_as_finalizing(server: Server) -> None:
     """A spool left by another process (not yet recovered) is listed as finalizing."""
-    spool_dir = server.app[SETTINGS].spool_path / "leftover"
-    spool_dir.mkdir(parents=True)
-    description = CallDescription(
-        "leftover", BASE_WALL_NS, 5, {Channel.CALLER: Codec.OPUS, Channel.AGENT: Codec.OPUS}, {}
+    CallSpool(server.app[SETTINGS].spool_path / "leftover").create(
+        CallDescription(
+            "leftover", BASE_WALL_NS, 5, {Channel.CALLER: Codec.OPUS, Channel.AGENT: Codec.OPUS}, {}
+        )
     )
-    (spool_dir / CALL_FILE).write_text(description.to_json())
 
     body = await server.get_json("/v1/recordings/leftover")
     listed = await server.get_json("/v1/recordings")
@@ -525,7 +566,10 @@ async def test_a_spool_without_a_stored_manifest_shows_as_finalizing(server: Ser
 async def test_an_upload_failure_is_listed_from_the_spool(tmp_path: Path) -> None:
     """When the store refuses the files, the spool's manifest says upload_failed."""
     (tmp_path / "store").write_text("a file where the store's directory should be")
-    running = await start_server(create_app(settings_for(tmp_path)), tmp_path / "store")
+    running = await start_server(
+        create_app(settings_for(tmp_path), clock=ManualClock(wall_ns=BASE_WALL_NS)),
+        tmp_path / "store",
+    )
     try:
         call = running.recorder.open_call()
         await feed(running, call.call_id, 1.0, seed=4)
@@ -600,7 +644,9 @@ async def test_gcs_with_anonymous_credentials_streams_the_audio(
     settings = settings_for(
         tmp_path, storage_type="gcs", storage_path=bucket, gcs_create_bucket=True
     )
-    running = await start_server(create_app(settings), None)
+    running = await start_server(
+        create_app(settings, clock=ManualClock(wall_ns=BASE_WALL_NS)), None
+    )
     try:
         manifest = await make_recording(running)
         key = file_key(manifest, "stereo")
@@ -653,11 +699,19 @@ def build_app_on_store(
 
     async def recorder_ctx(app: web.Application) -> AsyncIterator[None]:
         """Start the recorder with the app and drain it at cleanup, as create_app does."""
-        recorder = Recorder(spool_root=settings.spool_path, store=store, executor=pool)
+        finalizer = Finalizer(spool=Spool(settings.spool_path), store=store, executor=pool)
+        recorder = Recorder(
+            spool=finalizer.spool,
+            on_call_ended=finalizer.submit,
+            clock=ManualClock(wall_ns=BASE_WALL_NS),
+        )
+        app[FINALIZER] = finalizer
         app[RECORDER] = recorder
         await recorder.start()
+        await finalizer.recover()
         yield
         await recorder.close()
+        await finalizer.close()
 
     app.cleanup_ctx.append(recorder_ctx)
     recordings.add_routes(app)

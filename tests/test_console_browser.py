@@ -113,7 +113,7 @@ def test_try_it_echo_puts_the_caller_on_the_right_one_delay_later(seen: dict[str
 def test_recordings_list_shows_the_new_recording_and_filters(seen: dict[str, Any]) -> None:
     """Newest first; a minimum duration of an hour leaves nothing."""
     assert seen["try_call_id"] in seen["list_ids"]
-    assert "hangup" in seen["list_row_text"]
+    assert "whip_delete" in seen["list_row_text"]  # the Try-it page hangs up with WHIP DELETE
     assert seen["list_ids_min_duration_3600"] == []
 
 

@@ -58,7 +58,7 @@ def heard_dialogue(script: list[Utterance], caller: RtpCaller, sent_ns: list[int
     by when the caller received them (the server records what the caller heard)."""
     origin_ns = sent_ns[0]
     runs: list[list[int]] = []
-    for packet in caller.received:
+    for packet in caller.audio:  # the server fills the agent's silences with silence frames
         if runs and packet.arrival_ns - runs[-1][-1] < RUN_GAP_NS:
             runs[-1].append(packet.arrival_ns)
         else:

@@ -71,7 +71,7 @@ async def test_rtp_caller_and_agent_are_recorded_in_sync(tmp_path: Path) -> None
             await asyncio.sleep(2.0)  # the agent answers two seconds into the call
             await agent.send_tone(AGENT_HZ, 300)
             sent = await sending
-            await asyncio.wait_for(caller.got_packet.wait(), 5)
+            await asyncio.wait_for(caller.got_audio.wait(), 5)
             heard = agent.caller_audio()
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
@@ -90,7 +90,7 @@ async def test_rtp_caller_and_agent_are_recorded_in_sync(tmp_path: Path) -> None
     assert left_onset is not None
     # Where the agent's tone must be: as far after the caller's tone as the caller heard it.
     caller_tone_sent_ns = sent[round(1.0 / 0.02)]
-    agent_tone_heard_ns = caller.received[0].arrival_ns
+    agent_tone_heard_ns = caller.audio[0].arrival_ns
     expected_right = left_onset + (agent_tone_heard_ns - caller_tone_sent_ns) / 1e9
     right_onset = find_onset(audio[1], AGENT_HZ, expected_right)
     assert right_onset is not None
@@ -122,15 +122,15 @@ async def test_barge_in_clear_cuts_the_agent_and_returns_its_mark(tmp_path: Path
             await asyncio.sleep(0.2)
             await agent.send_tone(AGENT_HZ, 5000)
             await agent.send_mark("after-the-long-answer")
-            await asyncio.wait_for(caller.got_packet.wait(), 5)
-            while len(caller.received) < 50:  # one second of agent audio has reached the caller
-                caller.got_packet.clear()
-                await asyncio.wait_for(caller.got_packet.wait(), 5)
+            await asyncio.wait_for(caller.got_audio.wait(), 5)
+            while len(caller.audio) < 50:  # one second of agent audio has reached the caller
+                caller.got_audio.clear()
+                await asyncio.wait_for(caller.got_audio.wait(), 5)
             await agent.send_clear()
             mark = await agent.wait_for("mark")
             assert mark["mark"]["name"] == "after-the-long-answer"
             await sending
-            played = len(caller.received)
+            played = len(caller.audio)
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
         await wait_for_recording(client, base, call_id)

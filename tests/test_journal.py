@@ -14,32 +14,30 @@ from mediaserver.recording.journal import (
     HEADER_SIZE,
     RECORD_HEADER_SIZE,
     JournalHeader,
-    JournalRecord,
     JournalWriter,
     build_journal_header,
     parse_journal,
     parse_journal_header,
 )
+from mediaserver.rtp.media_packet import MediaPacket
 
 HEADER = JournalHeader(
     Channel.CALLER, Codec.OPUS, wall_start_ns=1_790_000_000_000_000_000, mono_start_ns=5
 )
 
 
-def _write(records: list[JournalRecord]) -> bytes:
+def _write(records: list[MediaPacket]) -> bytes:
     out = io.BytesIO()
     writer = JournalWriter(out, HEADER)
     for r in records:
-        writer.append(
-            r.arrival_ns, r.rtp_timestamp, r.ssrc, r.sequence, r.payload_type, r.marker, r.payload
-        )
+        writer.append(r)
     writer.flush()
     return out.getvalue()
 
 
 records_strategy = st.lists(
     st.builds(
-        JournalRecord,
+        MediaPacket,
         arrival_ns=st.integers(0, 2**64 - 1),
         rtp_timestamp=st.integers(0, 2**32 - 1),
         ssrc=st.integers(0, 2**32 - 1),
@@ -53,7 +51,7 @@ records_strategy = st.lists(
 
 
 @given(records_strategy)
-def test_records_round_trip(records: list[JournalRecord]) -> None:
+def test_records_round_trip(records: list[MediaPacket]) -> None:
     """Every field of every appended record reads back unchanged."""
     header, parsed = parse_journal(_write(records))
     assert header == HEADER
@@ -61,7 +59,7 @@ def test_records_round_trip(records: list[JournalRecord]) -> None:
 
 
 @given(records_strategy, st.data())
-def test_torn_tail_keeps_whole_records(records: list[JournalRecord], data: st.DataObject) -> None:
+def test_torn_tail_keeps_whole_records(records: list[MediaPacket], data: st.DataObject) -> None:
     """A journal cut anywhere (a crash mid-write) yields exactly the records before the cut."""
     blob = _write(records)
     cut = data.draw(st.integers(HEADER_SIZE, len(blob)))
@@ -76,7 +74,7 @@ def test_torn_tail_keeps_whole_records(records: list[JournalRecord], data: st.Da
 
 def test_record_layout_is_little_endian_fixed_header() -> None:
     """A record is arrival ns, timestamp, SSRC, sequence, PT, flags, length, then the payload."""
-    blob = _write([JournalRecord(7, 0x01020304, 0xAABBCCDD, 0x1234, 111, True, b"\xf8\xff\xfe")])
+    blob = _write([MediaPacket(7, 0x01020304, 0x1234, 0xAABBCCDD, 111, True, b"\xf8\xff\xfe")])
     record = blob[HEADER_SIZE:]
     assert record[:8] == (7).to_bytes(8, "little")  # arrival_ns
     assert record[8:12] == bytes([4, 3, 2, 1])  # RTP timestamp
@@ -121,4 +119,4 @@ def test_oversized_payload_is_refused() -> None:
     """A payload longer than the length field can hold is refused, not truncated."""
     writer = JournalWriter(io.BytesIO(), HEADER)
     with pytest.raises(JournalError, match="exceeds"):
-        writer.append(0, 0, 0, 0, 0, False, bytes(70000))
+        writer.append(MediaPacket(0, 0, 0, 0, 0, False, bytes(70000)))

@@ -85,7 +85,7 @@ def test_clear_drops_audio_and_returns_pending_marks() -> None:
     playout.next_frame()
     assert playout.clear() == ("after",)
     assert playout.buffered_ms == 0
-    assert playout.dropped_samples == FRAME * 249
+    assert playout.cleared_samples == FRAME * 249
     assert playout.next_frame().pcm is None
 
 
@@ -95,7 +95,7 @@ def test_buffer_limit_drops_oldest_audio() -> None:
     for index in range(3):
         playout.push_audio(np.full(RATE, index, np.int16))
     assert playout.buffered_ms == 1000
-    assert playout.dropped_samples == 2 * RATE
+    assert playout.overflow_samples == 2 * RATE
     frame = playout.next_frame().pcm
     assert frame is not None
     assert (frame == 2).all()

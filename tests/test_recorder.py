@@ -22,10 +22,10 @@ from mediaserver.audio.ogg_opus_reader import OggOpusReader
 from mediaserver.clock import ManualClock
 from mediaserver.errors import CallStateError, UnknownCallError
 from mediaserver.finalize import FinalizeOptions
-from mediaserver.recorder import Recorder
-from mediaserver.recording.call import CallStatus
+from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.storage_backends.gcs import GcsStore, RetryPolicy, build_gcs_client
 from mediaserver.storage_backends.local import LocalStore
 from mediaserver.storage_backends.store import StoredObject
@@ -40,6 +40,7 @@ from audio_oracle import (
     tone_amplitude,
 )
 from gcs_emulator import GcsEmulator, find_free_port
+from recorder_rig import RecorderRig
 from rtp_sender import Impairments, SimPacket, SimStream, simulate_stream
 
 CALLER_HZ = 500.0
@@ -94,7 +95,7 @@ def tone_stream(
 
 
 def feed(
-    recorder: Recorder,
+    recorder: RecorderRig,
     call_id: str,
     packets: Iterable[tuple[Channel, SimPacket]],
     base_ns: int,
@@ -102,18 +103,19 @@ def feed(
     """Record packets in arrival order, timestamped from `base_ns`; returns how many."""
     count = 0
     for channel, packet in sorted(packets, key=lambda item: item[1].arrival_s):
-        recorder.record(
+        count += recorder.record(
             call_id,
             channel,
-            arrival_ns=base_ns + round(packet.arrival_s * 1e9),
-            rtp_timestamp=packet.rtp_timestamp,
-            ssrc=packet.ssrc,
-            sequence=packet.sequence,
-            payload_type=OPUS_PAYLOAD_TYPE,
-            marker=False,
-            payload=packet.payload,
+            MediaPacket(
+                base_ns + round(packet.arrival_s * 1e9),
+                packet.rtp_timestamp,
+                packet.sequence,
+                packet.ssrc,
+                OPUS_PAYLOAD_TYPE,
+                False,
+                packet.payload,
+            ),
         )
-        count += 1
     return count
 
 
@@ -221,17 +223,17 @@ class SpoolWitnessStore(LocalStore):
 
 
 @pytest.fixture
-async def recorders() -> AsyncIterator[list[Recorder]]:
+async def recorders() -> AsyncIterator[list[RecorderRig]]:
     """Recorders a test made; each is closed at teardown (a no-op if the test closed it)."""
-    made: list[Recorder] = []
+    made: list[RecorderRig] = []
     yield made
     for recorder in made:
         await recorder.close()
 
 
-def new_recorder(made: list[Recorder], **kwargs: object) -> Recorder:
-    """A Recorder remembered for teardown."""
-    recorder = Recorder(**kwargs)  # type: ignore[arg-type]
+def new_recorder(made: list[RecorderRig], **kwargs: object) -> RecorderRig:
+    """A recording pipeline remembered for teardown."""
+    recorder = RecorderRig(**kwargs)  # type: ignore[arg-type]
     made.append(recorder)
     return recorder
 
@@ -240,7 +242,7 @@ def new_recorder(made: list[Recorder], **kwargs: object) -> Recorder:
 
 
 async def test_refcount_finalizes_once_after_both_channels_end(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """Agent hangup alone keeps recording; caller hangup stores 4 objects, then frees the spool."""
     clock = ManualClock()
@@ -270,21 +272,21 @@ async def test_refcount_finalizes_once_after_both_channels_end(
     assert recorder.stats().live_calls == 1
     assert await recorder.wait_finalized(call_id) is None  # nothing is being finalized
     assert (spool_root / call_id).is_dir()
-    with pytest.raises(CallStateError, match="agent channel already ended"):
-        feed(recorder, call_id, [(Channel.AGENT, agent.packets[-1])], base_ns)
+    # A packet for the ended channel is counted, never journalled.
+    assert feed(recorder, call_id, [(Channel.AGENT, agent.packets[-1])], base_ns) == 0
+    assert call.packets_after_end == 1
     late = [p for p in caller.packets if p.arrival_s >= 1.5]
     fed += feed(recorder, call_id, tagged(Channel.CALLER, late), base_ns)
     assert recorder.stats().packets_recorded == fed == len(caller.packets) + len(agent.packets)
 
     task = recorder.end_channel(call_id, Channel.CALLER)
     assert task is not None
-    with pytest.raises(CallStateError, match="already ended"):
-        recorder.end_channel(call_id, Channel.CALLER)
+    assert call.end(Channel.CALLER, EndReason.CALLER_HANGUP) is False  # ended once only
     async with asyncio.timeout(TIMEOUT_S):
         manifest = await task
     assert manifest is not None
     assert manifest.status is CallStatus.STORED
-    assert manifest.end_reason == "hangup"
+    assert manifest.end_reason == "caller_hangup"
     assert recorder.stats().calls_finalized == 1
 
     # Every object was stored while the spool still existed; the spool is gone now.
@@ -304,7 +306,7 @@ async def test_refcount_finalizes_once_after_both_channels_end(
     assert reports["agent"]["packets"] == len(agent.packets)
 
     # Once stored, the call is unknown: ending or feeding it again is refused.
-    with pytest.raises(CallStateError):
+    with pytest.raises(UnknownCallError):
         recorder.end_channel(call_id, Channel.CALLER)
     with pytest.raises(UnknownCallError):
         recorder.end_call(call_id)
@@ -314,7 +316,7 @@ async def test_refcount_finalizes_once_after_both_channels_end(
 
 
 async def test_unknown_invalid_and_duplicate_call_ids_are_refused(
-    tmp_path: Path, recorders: list[Recorder]
+    tmp_path: Path, recorders: list[RecorderRig]
 ) -> None:
     """Unknown ids raise UnknownCallError; malformed and duplicate ids raise CallStateError."""
     spool_root = tmp_path / "spool"
@@ -359,7 +361,7 @@ async def test_unknown_invalid_and_duplicate_call_ids_are_refused(
 
 
 async def test_stored_channels_carry_each_side_at_its_time_and_checksums_match(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """Caller tones sit left, agent tones right, on time; size, sha256, duration match the files."""
     clock = ManualClock()
@@ -422,7 +424,7 @@ async def test_stored_channels_carry_each_side_at_its_time_and_checksums_match(
 
 
 async def test_g711_call_is_stored_as_opus_with_tones_in_place(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """A μ-law caller and an A-law agent become valid Opus with each tone at its time and pitch."""
     clock = ManualClock()
@@ -484,7 +486,7 @@ async def test_g711_call_is_stored_as_opus_with_tones_in_place(
 async def record_lossless_call(
     tmp_path: Path,
     executor: ProcessPoolExecutor,
-    made: list[Recorder],
+    made: list[RecorderRig],
     caller: list[tuple[int, bytes]],
     agent: list[tuple[int, bytes]],
     agent_start_s: float = 0.0,
@@ -513,13 +515,15 @@ async def record_lossless_call(
         recorder.record(
             call.call_id,
             channel,
-            arrival_ns=base_ns + round(arrival_s * 1e9),
-            rtp_timestamp=1000 + offset,
-            ssrc=0xAAAA if channel is Channel.CALLER else 0xBBBB,
-            sequence=seq,
-            payload_type=OPUS_PAYLOAD_TYPE,
-            marker=False,
-            payload=payload,
+            MediaPacket(
+                base_ns + round(arrival_s * 1e9),
+                1000 + offset,
+                seq,
+                0xAAAA if channel is Channel.CALLER else 0xBBBB,
+                OPUS_PAYLOAD_TYPE,
+                False,
+                payload,
+            ),
         )
     task = recorder.end_call(call.call_id)
     assert task is not None
@@ -541,7 +545,7 @@ def marker_packets(freq_hz: float, at_s: float, frame_ms: int) -> list[bytes]:
 
 
 async def test_lossless_stereo_muxes_both_channels_without_reencoding(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """Lossless mode muxes 2 uncoupled streams (mapping family 1), each side in place."""
     caller = framed(marker_packets(CALLER_HZ, 1.0, 20), 960)
@@ -577,7 +581,7 @@ async def test_lossless_stereo_muxes_both_channels_without_reencoding(
 
 
 async def test_lossless_stereo_falls_back_to_encoding_when_packets_differ(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """10 ms caller packets and a 20 ms agent cannot be muxed: encoded, and the notes say why."""
     caller = framed(marker_packets(CALLER_HZ, 1.0, 10), 480)
@@ -596,7 +600,7 @@ async def test_lossless_stereo_falls_back_to_encoding_when_packets_differ(
 
 
 async def test_lossless_stereo_survives_an_agent_that_starts_later(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """Two 20 ms channels stay lossless when the agent starts 300 ms after the caller."""
     caller = framed(marker_packets(CALLER_HZ, 1.0, 20), 960)
@@ -612,7 +616,7 @@ async def test_lossless_stereo_survives_an_agent_that_starts_later(
 
 
 def feed_silence(
-    recorder: Recorder, call_id: str, start_ns: int, count: int, first_index: int = 0
+    recorder: RecorderRig, call_id: str, start_ns: int, count: int, first_index: int = 0
 ) -> None:
     """`count` 20 ms packets per channel of quiet Opus, arriving every 20 ms from `start_ns`."""
     stream = tone_stream(
@@ -623,18 +627,20 @@ def feed_silence(
             recorder.record(
                 call_id,
                 channel,
-                arrival_ns=start_ns + offset * 20_000_000,
-                rtp_timestamp=packet.rtp_timestamp,
-                ssrc=packet.ssrc,
-                sequence=packet.sequence,
-                payload_type=OPUS_PAYLOAD_TYPE,
-                marker=False,
-                payload=packet.payload,
+                MediaPacket(
+                    start_ns + offset * 20_000_000,
+                    packet.rtp_timestamp,
+                    packet.sequence,
+                    packet.ssrc,
+                    OPUS_PAYLOAD_TYPE,
+                    False,
+                    packet.payload,
+                ),
             )
 
 
 async def test_sweep_expires_idle_calls_only(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """A call idle beyond the retention is ended and stored as expired; a busy one is left alone."""
     clock = ManualClock()
@@ -682,7 +688,7 @@ async def test_sweep_expires_idle_calls_only(
 
 
 async def test_sweep_loop_expires_an_idle_call_by_itself(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """With a 50 ms sweep interval the started recorder expires and stores an idle call alone."""
     clock = ManualClock()
@@ -702,8 +708,12 @@ async def test_sweep_loop_expires_an_idle_call_by_itself(
     keys = expected_keys(call.call_id, call.wall_start_ns)
     manifest_path = stored_path(store, keys["manifest"])
     clock.advance(61.0)
+    async with asyncio.timeout(TIMEOUT_S):
+        # Virtual time: the sweeper wakes once per 50 ms of it; nothing else moves the clock.
+        while recorder.stats().calls_expired == 0:
+            await clock.run_for(0.05)
+            await asyncio.sleep(0.01)
 
-    await wait_until(lambda: recorder.stats().calls_expired == 1)
     await wait_until(manifest_path.exists)
     await wait_until(lambda: not (tmp_path / "spool" / call.call_id).exists())
     stored = json.loads(manifest_path.read_text())
@@ -732,7 +742,7 @@ def list_bucket(port: int, bucket: str) -> dict[str, bytes]:
     return {blob.name: blob.download_as_bytes() for blob in client.list_blobs(bucket)}
 
 
-async def record_short_call(recorder: Recorder, call_id: str) -> Manifest:
+async def record_short_call(recorder: RecorderRig, call_id: str) -> Manifest:
     """Record 1 s of both channels and wait for the finalization's result."""
     recorder.open_call(call_id)
     feed_silence(recorder, call_id, recorder.clock.monotonic_ns(), 50)
@@ -764,7 +774,7 @@ def check_bucket_holds(port: int, bucket: str, manifest: Manifest, call_id: str)
 
 
 async def test_failed_upload_is_kept_and_delivered_by_a_later_sweep(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """With GCS unreachable the spool stays as upload_failed; once GCS is up a sweep delivers it."""
     port, bucket = find_free_port(), "recordings-sweep"
@@ -790,7 +800,7 @@ async def test_failed_upload_is_kept_and_delivered_by_a_later_sweep(
 
 
 async def test_failed_upload_is_delivered_by_a_restarted_recorder(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """A new recorder on the spool of one whose upload failed delivers the files at start()."""
     port, bucket = find_free_port(), "recordings-restart"
@@ -822,7 +832,7 @@ async def test_failed_upload_is_delivered_by_a_restarted_recorder(
             delivered = await second.wait_finalized("stranded")
         assert delivered is not None
         assert delivered.status is CallStatus.STORED
-        assert delivered.end_reason == "hangup"
+        assert delivered.end_reason == "caller_hangup"
         assert [f.sha256 for f in delivered.files] == [f.sha256 for f in failed.files]
         assert second.stats().calls_recovered == 0  # the built files were reused, not rebuilt
         assert not (spool_root / "stranded").exists()
@@ -835,7 +845,7 @@ async def test_failed_upload_is_delivered_by_a_restarted_recorder(
 
 
 async def test_close_ends_live_calls_as_shutdown_and_stores_them(
-    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[Recorder]
+    tmp_path: Path, process_pool: ProcessPoolExecutor, recorders: list[RecorderRig]
 ) -> None:
     """close() ends every live call with end_reason shutdown, stores it, then refuses new calls."""
     clock = ManualClock()

@@ -13,12 +13,12 @@ import pytest
 import structlog
 from crash_child import AGENT_HZ, AGENT_MARKER_S, CALLER_HZ, CALLER_MARKER_S
 
-from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.storage_backends.local import LocalStore
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from recorder_rig import RecorderRig
 
 CHILD_SCRIPT = Path(__file__).with_name("crash_child.py")
 TIMEOUT_S = 60.0
@@ -108,10 +108,10 @@ async def crashed_burst_spool(
 
 async def recover_with_new_recorder(
     tmp_path: Path, executor: ProcessPoolExecutor, call_ids: list[str]
-) -> tuple[Recorder, LocalStore, dict[str, Manifest | None]]:
+) -> tuple[RecorderRig, LocalStore, dict[str, Manifest | None]]:
     """Start a fresh recorder on the spool and wait for the recoveries of the given calls."""
     store = LocalStore(tmp_path / "store")
-    recorder = Recorder(spool_root=tmp_path / "spool", store=store, executor=executor)
+    recorder = RecorderRig(spool_root=tmp_path / "spool", store=store, executor=executor)
     await recorder.start()
     results: dict[str, Manifest | None] = {}
     async with asyncio.timeout(TIMEOUT_S):

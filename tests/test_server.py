@@ -31,13 +31,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 async def test_sigterm_drains_live_calls_into_storage(tmp_path: Path) -> None:
-    """SIGTERM: the live call is ended and stored (end_reason shutdown), then the process exits."""
+    """SIGTERM: a call still live at the drain timeout is ended (shutdown) and stored; exit 0."""
     process = await asyncio.create_subprocess_exec(
         *CLI,
         "serve",
         "--port",
         "0",
-        env=_env(tmp_path, MEDIASERVER_API_TOKEN=TOKEN),
+        env=_env(tmp_path, MEDIASERVER_API_TOKEN=TOKEN, MEDIASERVER_DRAIN_TIMEOUT_S="1"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

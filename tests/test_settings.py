@@ -82,6 +82,7 @@ def test_every_numeric_setting_can_come_from_the_environment(field: Field[object
         "stereo_bitrate_bps": 24000,
         "stereo_complexity": 5,
         "rtp_port_min": 40500,
+        "max_cpu_share": 0.5,
         "vad_mode": 2,
         "vad_frame_ms": 20,
     }

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from mediaserver.clock import ManualClock
-from mediaserver.recorder import Recorder
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.storage_backends.local import LocalStore
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from recorder_rig import RecorderRig
 from rtp_sender import Impairments, SimStream, simulate_stream
 
 CALLER_HZ = 500.0
@@ -29,8 +30,12 @@ async def _record(
     tmp_path: Path, executor: object, caller: SimStream, agent: SimStream, clock: ManualClock
 ) -> tuple[Manifest, Path]:
     store = LocalStore(tmp_path / "store")
-    recorder = Recorder(spool_root=tmp_path / "spool", store=store, executor=executor)  # type: ignore[arg-type]
-    recorder.clock = clock
+    recorder = RecorderRig(
+        spool_root=tmp_path / "spool",
+        store=store,
+        executor=executor,  # type: ignore[arg-type]
+        clock=clock,
+    )
     await recorder.start()
     call = recorder.open_call()
     base_ns = clock.monotonic_ns()
@@ -42,13 +47,15 @@ async def _record(
         recorder.record(
             call.call_id,
             channel,
-            arrival_ns=base_ns + round(packet.arrival_s * 1e9),
-            rtp_timestamp=packet.rtp_timestamp,
-            ssrc=packet.ssrc,
-            sequence=packet.sequence,
-            payload_type=PAYLOAD_TYPE,
-            marker=False,
-            payload=packet.payload,
+            MediaPacket(
+                base_ns + round(packet.arrival_s * 1e9),
+                packet.rtp_timestamp,
+                packet.sequence,
+                packet.ssrc,
+                PAYLOAD_TYPE,
+                False,
+                packet.payload,
+            ),
         )
     recorder.end_channel(call.call_id, Channel.AGENT)
     task = recorder.end_channel(call.call_id, Channel.CALLER)

@@ -9,13 +9,9 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from mediaserver.errors import SettingsError
-from mediaserver.recording.timeline import (
-    Placement,
-    TimedPacket,
-    Timeline,
-    TimelineConfig,
-    compute_timeline,
-)
+from mediaserver.recording.timeline import Placement, Timeline, TimelineConfig
+
+from timeline_input import TimedPacket, place
 
 RATE_HZ = 48000
 FRAME_UNITS = 960  # 20 ms at 48 kHz
@@ -180,7 +176,7 @@ def test_perfect_stream_is_contiguous_from_first_arrival() -> None:
     """An unimpaired stream is placed back to back, starting where its first packet arrived."""
     delivery = deliver(speak(start_ns=1 * NS_PER_S, seconds=10), random.Random(1))
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     starts = [placement.start for placement in timeline.placements]
     assert starts[0] == 1 * RATE_HZ
@@ -194,7 +190,7 @@ def test_jitter_does_not_move_audio() -> None:
     """60 ms of random arrival jitter leaves every packet within one granule of its true place."""
     delivery = deliver(speak(start_ns=NS_PER_S, seconds=120), random.Random(2), jitter_ms=60)
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert timeline.stats.placed == len(delivery.packets)
     errors = errors_ms(timeline, delivery, 0)
@@ -210,7 +206,7 @@ def test_loss_is_counted_and_leaves_gaps() -> None:
         speak(start_ns=NS_PER_S, seconds=60), random.Random(3), jitter_ms=10, loss=0.05
     )
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert timeline.stats.lost == expected_lost(delivery) > 100
     assert timeline.stats.placed == len(delivery.packets)
@@ -232,7 +228,7 @@ def test_reordering_and_duplicates_are_counted_exactly() -> None:
         duplicate=0.01,
     )
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert timeline.stats.duplicates == delivery.duplicates > 30
     assert timeline.stats.reordered == expected_reordered(delivery) > 60
@@ -252,7 +248,7 @@ def test_late_reordered_packet_is_dropped() -> None:
     # Arrives 600 ms after its time, behind 30 newer packets.
     packets.insert(130, replace(late, arrival_ns=packets[129].arrival_ns + 1))
     config = TimelineConfig()
-    timeline = compute_timeline(packets, origin_ns=0, config=config)
+    timeline = place(packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert (timeline.stats.late_dropped, timeline.stats.lost, timeline.stats.reordered) == (1, 0, 0)
     assert timeline.stats.audio_dropped_ms == 20
@@ -272,7 +268,7 @@ def test_ssrc_change_with_timestamp_jump_starts_new_run_at_arrival() -> None:
     )
     delivery = deliver(first + second, random.Random(6))
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert (timeline.stats.runs, timeline.stats.ssrc_changes, timeline.stats.lost) == (2, 1, 0)
     assert timeline.stats.placed == 1000
@@ -286,7 +282,7 @@ def test_long_silence_with_running_timestamps_is_not_a_jump() -> None:
     sent = speak(start_ns=NS_PER_S, seconds=50, talk_s=10, pause_s=30)
     delivery = deliver(sent, random.Random(7))
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert (timeline.stats.runs, timeline.stats.timestamp_jumps, timeline.stats.lost) == (1, 0, 0)
     assert all(error == 0 for error in errors_ms(timeline, delivery, 0))
@@ -306,7 +302,7 @@ def test_stopped_sender_clock_starts_new_run_placed_by_arrival() -> None:
     )
     delivery = deliver(first + second, random.Random(8))
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert (timeline.stats.runs, timeline.stats.timestamp_jumps, timeline.stats.lost) == (2, 1, 0)
     assert all(error == 0 for error in errors_ms(timeline, delivery, 0))
@@ -320,7 +316,7 @@ def test_sequence_and_timestamp_wrap_keep_one_run() -> None:
     )
     delivery = deliver(sent, random.Random(9), jitter_ms=30, reorder=0.02)
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert (timeline.stats.runs, timeline.stats.lost, timeline.stats.placed) == (1, 0, 500)
     assert all(abs(error) <= 2.5 for error in errors_ms(timeline, delivery, 0))
@@ -338,7 +334,7 @@ def test_drift_with_jitter_is_tracked(clock_error_ppm: float) -> None:
     )
     delivery = deliver(sent, random.Random(10), jitter_ms=60)
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert all(abs(error) <= 20 for error in errors_ms(timeline, delivery, 0))
     assert timeline.stats.drift_corrections > 0
@@ -363,7 +359,7 @@ def test_drift_without_jitter_is_corrected_in_pauses(clock_error_ppm: float) -> 
     )
     delivery = deliver(sent, random.Random(11))
     config = TimelineConfig(drift_soft_bound_ms=2.5)
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert all(abs(error) <= 5 for error in errors_ms(timeline, delivery, 0))
     assert timeline.stats.drift_corrections > 0
@@ -377,7 +373,7 @@ def test_drift_in_unbroken_speech_is_corrected_at_hard_bound(clock_error_ppm: fl
     sent = speak(start_ns=NS_PER_S, seconds=600, clock_error_ppm=clock_error_ppm)
     delivery = deliver(sent, random.Random(12))
     config = TimelineConfig()
-    timeline = compute_timeline(delivery.packets, origin_ns=0, config=config)
+    timeline = place(delivery.packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert all(abs(error) <= 15 + 1.25 + 0.1 for error in errors_ms(timeline, delivery, 0))
     # 600 s * 200 ppm = 120 ms to correct in steps just over 15 ms.
@@ -407,7 +403,7 @@ def test_silence_hint_allows_early_correction() -> None:
         for p in delivery.packets
     ]
     config = TimelineConfig()
-    timeline = compute_timeline(hinted, origin_ns=0, config=config)
+    timeline = place(hinted, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     assert all(abs(error) <= 5 + 1.25 + 1.1 for error in errors_ms(timeline, delivery, 0))
     assert timeline.stats.drift_corrections > 0
@@ -418,7 +414,7 @@ def test_origin_before_anchor_keeps_starts_non_negative() -> None:
     delivery = deliver(speak(start_ns=NS_PER_S, seconds=1), random.Random(14))
     config = TimelineConfig()
     origin_ns = NS_PER_S + 30 * MS  # the first packet's first half sits before the origin
-    timeline = compute_timeline(delivery.packets, origin_ns=origin_ns, config=config)
+    timeline = place(delivery.packets, origin_ns=origin_ns, config=config)
     assert_well_formed(timeline, config)
     assert timeline.placements[0].start == 0
     assert timeline.stats.overlaps_dropped == 1  # the packet at -30 ms lies entirely before 0
@@ -430,7 +426,7 @@ def test_absurd_gap_is_capped() -> None:
     second = speak(start_ns=NS_PER_S + 120 * NS_PER_S, seconds=2, first_serial=100, ssrc=2)
     delivery = deliver(first + second, random.Random(15))
     config = TimelineConfig(max_gap_ms=10_000)
-    timeline = compute_timeline(delivery.packets, origin_ns=NS_PER_S, config=config)
+    timeline = place(delivery.packets, origin_ns=NS_PER_S, config=config)
     assert_well_formed(timeline, config)
     assert timeline.stats.gap_capped == 1
     assert timeline.placements[100].start == 2 * RATE_HZ + 10 * RATE_HZ
@@ -445,7 +441,7 @@ def test_one_stray_packet_from_another_stream_is_dropped() -> None:
     stray = TimedPacket(middle.arrival_ns + 1, 777, 5, 0xBAD, FRAME_UNITS, 9999)
     packets.insert(101, stray)
     config = TimelineConfig()
-    timeline = compute_timeline(packets, origin_ns=0, config=config)
+    timeline = place(packets, origin_ns=0, config=config)
     assert_well_formed(timeline, config)
     stats = timeline.stats
     assert (stats.runs, stats.outliers_dropped, stats.placed) == (1, 1, 200)
@@ -453,7 +449,7 @@ def test_one_stray_packet_from_another_stream_is_dropped() -> None:
 
 def test_empty_input_gives_empty_timeline() -> None:
     """No packets give no placements and zeroed statistics."""
-    timeline = compute_timeline([], origin_ns=0, config=TimelineConfig())
+    timeline = place([], origin_ns=0, config=TimelineConfig())
     assert timeline.placements == ()
     assert (timeline.stats.packets, timeline.stats.start, timeline.stats.end) == (0, 0, 0)
 
@@ -464,14 +460,14 @@ def test_granularity_one_places_g711_exactly() -> None:
         TimedPacket(NS_PER_S + k * 20 * MS, 1000 + 160 * k, 7 + k, 9, 160, k) for k in range(100)
     ]
     config = TimelineConfig(clock_rate_hz=8000, granularity=1)
-    timeline = compute_timeline(packets, origin_ns=0, config=config)
+    timeline = place(packets, origin_ns=0, config=config)
     assert [p.start for p in timeline.placements] == [8000 + 160 * k for k in range(100)]
 
 
 def test_zero_duration_packets_are_counted_not_placed() -> None:
     """Packets that carry no audio are counted as empty and left out."""
     packets = [TimedPacket(k * 20 * MS, 960 * k, k, 1, 0 if k == 3 else 960, k) for k in range(10)]
-    timeline = compute_timeline(packets, origin_ns=0, config=TimelineConfig())
+    timeline = place(packets, origin_ns=0, config=TimelineConfig())
     assert (timeline.stats.empty_dropped, timeline.stats.placed) == (1, 9)
     assert 3 not in {placement.index for placement in timeline.placements}
 
@@ -481,7 +477,7 @@ def test_zero_duration_packets_are_counted_not_placed() -> None:
     [
         {"granularity": 0},
         {"clock_rate_hz": 0},
-        {"anchor_window_packets": 0},
+        {"max_drift_ppm": 0},
         {"drift_soft_bound_ms": 20.0, "drift_hard_bound_ms": 10.0},
         {"max_gap_ms": 0},
     ],
@@ -495,3 +491,43 @@ def test_invalid_config_is_rejected(overrides: dict[str, float]) -> None:
 def test_placement_is_a_plain_value() -> None:
     """Placements compare by value, so callers can check them in tables."""
     assert Placement(0, 960, 1) == Placement(0, 960, 1)
+
+
+def stall(delivery: Delivery, *, at_ns: int, stall_ns: int) -> Delivery:
+    """Hold every packet that arrives during a stall of the receiver until the stall ends."""
+    held = [
+        replace(p, arrival_ns=at_ns + stall_ns) if at_ns <= p.arrival_ns < at_ns + stall_ns else p
+        for p in delivery.packets
+    ]
+    return replace(delivery, packets=held)
+
+
+@pytest.mark.parametrize("stall_at_s", [0.5, 30.0, 59.0])
+def test_receiver_stall_moves_nothing_and_drops_nothing(stall_at_s: float) -> None:
+    """A 2 s stall of the receiving loop (arrivals bunched at its end) changes no placement."""
+    # A stalled event loop reads a socket's backlog all at once: arrivals bunch, media times do
+    # not. Nothing may be dropped as an overlap, no drift may be "corrected", and every packet
+    # stays where it belongs (±5 ms) - at the start, in the middle and at the end of a run.
+    delivery = deliver(speak(start_ns=NS_PER_S, seconds=60), random.Random(9), jitter_ms=20)
+    stalled = stall(delivery, at_ns=NS_PER_S + int(stall_at_s * NS_PER_S), stall_ns=2 * NS_PER_S)
+    config = TimelineConfig()
+    calm = place(delivery.packets, origin_ns=0, config=config)
+    timeline = place(stalled.packets, origin_ns=0, config=config)
+    assert_well_formed(timeline, config)
+    stats = timeline.stats
+    assert (stats.placed, stats.overlaps_dropped, stats.late_dropped) == (3000, 0, 0)
+    assert (stats.runs, stats.timestamp_jumps, stats.drift_corrections) == (1, 0, 0)
+    assert stats.silence_ms == calm.stats.silence_ms
+    errors = errors_ms(timeline, stalled, 0)
+    assert max(abs(e) for e in errors) <= 5.0, max(errors, key=abs)
+
+
+def test_drift_is_still_followed_after_a_stall() -> None:
+    """A sender 200 ppm fast is still followed when a 2 s stall sits in the middle of its call."""
+    sent = speak(start_ns=NS_PER_S, seconds=600, clock_error_ppm=200, talk_s=3, pause_s=1)
+    delivery = deliver(sent, random.Random(10), jitter_ms=20)
+    stalled = stall(delivery, at_ns=300 * NS_PER_S, stall_ns=2 * NS_PER_S)
+    timeline = place(stalled.packets, origin_ns=0, config=TimelineConfig())
+    assert 150 <= timeline.stats.drift_ppm <= 250
+    assert timeline.stats.overlaps_dropped == 0
+    assert max(abs(e) for e in errors_ms(timeline, stalled, 0)) <= 20.0

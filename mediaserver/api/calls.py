@@ -9,7 +9,7 @@ from aiohttp import web
 
 from mediaserver.api.body import read_json_object
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import DRAINING, HTTP_CLIENT, HUB, PORTS, SETTINGS
+from mediaserver.api.keys import HTTP_CLIENT, HUB, PORTS, SETTINGS
 from mediaserver.calls import CallHub
 from mediaserver.errors import AgentDialError, CallStateError
 from mediaserver.recorder import CALL_ID_PATTERN
@@ -42,39 +42,36 @@ def _codec(value: Any, field: str) -> Codec:
         raise ApiError(400, "bad_request", f"{field} must be one of {choices}") from None
 
 
-def _refuse_while_draining(request: web.Request) -> None:
-    """New calls are refused once shutdown has begun."""
-    if request.app[DRAINING]["draining"]:
-        raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
-
-
 def describe_session(session: CallSession) -> dict[str, Any]:
     """A live call as the API shows it."""
-    caller_stats = getattr(session.caller, "stats", None)
-    if callable(caller_stats):  # WebRTC legs compute their stats on demand
-        caller_stats = caller_stats()
+    bridge = session.bridge
+    agent: dict[str, Any] = {
+        "kind": _link_kind(session.agent),
+        "connected": bridge is not None and session.leg_open(Channel.AGENT),
+        "open": session.leg_open(Channel.AGENT),
+        "frames_played": session.stats.agent_frames_played,
+        "buffered_ms": bridge.buffered_ms if bridge is not None else 0.0,
+    }
+    if bridge is not None:
+        agent.update(
+            marks_echoed=bridge.stats.marks_echoed,
+            clears=bridge.stats.clears,
+            caller_frames_sent=bridge.stats.caller_frames_to_agent,
+        )
     return {
         "call_id": session.call_id,
         "status": "recording",
         "caller_codec": session.caller_codec.value,
-        "created_at_ns": session.call.wall_start_ns,
+        "created_at_ns": session.recording.wall_start_ns,
         "legs": {
             "caller": {
                 "kind": _link_kind(session.caller),
                 "connected": session.caller is not None,
                 "open": session.leg_open(Channel.CALLER),
                 "packets": session.stats.caller_packets,
-                "transport": _plain(caller_stats),
+                "transport": None if session.caller is None else session.caller.describe(),
             },
-            "agent": {
-                "kind": _link_kind(session.agent),
-                "connected": session.agent is not None,
-                "open": session.leg_open(Channel.AGENT),
-                "frames_played": session.stats.agent_frames_played,
-                "marks_echoed": session.stats.agent_marks_echoed,
-                "clears": session.stats.agent_clears,
-                "buffered_ms": session.playout.buffered_ms if session.playout else 0.0,
-            },
+            "agent": agent,
         },
         "dropped": session.drop_counts(),
         "metadata": session.metadata,
@@ -90,17 +87,6 @@ def _link_kind(link: object) -> str | None:
         EchoAgent: "echo",
     }
     return None if link is None else kinds.get(type(link), type(link).__name__)
-
-
-def _plain(stats: object) -> Any:
-    """A stats object as JSON-ready data."""
-    if stats is None:
-        return None
-    if hasattr(stats, "__dataclass_fields__"):
-        return {k: _plain(getattr(stats, k)) for k in stats.__dataclass_fields__}
-    if isinstance(stats, tuple):
-        return list(stats)
-    return stats if isinstance(stats, int | float | str | bool | dict | list) else str(stats)
 
 
 def _agent_format(value: Any) -> AudioFormat:
@@ -141,7 +127,7 @@ async def _dial_agent(
         )
     except AgentDialError as exc:
         log.warning("call.agent_dial_failed", call_id=session.call_id, error=str(exc))
-        session.on_agent_ended("dial_failed")
+        session.end_agent_leg(EndReason.DIAL_FAILED, detail=str(exc))
         return
     if session.closed or not session.leg_open(Channel.AGENT):
         await connection.close("call ended")
@@ -152,7 +138,6 @@ async def _dial_agent(
 
 async def create_call(request: web.Request) -> web.Response:
     """POST /v1/calls: open a call (optionally dialling out to its agent)."""
-    _refuse_while_draining(request)
     body = await read_json_object(request)
     known = {"call_id", "caller_codec", "agent_url", "agent_format", "metadata", "status_callback"}
     unknown = set(body) - known
@@ -233,7 +218,7 @@ async def get_call(request: web.Request) -> web.Response:
 async def end_call(request: web.Request) -> web.Response:
     """DELETE /v1/calls/{id}: end both legs; the recording is finalized in the background."""
     call_id = request.match_info["call_id"]
-    request.app[HUB].get(call_id).end("api", EndReason.HANGUP)
+    request.app[HUB].get(call_id).end(EndReason.API)
     return web.json_response(
         {"call_id": call_id, "status": "finalizing", "recording": f"/v1/recordings/{call_id}"},
         status=202,
@@ -259,6 +244,7 @@ async def create_rtp_leg(request: web.Request) -> web.Response:
         host=settings.rtp_host,
         ports=request.app[PORTS],
         media_timeout_s=settings.rtp_media_timeout_s,
+        clock=hub.clock,
     )
     port = await transport.start()
     try:

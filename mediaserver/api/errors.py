@@ -8,10 +8,14 @@ from aiohttp import web
 from mediaserver.errors import (
     CallStateError,
     InvalidKeyError,
+    MalformedSdpError,
     MediaServerError,
     ObjectNotFoundError,
+    OverloadedError,
     StorageError,
     UnknownCallError,
+    UnsupportedSdpError,
+    WebRtcSetupError,
 )
 
 log = structlog.get_logger(__name__)
@@ -57,6 +61,14 @@ _STATUS_CODES = {
 
 def _map_error(exc: MediaServerError) -> tuple[int, str]:
     """Status and code for one of our own errors."""
+    if isinstance(exc, OverloadedError):
+        return 503, "overloaded"
+    if isinstance(exc, MalformedSdpError):
+        return 400, "malformed_sdp"  # RFC 9110 §15.5.1
+    if isinstance(exc, UnsupportedSdpError):
+        return 422, "unsupported_sdp"  # well-formed, asking for what this server does not do
+    if isinstance(exc, WebRtcSetupError):
+        return 500, "webrtc_setup_failed"  # our configuration, not the request
     if isinstance(exc, UnknownCallError | ObjectNotFoundError):
         return 404, "not_found"
     if isinstance(exc, CallStateError):
@@ -65,8 +77,7 @@ def _map_error(exc: MediaServerError) -> tuple[int, str]:
         return 400, "bad_request"
     if isinstance(exc, StorageError):
         return 503, "storage_unavailable"
-    status = getattr(exc, "http_status", 500)
-    return status, getattr(exc, "code", _STATUS_CODES.get(status, "internal_error"))
+    return 500, "internal_error"
 
 
 def _extra_headers(exc: web.HTTPException) -> dict[str, str]:
@@ -92,9 +103,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status_code, code, exc.reason, _extra_headers(exc))
     except MediaServerError as exc:
         status, code = _map_error(exc)
-        if status >= 500:
+        headers = None
+        if isinstance(exc, OverloadedError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif status >= 500:
             log.error("api.error", path=request.path, error=str(exc))
-        return error_response(status, code, str(exc))
+        return error_response(status, code, str(exc), headers)
     except Exception:
         # A bug, not bad input: logged with its traceback, answered in the API's own JSON shape
         # without internals (the fuzz test in tests/test_api_fuzz.py hunts for these).

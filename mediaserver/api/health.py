@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from mediaserver.api.keys import DRAINING, METRICS
+from mediaserver.api.keys import HUB, LOAD, METRICS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -11,9 +11,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for new calls (not while draining for shutdown)."""
-    if request.app[DRAINING]["draining"]:
+    """Ready for new calls: not while draining for shutdown, nor while overloaded."""
+    hub = request.app[HUB]
+    if hub.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if not request.app[LOAD].ready(len(hub.sessions())):
+        return web.json_response({"status": "overloaded"}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -5,8 +5,10 @@ from concurrent.futures import ProcessPoolExecutor
 import aiohttp
 from aiohttp import web
 
+from mediaserver.admission import LoadMonitor
 from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.calls import CallHub
+from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
@@ -21,11 +23,12 @@ JOB_POOL = web.AppKey("job_pool", ProcessPoolExecutor)  # post-call jobs, niced
 JOBS = web.AppKey("jobs", JobScheduler)
 EVENTS = web.AppKey("events", CallEvents)  # webhook events of recordings and jobs
 STORE = web.AppKey("store", ObjectStore)
+FINALIZER = web.AppKey("finalizer", Finalizer)
 RECORDER = web.AppKey("recorder", Recorder)
 HUB = web.AppKey("hub", CallHub)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 PORTS = web.AppKey("ports", PortAllocator)
 METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
-DRAINING = web.AppKey("draining", dict[str, bool])
+LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)

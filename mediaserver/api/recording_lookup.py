@@ -18,7 +18,6 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date
-from pathlib import Path
 
 from mediaserver.api.errors import ApiError
 from mediaserver.api.recording_index import RecordingIndex, StoredEntry
@@ -32,8 +31,8 @@ from mediaserver.catalog.recording_view import (
 from mediaserver.errors import JournalError, ObjectNotFoundError, UnknownCallError
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder
 from mediaserver.recording.call import CallStatus
-from mediaserver.recording.manifest import Manifest, format_utc, parse_manifest
-from mediaserver.recording.spool import CALL_FILE, MANIFEST_FILE, parse_call_description
+from mediaserver.recording.manifest import format_utc
+from mediaserver.recording.spool import CallSpool, Spool
 
 MANIFEST_FETCH_CONCURRENCY = 8
 
@@ -49,7 +48,7 @@ async def find_recording(recorder: Recorder, index: RecordingIndex, call_id: str
         pass
     else:
         return build_live_view(call, recorder.clock.monotonic_ns())
-    spooled = await asyncio.to_thread(read_spool_view, recorder.spool_root / call_id)
+    spooled = await asyncio.to_thread(read_spool_view, recorder.spool.call(call_id))
     if spooled is not None and spooled.call_id == call_id:
         return spooled
     key = await index.find_manifest_key(call_id)
@@ -72,7 +71,7 @@ async def collect_page(
     # Live calls, then spools, then the store: a call moving on meanwhile is still seen once.
     now_ns = recorder.clock.monotonic_ns()
     known = {call.call_id: build_live_view(call, now_ns) for call in recorder.live_calls()}
-    spooled = await asyncio.to_thread(read_spool_views, recorder.spool_root, set(known))
+    spooled = await asyncio.to_thread(read_spool_views, recorder.spool, set(known))
     known.update({view.call_id: view for view in spooled})
     stored = await index.list_stored()
     accepted = [view for view in known.values() if accepts(query, view)]
@@ -104,17 +103,16 @@ async def collect_page(
     return page[: query.limit], build_cursor(last.created_at, last.call_id)
 
 
-def read_spool_view(spool_dir: Path) -> RecordingView | None:
-    """What a spool directory says about its call (blocking: run in a thread)."""
+def read_spool_view(spool: CallSpool) -> RecordingView | None:
+    """What a call's spool says about it (blocking: run in a thread)."""
     try:
-        description = parse_call_description((spool_dir / CALL_FILE).read_text())
+        description = spool.read_description()
     except (OSError, JournalError):
         return None  # being released, or not a call's spool
-    manifest: Manifest | None = None
     try:
-        manifest = parse_manifest((spool_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        manifest = None  # not built yet, or being rewritten right now
+        manifest = spool.read_manifest()  # None: not built yet, or being rewritten right now
+    except OSError:
+        manifest = None
     created_at = parse_time(format_utc(description.wall_start_ns))
     if manifest is not None and manifest.status is CallStatus.UPLOAD_FAILED:
         return RecordingView(
@@ -129,18 +127,19 @@ def read_spool_view(spool_dir: Path) -> RecordingView | None:
     )
 
 
-def read_spool_views(spool_root: Path, skip: Iterable[str]) -> list[RecordingView]:
+def read_spool_views(spool: Spool, skip: Iterable[str]) -> list[RecordingView]:
     """Every spool's view except the ids in `skip` (blocking: run in a thread)."""
     skipped = set(skip)
     try:
-        names = sorted(path.name for path in spool_root.iterdir() if path.is_dir())
+        spools = spool.list_calls()
     except OSError:
         return []
     views = []
-    for name in names:
+    for call_spool in spools:
+        name = call_spool.call_id
         if name in skipped or not CALL_ID_PATTERN.fullmatch(name):
             continue
-        view = read_spool_view(spool_root / name)
+        view = read_spool_view(call_spool)
         if view is not None and view.call_id == name:
             views.append(view)
     return views

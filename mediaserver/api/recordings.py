@@ -29,7 +29,6 @@ from mediaserver.catalog.recording_view import (
     build_list_item,
 )
 from mediaserver.errors import ObjectNotFoundError
-from mediaserver.recorder import Recorder
 from mediaserver.recording.manifest import FileEntry, Manifest
 from mediaserver.storage_backends.keys import OGG_OPUS_CONTENT_TYPE, build_recording_keys
 from mediaserver.storage_backends.store import ObjectStore
@@ -215,25 +214,9 @@ async def _delete_if_present(store: ObjectStore, key: str) -> None:
         return
 
 
-class _RecorderClock:
-    """The recorder's current clock, so that a clock injected into the recorder applies here too."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        """Follow `recorder.clock`."""
-        self._recorder = recorder
-
-    def monotonic_ns(self) -> int:
-        """The recorder's monotonic nanoseconds."""
-        return self._recorder.clock.monotonic_ns()
-
-    def wall_ns(self) -> int:
-        """The recorder's UTC epoch nanoseconds."""
-        return self._recorder.clock.wall_ns()
-
-
 async def _create_index(app: web.Application) -> None:
     """Build the recording index once the store and the recorder exist."""
-    app[RECORDING_INDEX] = RecordingIndex(app[STORE], _RecorderClock(app[RECORDER]))
+    app[RECORDING_INDEX] = RecordingIndex(app[STORE], app[RECORDER].clock)
 
 
 def add_routes(app: web.Application) -> None:

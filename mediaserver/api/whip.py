@@ -4,11 +4,12 @@ from aiohttp import web
 
 from mediaserver.api.body import read_text
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import DRAINING, HUB, SETTINGS
+from mediaserver.api.keys import HUB, SETTINGS
 from mediaserver.errors import CallStateError
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.settings import split_list
-from mediaserver.transports.webrtc import SdpError, WebRtcCallerTransport
+from mediaserver.transports.webrtc import WebRtcCallerTransport, parse_offered_audio
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
@@ -20,16 +21,10 @@ CORS_HEADERS = {
 }
 
 
-def _sdp_error(exc: SdpError) -> ApiError:
-    """Map an SDP problem to its status."""
-    return ApiError(exc.http_status, exc.code, str(exc))
-
-
 async def create_session(request: web.Request) -> web.Response:
     """POST /whip: the offer in, 201 with the answer and the session's Location out."""
-    if request.app[DRAINING]["draining"]:
-        raise ApiError(503, "draining", "the server is shutting down", headers={"Retry-After": "5"})
     offer = await read_text(request, SDP, "SDP")
+    parse_offered_audio(offer)  # a bad offer is refused before any call is set up for it
     hub = request.app[HUB]
     call_id = request.query.get("call_id")
     created = call_id is None
@@ -48,14 +43,11 @@ async def create_session(request: web.Request) -> web.Response:
             sink=session,
             ice_servers=split_list(settings.ice_servers),
             ice_host_addresses=split_list(settings.ice_host_addresses),
+            clock=hub.clock,
         )
-    except SdpError as exc:
-        if created:
-            hub.discard(session)  # nothing stays allocated for a refused offer
-        raise _sdp_error(exc) from None
     except BaseException:
         if created:
-            hub.discard(session)
+            hub.discard(session)  # nothing stays allocated for a refused offer
         raise
     session.attach_caller(transport)
     location = f"/whip/{session.call_id}"
@@ -79,17 +71,14 @@ async def patch_session(request: web.Request) -> web.Response:
     """PATCH /whip/{id}: trickled ICE candidates (RFC 8840 SDP fragment)."""
     fragment = await read_text(request, TRICKLE, "SDP fragment")
     transport = _transport(request)
-    try:
-        await transport.add_ice_candidates(fragment)
-    except SdpError as exc:
-        raise _sdp_error(exc) from None
+    await transport.add_ice_candidates(fragment)
     return web.Response(status=204, headers=CORS_HEADERS)
 
 
 async def delete_session(request: web.Request) -> web.Response:
     """DELETE /whip/{id}: the caller hangs up."""
     session = request.app[HUB].get(request.match_info["call_id"])
-    session.on_caller_ended("whip_delete")
+    session.end(EndReason.WHIP_DELETE)
     return web.Response(status=200, headers=CORS_HEADERS)
 
 

@@ -2,10 +2,11 @@
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from mediaserver.jobs.state import summarize_jobs
-from mediaserver.recording.call import Call, CallStatus
+from mediaserver.recording.call import CallStatus
+from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest, format_utc
 
 RECORDINGS_PATH = "/v1/recordings"
@@ -120,7 +121,41 @@ def build_detail(view: RecordingView) -> dict[str, Any]:
     return body
 
 
-def build_live_view(call: Call, now_monotonic_ns: int) -> RecordingView:
+class LiveCall(Protocol):
+    """What the catalog reads of a call still recording (a CallRecording)."""
+
+    @property
+    def call_id(self) -> str:
+        """The call's id."""
+        ...
+
+    @property
+    def status(self) -> CallStatus:
+        """Recording or finalizing."""
+        ...
+
+    @property
+    def wall_start_ns(self) -> int:
+        """When it opened (UTC epoch ns)."""
+        ...
+
+    @property
+    def mono_start_ns(self) -> int:
+        """When it opened (monotonic ns)."""
+        ...
+
+    @property
+    def open_channels(self) -> frozenset[Channel]:
+        """Channels still recording."""
+        ...
+
+    @property
+    def codecs(self) -> dict[Channel, Codec]:
+        """Each channel's codec."""
+        ...
+
+
+def build_live_view(call: LiveCall, now_monotonic_ns: int) -> RecordingView:
     """A call still recording: duration so far, open channels, codecs."""
     return RecordingView(
         call_id=call.call_id,

@@ -1,10 +1,6 @@
-"""A recorded call's state: two channels, a reference count, and when it was last active."""
+"""What a recording's status can be, and why a call ended."""
 
-from dataclasses import dataclass, field
 from enum import Enum
-
-from mediaserver.errors import CallStateError
-from mediaserver.recording.channel import Channel, Codec
 
 
 class CallStatus(Enum):
@@ -19,47 +15,16 @@ class CallStatus(Enum):
 
 
 class EndReason(Enum):
-    """Why a channel ended."""
+    """Why a call (or one of its legs) ended."""
 
-    HANGUP = "hangup"
-    EXPIRED = "expired"
-    SHUTDOWN = "shutdown"
-    RECOVERED = "recovered"
-
-
-@dataclass(slots=True)
-class Call:
-    """One call: one reference per channel, finalized when the last one is dropped."""
-
-    call_id: str
-    wall_start_ns: int
-    mono_start_ns: int
-    codecs: dict[Channel, Codec]
-    last_activity_ns: int
-    open_channels: set[Channel] = field(default_factory=lambda: set(Channel))
-    status: CallStatus = CallStatus.RECORDING
-    end_reason: EndReason | None = None
-
-    @property
-    def refcount(self) -> int:
-        """Channels still open."""
-        return len(self.open_channels)
-
-    def touch(self, now_ns: int) -> None:
-        """Note activity on the call (a packet, a message)."""
-        self.last_activity_ns = now_ns
-
-    def idle_ns(self, now_ns: int) -> int:
-        """How long the call has seen no activity."""
-        return now_ns - self.last_activity_ns
-
-    def end_channel(self, channel: Channel, reason: EndReason = EndReason.HANGUP) -> bool:
-        """Drop the channel's reference; True exactly once, when the call has no reference left."""
-        if channel not in self.open_channels:
-            raise CallStateError(f"call {self.call_id}: {channel.value} channel already ended")
-        self.open_channels.discard(channel)
-        if self.open_channels:
-            return False
-        self.end_reason = reason
-        self.status = CallStatus.FINALIZING
-        return True
+    CALLER_HANGUP = "caller_hangup"  # the caller's transport closed (WebRTC closed or failed)
+    WHIP_DELETE = "whip_delete"  # the WHIP client sent DELETE
+    API = "api"  # DELETE /v1/calls/{id}
+    RTCP_BYE = "rtcp_bye"  # the plain-RTP caller said BYE
+    MEDIA_TIMEOUT = "media_timeout"  # the caller sent nothing for too long
+    AGENT_EXIT = "agent_exit"  # the agent hung up and the call was set to end with it
+    EXPIRED = "expired"  # idle past the retention; ended by the sweeper
+    SHUTDOWN = "shutdown"  # the server drained past its timeout
+    DIAL_FAILED = "dial_failed"  # the agent could not be dialled and the call ended with it
+    RECOVERED = "recovered"  # the process died; the spool was finalized at the next start
+    INTERNAL_ERROR = "internal_error"  # a fault of the server ended the call

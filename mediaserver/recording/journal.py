@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from mediaserver.errors import JournalError
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.rtp.media_packet import MediaPacket
 
 MAGIC = b"MSJ1"
 VERSION = 1
@@ -41,19 +42,6 @@ class JournalHeader:
     def wall_time_ns(self, arrival_ns: int) -> int:
         """Wall-clock (UTC epoch) time of a monotonic arrival time."""
         return self.wall_start_ns + (arrival_ns - self.mono_start_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class JournalRecord:
-    """One journalled RTP packet."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    ssrc: int
-    sequence: int
-    payload_type: int
-    marker: bool
-    payload: bytes
 
 
 def build_journal_header(header: JournalHeader) -> bytes:
@@ -96,24 +84,12 @@ def parse_journal_header(data: bytes) -> JournalHeader:
     return JournalHeader(channel_value, codec_value, wall_ns, mono_ns)
 
 
-def build_journal_record(
-    arrival_ns: int,
-    rtp_timestamp: int,
-    ssrc: int,
-    sequence: int,
-    payload_type: int,
-    marker: bool,
-    payload: bytes,
-) -> bytes:
+def build_journal_record(packet: MediaPacket) -> bytes:
     """Encode one record: fixed header then payload."""
+    arrival_ns, timestamp, sequence, ssrc, payload_type, marker, payload = packet
+    flags = _FLAG_MARKER if marker else 0
     return _RECORD.pack(
-        arrival_ns,
-        rtp_timestamp,
-        ssrc,
-        sequence,
-        payload_type,
-        _FLAG_MARKER if marker else 0,
-        len(payload),
+        arrival_ns, timestamp, ssrc, sequence, payload_type, flags, len(payload)
     ) + bytes(payload)
 
 
@@ -129,17 +105,9 @@ class JournalWriter:
         self.packet_count = 0
         self.byte_count = HEADER_SIZE
 
-    def append(
-        self,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes | memoryview,
-    ) -> None:
+    def append(self, packet: MediaPacket) -> None:
         """Append one packet; O(1), a copy into the stream's buffer."""
+        arrival_ns, rtp_timestamp, sequence, ssrc, payload_type, marker, payload = packet
         length = len(payload)
         if length > MAX_PAYLOAD_BYTES:
             raise JournalError(f"payload of {length} bytes exceeds {MAX_PAYLOAD_BYTES}")
@@ -157,7 +125,7 @@ class JournalWriter:
         self._out.flush()
 
 
-def iter_journal_records(data: bytes | memoryview) -> Iterator[JournalRecord]:
+def iter_journal_records(data: bytes | memoryview) -> Iterator[MediaPacket]:
     """Yield the records after the header, stopping silently at a torn last record."""
     view = memoryview(data)
     offset = HEADER_SIZE
@@ -170,11 +138,11 @@ def iter_journal_records(data: bytes | memoryview) -> Iterator[JournalRecord]:
         start = offset + RECORD_HEADER_SIZE
         if start + length > end:
             return  # a record cut short by a crash: everything before it is whole
-        yield JournalRecord(
+        yield MediaPacket(
             arrival_ns,
             timestamp,
-            ssrc,
             sequence,
+            ssrc,
             payload_type,
             bool(flags & _FLAG_MARKER),
             bytes(view[start : start + length]),
@@ -182,7 +150,7 @@ def iter_journal_records(data: bytes | memoryview) -> Iterator[JournalRecord]:
         offset = start + length
 
 
-def parse_journal(data: bytes) -> tuple[JournalHeader, list[JournalRecord]]:
+def parse_journal(data: bytes) -> tuple[JournalHeader, list[MediaPacket]]:
     """Decode a whole journal file's bytes into its header and records."""
     header = parse_journal_header(data)
     return header, list(iter_journal_records(data))

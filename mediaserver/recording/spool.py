@@ -1,16 +1,18 @@
-"""Layout of a call's spool directory: its journals, its description, the files built from them."""
+"""The spool: where a call's journals, description and built files live until they are stored."""
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mediaserver.errors import JournalError
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.manifest import Manifest, parse_manifest
 
-CALL_FILE = "call.json"
-MANIFEST_FILE = "manifest.json"
-OUTPUT_FILES = {
+_CALL_FILE = "call.json"
+_MANIFEST_FILE = "manifest.json"
+_OUTPUT_FILES = {
     "left": "left.opus",
     "right": "right.opus",
     "stereo": "merged.opus",
@@ -56,11 +58,92 @@ def parse_call_description(text: str) -> CallDescription:
         raise JournalError(f"call description is malformed: {exc}") from None
 
 
-def journal_path(spool_dir: Path, channel: Channel) -> Path:
-    """Where a channel's journal lives."""
-    return spool_dir / f"{channel.value}.journal"
+class CallSpool:
+    """One call's spool directory; the only code that knows its layout."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def call_id(self) -> str:
+        """The call the directory belongs to (its name)."""
+        return self.directory.name
+
+    def journal_path(self, channel: Channel) -> Path:
+        """Where a channel's journal lives."""
+        return self.directory / f"{channel.value}.journal"
+
+    def output_path(self, role: str) -> Path:
+        """Where an output file (left, right, stereo, peaks) is built."""
+        return self.directory / _OUTPUT_FILES[role]
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the built recording's manifest is kept until it is stored."""
+        return self.directory / _MANIFEST_FILE
+
+    def exists(self) -> bool:
+        """Whether the directory is there."""
+        return self.directory.exists()
+
+    def is_call(self) -> bool:
+        """Whether the directory holds a call (its description was written)."""
+        return (self.directory / _CALL_FILE).is_file()
+
+    def create(self, description: CallDescription) -> None:
+        """Make the directory (it must not exist) and write the description."""
+        self.directory.mkdir(parents=True)
+        (self.directory / _CALL_FILE).write_text(description.to_json())
+
+    def read_description(self) -> CallDescription:
+        """The call's description."""
+        return parse_call_description((self.directory / _CALL_FILE).read_text())
+
+    def write_manifest(self, manifest: Manifest) -> Path:
+        """Write the manifest beside the built files; returns its path."""
+        self.manifest_path.write_text(manifest.to_json())
+        return self.manifest_path
+
+    def read_manifest(self) -> Manifest | None:
+        """The manifest of a built recording, or None when there is none (or it is torn)."""
+        try:
+            return parse_manifest(self.manifest_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def read_built_manifest(self) -> Manifest | None:
+        """The manifest, if every file it lists is still here (built but not yet stored)."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return None
+        if all((self.directory / f.name).exists() for f in manifest.files):
+            return manifest
+        return None
+
+    def remove(self) -> None:
+        """Delete the directory and everything in it."""
+        shutil.rmtree(self.directory)
 
 
-def output_path(spool_dir: Path, role: str) -> Path:
-    """Where an output file (left, right, stereo, peaks) is built."""
-    return spool_dir / OUTPUT_FILES[role]
+class Spool:
+    """The spool root: one directory per call whose recording is not stored yet."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def call(self, call_id: str) -> CallSpool:
+        """A call's spool (which may not exist yet)."""
+        return CallSpool(self.root / call_id)
+
+    def ensure(self) -> None:
+        """Create the root if it is missing."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def list_calls(self) -> list[CallSpool]:
+        """Every call directory with a description, sorted by call id."""
+        if not self.root.is_dir():
+            return []
+        found = (CallSpool(p) for p in sorted(self.root.iterdir()) if p.is_dir())
+        return [spool for spool in found if spool.is_call()]

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mediaserver.errors import SettingsError
+from mediaserver.rtp.media_packet import MediaPacket
 
 # RFC 3550 §5.1: 16-bit sequence numbers and 32-bit timestamps, both wrapping.
 _SEQUENCE_MODULUS = 1 << 16
@@ -32,32 +33,24 @@ _FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
-class TimedPacket:
-    """One received packet of a channel, with its arrival time on the server's monotonic clock."""
-
-    arrival_ns: int
-    rtp_timestamp: int
-    sequence: int
-    ssrc: int
-    duration: int
-    index: int
-    # Comfort noise or a DTX frame: a boundary where the anchor may move without cutting speech.
-    silence_hint: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class TimelineConfig:
     """How packets are anchored, checked for drift and rounded onto the recording's timeline."""
 
     clock_rate_hz: int = 48000
     granularity: int = 120
-    anchor_window_packets: int = 50
     reorder_window_ms: int = 200
     jump_threshold_ms: int = 1000
     drift_window_ms: int = 2000
     drift_soft_bound_ms: float = 5.0
     drift_hard_bound_ms: float = 15.0
     max_gap_ms: int = 3_600_000
+    # The fastest a sender's clock can run against ours. Real oscillators stay within a few
+    # hundred ppm; a delay that changes faster than this is queueing (the network, or a stalled
+    # server), never drift, and must not move the anchor.
+    max_drift_ppm: float = 1000.0
+    # Opus payloads this small carry no audible content (DTX, digital silence): a place where
+    # the anchor may move without cutting speech.
+    silence_payload_bytes: int = 8
 
     def __post_init__(self) -> None:
         """Reject values the placement maths cannot work with."""
@@ -65,21 +58,21 @@ class TimelineConfig:
             raise SettingsError(f"clock_rate_hz must be positive, got {self.clock_rate_hz}")
         if self.granularity <= 0:
             raise SettingsError(f"granularity must be positive, got {self.granularity}")
-        if self.anchor_window_packets <= 0:
-            raise SettingsError(
-                f"anchor_window_packets must be positive, got {self.anchor_window_packets}"
-            )
         if min(self.reorder_window_ms, self.jump_threshold_ms, self.drift_window_ms) <= 0:
             raise SettingsError("reorder, jump and drift windows must be positive")
         if not 0 < self.drift_soft_bound_ms <= self.drift_hard_bound_ms:
             raise SettingsError("drift bounds must satisfy 0 < soft <= hard")
         if self.max_gap_ms <= 0:
             raise SettingsError(f"max_gap_ms must be positive, got {self.max_gap_ms}")
+        if self.max_drift_ppm <= 0:
+            raise SettingsError(f"max_drift_ppm must be positive, got {self.max_drift_ppm}")
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where one packet's audio starts on the timeline, in clock units since the call's origin."""
+
+    # `index` is the packet's position in the sequence given to compute_timeline.
 
     start: int
     duration: int
@@ -209,11 +202,19 @@ def _extend(value: int, reference: int, modulus: int) -> int:
 
 
 def compute_timeline(
-    packets: Sequence[TimedPacket], *, origin_ns: int, config: TimelineConfig
+    packets: Sequence[MediaPacket],
+    durations: Sequence[int],
+    *,
+    origin_ns: int,
+    config: TimelineConfig,
 ) -> Timeline:
-    """Place one channel's packets, given in arrival order, on a timeline starting at origin_ns."""
+    """Place one channel's packets, in arrival order, on a timeline starting at origin_ns."""
+    # `durations[i]` is the audio in packets[i], in clock units (from the Opus TOC, or one unit
+    # per G.711 byte); a packet of duration 0 carries nothing and is dropped as empty.
+    if len(durations) != len(packets):
+        raise ValueError(f"{len(packets)} packets but {len(durations)} durations")
     counters = _Counters()
-    split = _split_runs(packets, config, counters)
+    split = _split_runs(packets, durations, config, counters)
     count = len(packets)
     run_of = np.array(split.run_of, dtype=np.int64)
     everything = _Columns(
@@ -222,9 +223,11 @@ def compute_timeline(
         arrivals_ns=(
             np.fromiter(map(attrgetter("arrival_ns"), packets), np.int64, count) - origin_ns
         ).astype(np.float64),
-        durations=np.fromiter(map(attrgetter("duration"), packets), np.int64, count),
-        silence_hints=np.fromiter(map(attrgetter("silence_hint"), packets), np.bool_, count),
-        indexes=np.fromiter(map(attrgetter("index"), packets), np.int64, count),
+        durations=np.fromiter(durations, np.int64, count),
+        silence_hints=np.fromiter(
+            (len(p.payload) <= config.silence_payload_bytes for p in packets), np.bool_, count
+        ),
+        indexes=np.arange(count, dtype=np.int64),
     )
     # Group packet positions by run, keeping arrival order inside each run.
     by_run = np.argsort(run_of, kind="stable")
@@ -241,7 +244,10 @@ def compute_timeline(
 
 
 def _split_runs(
-    packets: Sequence[TimedPacket], config: TimelineConfig, counters: _Counters
+    packets: Sequence[MediaPacket],
+    durations: Sequence[int],
+    config: TimelineConfig,
+    counters: _Counters,
 ) -> _Split:
     """Assign packets to runs of one SSRC with a continuous clock, dropping timing outliers."""
     ns_per_unit = _NS_PER_S / config.clock_rate_hz
@@ -253,7 +259,8 @@ def _split_runs(
     current: _Run | None = None
     previous: _Run | None = None
     for position, packet in enumerate(packets):
-        if packet.duration <= 0:
+        duration = durations[position]
+        if duration <= 0:
             counters.empty_dropped += 1
             continue
         if current is None:
@@ -271,7 +278,7 @@ def _split_runs(
         if packet.ssrc != current.ssrc:
             if _is_outlier(packets, position, current, config):
                 counters.outliers_dropped += 1
-                counters.dropped_units += packet.duration
+                counters.dropped_units += duration
                 continue
             counters.ssrc_changes += 1
             previous, current = current, _start_run(split, packet, position)
@@ -288,16 +295,18 @@ def _split_runs(
         # Timestamps that advance with the server clock (DTX, mute, loss) keep the run going;
         # a disagreement beyond the threshold is a clock that stopped, restarted or jumped.
         skew_ns = (packet.arrival_ns - current.last_arrival_ns) - timestamp_advance * ns_per_unit
-        jumped = skew_ns > jump_ns or skew_ns < -jump_ns
+        jumped = skew_ns < -jump_ns or (
+            skew_ns > jump_ns and not _is_catch_up(packets, position, ns_per_unit)
+        )
         # A forward sequence step too big for the audio the timestamps advanced by is a reset.
         reset = advance < -_MAX_MISORDER or (
-            advance > _MAX_DROPOUT and (advance - 1) * packet.duration > timestamp_advance
+            advance > _MAX_DROPOUT and (advance - 1) * duration > timestamp_advance
         )
         if advance <= 0 and not reset:
             if jumped:
                 # An old sequence number with inconsistent timing cannot be placed sensibly.
                 counters.outliers_dropped += 1
-                counters.dropped_units += packet.duration
+                counters.dropped_units += duration
             else:
                 _add_old(
                     split, len(runs) - 1, packet, position, sequence=sequence, timestamp=timestamp
@@ -306,7 +315,7 @@ def _split_runs(
         if jumped or reset:
             if _is_outlier(packets, position, current, config):
                 counters.outliers_dropped += 1
-                counters.dropped_units += packet.duration
+                counters.dropped_units += duration
                 continue
             if reset:
                 counters.sequence_resets += 1
@@ -323,7 +332,28 @@ def _split_runs(
     return split
 
 
-def _start_run(split: _Split, packet: TimedPacket, position: int) -> _Run:
+def _is_catch_up(packets: Sequence[MediaPacket], position: int, ns_per_unit: float) -> bool:
+    """Whether a late packet heads a burst: what was held back arriving faster than real time."""
+    # A receiver that stalled (or a link that queued) delivers its backlog at once: arrivals
+    # bunch while timestamps advance, and the delay falls back to where it was. A sender whose
+    # clock really stopped or jumped resumes at its normal pace. Only the latter starts a run.
+    packet = packets[position]
+    following = [
+        later
+        for later in packets[position + 1 : position + 1 + _LOOKAHEAD_PACKETS + 2]
+        if later.ssrc == packet.ssrc
+    ]
+    if len(following) < 2:
+        return False
+    last = following[-1]
+    media_ns = (
+        (last.rtp_timestamp - packet.rtp_timestamp + _TIMESTAMP_HALF) % _TIMESTAMP_MODULUS
+        - _TIMESTAMP_HALF
+    ) * ns_per_unit
+    return media_ns > 0 and last.arrival_ns - packet.arrival_ns < media_ns / 2
+
+
+def _start_run(split: _Split, packet: MediaPacket, position: int) -> _Run:
     """Open a run with its first packet, whose raw numbers become the run's extended numbers."""
     run = _Run(
         ssrc=packet.ssrc,
@@ -342,7 +372,7 @@ def _start_run(split: _Split, packet: TimedPacket, position: int) -> _Run:
 def _add_old(
     split: _Split,
     run_number: int,
-    packet: TimedPacket,
+    packet: MediaPacket,
     position: int,
     *,
     sequence: int | None = None,
@@ -360,7 +390,7 @@ def _add_old(
     run.lowest_sequence = min(run.lowest_sequence, sequence)
 
 
-def _is_straggler(packet: TimedPacket, previous: _Run, current: _Run) -> bool:
+def _is_straggler(packet: MediaPacket, previous: _Run, current: _Run) -> bool:
     """Whether a packet of the previous run's SSRC is an old one of that run."""
     sequence = _extend(packet.sequence, previous.highest_sequence, _SEQUENCE_MODULUS)
     if not 0 <= previous.highest_sequence - sequence <= _MAX_MISORDER:
@@ -373,7 +403,7 @@ def _is_straggler(packet: TimedPacket, previous: _Run, current: _Run) -> bool:
     )
 
 
-def _continues(packet: TimedPacket, run: _Run, config: TimelineConfig) -> bool:
+def _continues(packet: MediaPacket, run: _Run, config: TimelineConfig) -> bool:
     """Whether a packet fits a run: same SSRC, nearby sequence number and consistent timing."""
     if packet.ssrc != run.ssrc:
         return False
@@ -390,7 +420,7 @@ def _continues(packet: TimedPacket, run: _Run, config: TimelineConfig) -> bool:
 
 
 def _is_outlier(
-    packets: Sequence[TimedPacket], position: int, current: _Run, config: TimelineConfig
+    packets: Sequence[MediaPacket], position: int, current: _Run, config: TimelineConfig
 ) -> bool:
     """Whether a discontinuous packet is a one-off: the stream carries on as before right after."""
     # A packet stuck in the network for seconds, or a stray from another stream, would otherwise
@@ -420,10 +450,10 @@ def _place_run(
 
     rate = config.clock_rate_hz
     media = run.timestamps - run.timestamps.min()
+    media_ns = media * (_NS_PER_S / rate)
     # Delay of each packet relative to its media time: it can only be late, never early, so the
     # smallest delays trace the network's floor and the sender's clock against ours.
-    delay = run.arrivals_ns - media * (_NS_PER_S / rate)
-    anchor_ns = float(delay[: config.anchor_window_packets].min())
+    delay = run.arrivals_ns - media_ns
     window = _window_packets(run.durations, config)
     slope = _drift_slope(run.arrivals_ns, delay, window, config)
     if slope is not None:
@@ -431,7 +461,8 @@ def _place_run(
         # Delay falling over time means the sender's timestamps run ahead of our clock.
         counters.drift_weighted_ppm += -slope * 1e6 * span_ns
         counters.drift_weight_ns += span_ns
-    floor = _delay_floor(run.arrivals_ns, delay, window, slope or 0.0)
+    floor = _delay_floor(media_ns, delay, slope or 0.0, config.max_drift_ppm)
+    anchor_ns = float(floor[int(np.argmin(media))])
     late = reordered & (delay - floor > config.reorder_window_ms * 1_000_000)
     counters.late_dropped += int(late.sum())
     counters.dropped_units += int(run.durations[late].sum())
@@ -622,26 +653,24 @@ def _drift_slope(
 
 
 def _delay_floor(
-    arrival: _FloatArray, delay: _FloatArray, window: int, slope: float
+    media_ns: _FloatArray, delay: _FloatArray, slope: float, max_drift_ppm: float
 ) -> _FloatArray:
-    """Minimum delay around each packet: a centred window of packets, corrected for drift."""
-    # Counting packets rather than milliseconds keeps sparse stretches (DTX, loss) from resting on
-    # one or two samples; removing the drift slope first lets such a window span a long time.
-    level = delay - slope * arrival
-    half = window // 2
-    padded = np.concatenate((np.full(half, np.inf), level, np.full(half, np.inf)))
-    return _sliding_min(padded, 2 * half + 1) + slope * arrival
-
-
-def _sliding_min(values: _FloatArray, width: int) -> _FloatArray:
-    """Minimum of every `width` consecutive values, in linear time (van Herk / Gil-Werman)."""
-    count = len(values) - width + 1
-    blocks = -(-len(values) // width)
-    padded = np.concatenate((values, np.full(blocks * width - len(values), np.inf)))
-    shaped = padded.reshape(blocks, width)
-    prefix = np.minimum.accumulate(shaped, axis=1).ravel()
-    suffix = np.minimum.accumulate(shaped[:, ::-1], axis=1)[:, ::-1].ravel()
-    return np.minimum(suffix[:count], prefix[width - 1 : width - 1 + count])
+    """The lowest delay curve under every packet whose slope stays within the drift bound."""
+    # Queueing (jitter, a congested link, a stalled server) only ever adds delay, and it comes
+    # and goes faster than any clock drifts; the sender's clock moves the true floor by at most
+    # max_drift_ppm. The tightest curve under all delays with that bounded slope is
+    # min_j(delay_j + rate * |t - t_j|), done in two cumulative minima over media time. A burst
+    # of late packets after a stall lifts nothing; the fitted drift slope is taken out first so
+    # the bound applies to what is left.
+    rate = max_drift_ppm * 1e-6
+    order = np.argsort(media_ns, kind="stable")
+    times = media_ns[order]
+    level = delay[order] - slope * times
+    forward = np.minimum.accumulate(level - rate * times) + rate * times
+    backward = np.minimum.accumulate((level + rate * times)[::-1])[::-1] - rate * times
+    floor = np.empty_like(delay)
+    floor[order] = np.minimum(forward, backward) + slope * times
+    return floor
 
 
 def _ms_to_units(duration_ms: float, clock_rate_hz: int) -> int:

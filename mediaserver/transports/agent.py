@@ -16,6 +16,7 @@ from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import AgentDialError, AgentProtocolError
 from mediaserver.transports.link import AgentMediaSink, Pcm
 from mediaserver.transports.twilio_protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_UNSUPPORTED_DATA,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -340,7 +341,9 @@ class AgentConnection:
             if not done:
                 self.stats.media_dropped += self._queued_media
         await self._stop_writer()
-        await self.ws.close(code=CLOSE_NORMAL, message=build_close_reason(reason))
+        # RFC 6455 §7.4.1: 1001 when the server goes away, 1000 when the call is simply over.
+        code = CLOSE_GOING_AWAY if reason == "shutdown" else CLOSE_NORMAL
+        await self.ws.close(code=code, message=build_close_reason(reason))
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             await asyncio.gather(reader, return_exceptions=True)

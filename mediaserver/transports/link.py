@@ -1,33 +1,30 @@
 """What the call session and its transports expect of each other."""
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
+from mediaserver.rtp.media_packet import MediaPacket
 
 Pcm = npt.NDArray[np.int16]
 
 
 class CallerMediaSink(Protocol):
-    """Where a caller transport delivers what it receives (implemented by the call session)."""
+    """Where a caller transport delivers what it receives and sends (the call session)."""
 
-    def on_caller_packet(
-        self,
-        *,
-        arrival_ns: int,
-        rtp_timestamp: int,
-        ssrc: int,
-        sequence: int,
-        payload_type: int,
-        marker: bool,
-        payload: bytes,
-    ) -> None:
+    def on_caller_packet(self, packet: MediaPacket) -> None:
         """One RTP packet of caller audio, exactly as received (no decoding, no re-encoding)."""
         ...
 
-    def on_caller_ended(self, reason: str) -> None:
+    def on_audio_sent(self, packet: MediaPacket) -> None:
+        """An agent packet has left toward the caller: its header as sent, `arrival_ns` = when."""
+        ...
+
+    def on_caller_ended(self, reason: EndReason) -> None:
         """The caller leg is over (hangup, RTCP BYE, media timeout, ICE failure)."""
         ...
 
@@ -36,9 +33,23 @@ class CallerLink(Protocol):
     """A caller transport as the call session sees it (WebRTC or plain RTP)."""
 
     codec: Codec
+    payload_type: int  # the payload type the caller expects for the audio we send
 
-    def send_audio(self, payload: bytes, duration: int) -> None:
-        """Send one encoded agent frame now; `duration` is in the codec's RTP clock units."""
+    @property
+    def can_send(self) -> bool:
+        """Whether a packet sent now would reach the caller (a peer is known, media flows)."""
+        ...
+
+    def send_audio(self, packet: MediaPacket) -> None:
+        """Send one agent packet now (sequence, timestamp, marker and payload as given)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The leg's counters and addresses, for the API."""
+        ...
+
+    def drop_counts(self) -> Mapping[str, int]:
+        """Packets the transport dropped, by reason."""
         ...
 
     async def close(self) -> None:

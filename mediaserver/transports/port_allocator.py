@@ -2,7 +2,7 @@
 
 from collections import deque
 
-from mediaserver.errors import MediaServerError, SettingsError
+from mediaserver.errors import MediaServerError, PortsExhaustedError, SettingsError
 
 # RFC 3550 §11: RTP takes an even port and RTCP the odd one above it. Legs here multiplex RTCP on
 # the RTP port (RFC 5761), but handing out only even ports keeps a peer that still sends RTCP to
@@ -11,8 +11,8 @@ _PORT_STEP = 2
 _HIGHEST_PORT = 65535
 
 
-class PortRangeExhaustedError(MediaServerError):
-    """Every port of the configured RTP range is in use (or could not be bound)."""
+# Every port of the configured range is in use (or could not be bound): an overload (503).
+PortRangeExhaustedError = PortsExhaustedError
 
 
 class PortNotAllocatedError(MediaServerError, ValueError):

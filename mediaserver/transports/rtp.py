@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import secrets
+import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 import structlog
 
+from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, RtpParseError
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import RTP_VERSION, is_rtcp, parse_rtp_header
 from mediaserver.rtp.rtcp import RtcpBye, build_rtcp_bye, parse_rtcp_compound
 from mediaserver.transports.link import CallerMediaSink
@@ -25,19 +28,26 @@ log = structlog.get_logger(__name__)
 
 # RFC 7587 §4.1 leaves Opus a dynamic payload type; 111 is what browsers and bridges offer.
 OPUS_DYNAMIC_PAYLOAD_TYPE = 111
-# An RTP audio packet fits one Ethernet frame; a bigger datagram is not caller audio. CPython's
-# selector loop would otherwise read every datagram into a 256 KiB buffer, two page faults each.
+# An RTP audio packet fits one Ethernet frame; a bigger datagram is not caller audio.
 DEFAULT_MAX_DATAGRAM_BYTES = 2048
 # RFC 3550 §5.1: V=2, no padding, no extension, no CSRC | M(1) PT(7) | sequence | timestamp | SSRC.
 _RTP_HEADER = struct.Struct("!BBHII")
 _FIRST_OCTET = RTP_VERSION << 6
 _MARKER_BIT = 0x80
-_SEQUENCE_MASK = 0xFFFF
-_TIMESTAMP_MASK = 0xFFFFFFFF
-# RFC 3551 §4.1: the first packet after a silence in which nothing was sent carries the marker.
-# A pacer hiccup shorter than this is jitter, not a silence.
-_SEND_GAP_NS = 60_000_000
 _NS_PER_S = 1_000_000_000
+# Linux socket options (asm-generic/socket.h; Python's socket module names neither): the
+# kernel stamps each datagram with its arrival time (a struct timespec of CLOCK_REALTIME), and
+# reports how many datagrams it dropped for a full receive buffer (a cumulative uint32).
+SO_TIMESTAMPNS = 35
+SO_RXQ_OVFL = 40
+_TIMESPEC = struct.Struct("@qq")
+_OVERFLOW_COUNT = struct.Struct("@I")
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_OVERFLOW_COUNT.size)
+# Datagrams read per wake-up before other callbacks get the loop again.
+_READS_PER_WAKEUP = 64
+# The kernel's receive buffer: ~2.5 s of one caller at 50 packets/s of up to 2 KiB, so a stalled
+# loop loses nothing before the stall is long enough to show in every other metric.
+RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
 class DropReason(StrEnum):
@@ -46,34 +56,12 @@ class DropReason(StrEnum):
     MALFORMED = "malformed"
     WRONG_SOURCE = "wrong_source"
     WRONG_PAYLOAD_TYPE = "wrong_payload_type"
-    RTCP = "rtcp"
     AFTER_END = "after_end"
+    KERNEL_RECEIVE_BUFFER = "kernel_receive_buffer"
 
 
-class EndReason(StrEnum):
-    """Why the transport ended the caller leg on its own."""
-
-    RTCP_BYE = "rtcp_bye"
-    MEDIA_TIMEOUT = "media_timeout"
-
-
-@dataclass(frozen=True, slots=True)
-class RtpTransportStats:
-    """Counters of one plain-RTP leg; `packets_in` counts only packets handed to the sink."""
-
-    port: int | None
-    peer: tuple[Any, ...] | None
-    packets_in: int
-    bytes_in: int
-    packets_out: int
-    bytes_out: int
-    dropped_in: Mapping[DropReason, int]
-    unsent: int  # send_audio calls while no peer was known, or after close
-    send_errors: int  # ICMP errors the socket reported (e.g. the peer's port is closed)
-
-
-class RtpCallerTransport(asyncio.DatagramProtocol):
-    """A caller leg over plain RTP (a `CallerLink`), and the asyncio protocol of its own socket."""
+class RtpCallerTransport:
+    """A caller leg over plain RTP (a `CallerLink`) on its own non-blocking UDP socket."""
 
     def __init__(
         self,
@@ -85,7 +73,7 @@ class RtpCallerTransport(asyncio.DatagramProtocol):
         media_timeout_s: float = 30.0,
         expected_remote: tuple[str, int] | None = None,
         payload_type: int | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
+        clock: Clock | None = None,
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
     ) -> None:
         self.codec = codec
@@ -93,125 +81,174 @@ class RtpCallerTransport(asyncio.DatagramProtocol):
         self.host = host
         self.media_timeout_s = media_timeout_s
         self.max_datagram_bytes = max_datagram_bytes
-        # RFC 3550 §5.1: SSRC, first sequence number and first timestamp are random.
-        self.ssrc = secrets.randbits(32)
         self.port: int | None = None
         self._sink = sink
         self._ports = ports
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._expected = expected_remote
         self._peer: tuple[Any, ...] | None = None
-        self._endpoint: asyncio.DatagramTransport | None = None
-        self._connection_lost: asyncio.Future[None] | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._ended = False
         self._closed = False
         self._last_valid_ns = 0
         self._last_ssrc: int | None = None
-        self._sequence = secrets.randbits(16)
-        self._timestamp = secrets.randbits(32)
-        self._next_send_due_ns: int | None = None
-        self._packets_in = 0
-        self._bytes_in = 0
-        self._packets_out = 0
-        self._bytes_out = 0
-        self._unsent = 0
-        self._send_errors = 0
+        self._sent_ssrc: int | None = None
+        self._kernel_timestamps = False
+        self._kernel_drops_seen = 0
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.rtcp_in = 0
+        self.unsent = 0  # send_audio calls while no peer was known, or after close
+        self.send_errors = 0  # sends the kernel refused (buffer full, peer's port closed)
         self._dropped = dict.fromkeys(DropReason, 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Bind a port of the range (skipping ones another process holds) and start listening."""
-        if self._endpoint is not None or self._closed:
+        """Bind a port of the range (skipping ones another process holds) and start reading."""
+        if self._sock is not None or self._closed:
             raise CallStateError("the RTP transport was already started")
-        loop = asyncio.get_running_loop()
+        sock, port = self._bind()
+        self._sock, self.port = sock, port
+        self._kernel_timestamps = _enable_kernel_stamps(sock)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._last_valid_ns = self._clock.monotonic_ns()
+        self._watchdog = asyncio.create_task(self._watch_media(), name=f"rtp.watchdog.{port}")
+        log.info("rtp.leg_started", port=port, codec=self.codec.value, pt=self.payload_type)
+        return port
+
+    def _bind(self) -> tuple[socket.socket, int]:
+        """A socket bound to a free port of the range; ports other processes hold are skipped."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         taken_elsewhere: list[int] = []
         try:
             while True:
                 port = self._ports.allocate()
+                sock = socket.socket(family, socket.SOCK_DGRAM)
                 try:
-                    endpoint, _ = await loop.create_datagram_endpoint(
-                        lambda: self, local_addr=(self.host, port)
-                    )
+                    sock.bind((self.host, port))
                 except OSError as exc:
+                    sock.close()
                     if exc.errno != errno.EADDRINUSE:
                         self._ports.release(port)
                         raise
                     # Held until the search ends, so the allocator hands out another port.
                     taken_elsewhere.append(port)
                     continue
-                break
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                return sock, port
         finally:
             for busy_port in taken_elsewhere:
                 self._ports.release(busy_port)
-        if taken_elsewhere:
-            log.warning("rtp.ports_busy", ports=taken_elsewhere)
-        self._endpoint = endpoint
-        self.port = port
-        self._lower_read_size(endpoint)
-        self._connection_lost = loop.create_future()
-        self._last_valid_ns = self._clock()
-        self._watchdog = asyncio.create_task(self._watch_media(), name=f"rtp.watchdog.{port}")
-        log.info("rtp.leg_started", port=port, codec=self.codec.value, pt=self.payload_type)
-        return port
+            if taken_elsewhere:
+                log.warning("rtp.ports_busy", ports=taken_elsewhere)
 
     async def close(self) -> None:
         """Say BYE to the peer (if known), close the socket and give the port back; idempotent."""
         if self._closed:
             return
         self._closed = True
-        endpoint = self._endpoint
-        if endpoint is None:
+        sock = self._sock
+        if sock is None:
             return
-        # The socket stops reading here, before any await: nothing reaches the sink after close().
+        # The socket stops being read here, before any await: nothing reaches the sink after.
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
         destination = self._destination()
-        if destination is not None:
-            endpoint.sendto(build_rtcp_bye([self.ssrc]), destination)
-        endpoint.close()
+        if destination is not None and self._sent_ssrc is not None:
+            try:
+                sock.sendto(build_rtcp_bye([self._sent_ssrc]), destination)
+            except OSError:
+                self.send_errors += 1
+        sock.close()
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
-        if self._connection_lost is not None:
-            # The socket closes on a later loop iteration; the port is free only after that.
-            await self._connection_lost
         if self.port is not None:
             self._ports.release(self.port)
-        log.info("rtp.leg_closed", port=self.port, packets_in=self._packets_in)
+        log.info("rtp.leg_closed", port=self.port, packets_in=self.packets_in)
+
+    @property
+    def can_send(self) -> bool:
+        """Whether the caller's address is known (latched, or given) and the leg is open."""
+        return self._destination() is not None and self._sock is not None and not self._closed
 
     @property
     def peer(self) -> tuple[Any, ...] | None:
         """The caller's address: learnt from its first valid RTP packet."""
         return self._peer
 
-    @property
-    def stats(self) -> RtpTransportStats:
-        """A snapshot of the leg's counters."""
-        return RtpTransportStats(
-            port=self.port,
-            peer=self._peer,
-            packets_in=self._packets_in,
-            bytes_in=self._bytes_in,
-            packets_out=self._packets_out,
-            bytes_out=self._bytes_out,
-            dropped_in=dict(self._dropped),
-            unsent=self._unsent,
-            send_errors=self._send_errors,
-        )
+    def describe(self) -> dict[str, Any]:
+        """The leg's counters and addresses, for the API."""
+        return {
+            "transport": "rtp",
+            "port": self.port,
+            "peer": None if self._peer is None else f"{self._peer[0]}:{self._peer[1]}",
+            "payload_type": self.payload_type,
+            "kernel_timestamps": self._kernel_timestamps,
+            "packets_in": self.packets_in,
+            "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
+            "rtcp_in": self.rtcp_in,
+            "unsent": self.unsent,
+            "send_errors": self.send_errors,
+            "dropped_in": {reason.value: count for reason, count in self._dropped.items()},
+        }
 
-    # -- receive (asyncio protocol callbacks) ---------------------------------------------------
+    def drop_counts(self) -> Mapping[str, int]:
+        """Datagrams dropped before the sink, by reason (kernel drops included)."""
+        return {reason.value: count for reason, count in self._dropped.items() if count}
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    # -- receive --------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        """Read what the socket holds (up to a bound) and handle each datagram."""
+        sock = self._sock
+        if sock is None:
+            return
+        # The kernel stamps arrivals on the wall clock; the server places audio on the
+        # monotonic one. The offset moves only with clock adjustments: read it once a wake-up.
+        now_ns = self._clock.monotonic_ns()
+        offset_ns = time.time_ns() - time.monotonic_ns()
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancillary, flags, addr = sock.recvmsg(
+                    self.max_datagram_bytes, _ANCILLARY_BYTES
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.send_errors += 1  # an ICMP error queued on the socket
+                continue
+            arrival_ns = now_ns
+            for level, kind, value in ancillary:
+                if level != socket.SOL_SOCKET:
+                    continue
+                if kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    # Never later than now: a stamp from a clock stepped meanwhile is ignored.
+                    arrival_ns = min(now_ns, seconds * _NS_PER_S + nanoseconds - offset_ns)
+                elif kind == SO_RXQ_OVFL and len(value) >= _OVERFLOW_COUNT.size:
+                    self._note_kernel_drops(_OVERFLOW_COUNT.unpack_from(value)[0])
+            if flags & socket.MSG_TRUNC:
+                self._dropped[DropReason.MALFORMED] += 1  # too big to be caller audio
+                continue
+            self._handle_datagram(data, addr, arrival_ns)
+
+    def _handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
         """Deliver one valid RTP packet of the peer to the sink; count anything else."""
-        arrival_ns = self._clock()
         if addr != self._peer and not self._may_be_peer(addr):
             self._dropped[DropReason.WRONG_SOURCE] += 1
             return
         if self._ended:
             self._dropped[DropReason.AFTER_END] += 1
-            return
-        if len(data) > self.max_datagram_bytes:  # cut short by the read size
-            self._dropped[DropReason.MALFORMED] += 1
             return
         if is_rtcp(data):
             self._on_rtcp(data)
@@ -228,55 +265,56 @@ class RtpCallerTransport(asyncio.DatagramProtocol):
             self._latch_peer(addr)
         self._last_valid_ns = arrival_ns
         self._last_ssrc = header.ssrc
-        self._packets_in += 1
-        self._bytes_in += len(data)
+        self.packets_in += 1
+        self.bytes_in += len(data)
         self._sink.on_caller_packet(
-            arrival_ns=arrival_ns,
-            rtp_timestamp=header.timestamp,
-            ssrc=header.ssrc,
-            sequence=header.sequence,
-            payload_type=header.payload_type,
-            marker=header.marker,
-            payload=data[header.payload_offset : header.payload_end],
+            MediaPacket(
+                arrival_ns,
+                header.timestamp,
+                header.sequence,
+                header.ssrc,
+                header.payload_type,
+                header.marker,
+                data[header.payload_offset : header.payload_end],
+            )
         )
 
-    def error_received(self, exc: Exception) -> None:
-        """Count socket errors (ICMP port unreachable after the peer left); the leg goes on."""
-        self._send_errors += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The socket is closed: the port may be handed out again."""
-        if self._connection_lost is not None and not self._connection_lost.done():
-            self._connection_lost.set_result(None)
+    def _note_kernel_drops(self, cumulative: int) -> None:
+        """Count datagrams the kernel dropped for this socket since the last report."""
+        if cumulative > self._kernel_drops_seen:
+            dropped = cumulative - self._kernel_drops_seen
+            self._dropped[DropReason.KERNEL_RECEIVE_BUFFER] += dropped
+            log.warning("rtp.kernel_drops", port=self.port, dropped=dropped)
+        self._kernel_drops_seen = cumulative
 
     # -- send -----------------------------------------------------------------------------------
 
-    def send_audio(self, payload: bytes, duration: int) -> None:
-        """Send one encoded frame to the peer now; `duration` is in RTP clock units."""
+    def send_audio(self, packet: MediaPacket) -> None:
+        """Send one agent packet now with its numbers, our SSRC and the leg's payload type."""
         destination = self._destination()
-        if destination is None or self._endpoint is None or self._closed:
-            self._unsent += 1
+        sock = self._sock
+        if destination is None or sock is None or self._closed:
+            self.unsent += 1
             return
-        now_ns = self._clock()
-        second_octet = self.payload_type
-        due_ns = self._next_send_due_ns
-        if due_ns is None:
-            second_octet |= _MARKER_BIT
-        elif now_ns - due_ns > _SEND_GAP_NS:
-            second_octet |= _MARKER_BIT
-            # RFC 3550 §5.1: the sampling clock kept running through the silence.
-            silence = (now_ns - due_ns) * self.codec.clock_rate_hz // _NS_PER_S
-            self._timestamp = (self._timestamp + silence) & _TIMESTAMP_MASK
-        packet = (
-            _RTP_HEADER.pack(_FIRST_OCTET, second_octet, self._sequence, self._timestamp, self.ssrc)
-            + payload
+        second_octet = self.payload_type | (_MARKER_BIT if packet.marker else 0)
+        datagram = (
+            _RTP_HEADER.pack(
+                _FIRST_OCTET, second_octet, packet.sequence, packet.rtp_timestamp, packet.ssrc
+            )
+            + packet.payload
         )
-        self._endpoint.sendto(packet, destination)
-        self._next_send_due_ns = now_ns + duration * _NS_PER_S // self.codec.clock_rate_hz
-        self._sequence = (self._sequence + 1) & _SEQUENCE_MASK
-        self._timestamp = (self._timestamp + duration) & _TIMESTAMP_MASK
-        self._packets_out += 1
-        self._bytes_out += len(packet)
+        try:
+            sock.sendto(datagram, destination)
+        except OSError:
+            self.send_errors += 1
+            return
+        sent_ns = self._clock.monotonic_ns()
+        self._sent_ssrc = packet.ssrc
+        self.packets_out += 1
+        self.bytes_out += len(datagram)
+        self._sink.on_audio_sent(
+            packet._replace(arrival_ns=sent_ns, payload_type=self.payload_type)
+        )
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -303,7 +341,7 @@ class RtpCallerTransport(asyncio.DatagramProtocol):
         except RtpParseError:
             self._dropped[DropReason.MALFORMED] += 1
             return
-        self._dropped[DropReason.RTCP] += 1
+        self.rtcp_in += 1
         if self._peer is None and self._expected is None:
             return  # nobody is the peer yet: a BYE from anywhere must not end the call
         for packet in packets:
@@ -320,25 +358,28 @@ class RtpCallerTransport(asyncio.DatagramProtocol):
             return
         self._ended = True
         log.info("rtp.leg_ended", port=self.port, reason=reason.value)
-        self._sink.on_caller_ended(reason.value)
+        self._sink.on_caller_ended(reason)
 
     async def _watch_media(self) -> None:
         """End the leg after `media_timeout_s` without a valid packet; wakes about once a period."""
         timeout_ns = int(self.media_timeout_s * _NS_PER_S)
         while not self._ended:
-            remaining_ns = self._last_valid_ns + timeout_ns - self._clock()
+            remaining_ns = self._last_valid_ns + timeout_ns - self._clock.monotonic_ns()
             if remaining_ns <= 0:
                 self._end(EndReason.MEDIA_TIMEOUT)
                 return
-            await asyncio.sleep(remaining_ns / _NS_PER_S)
+            await self._clock.sleep(remaining_ns / _NS_PER_S)
 
-    def _lower_read_size(self, endpoint: asyncio.DatagramTransport) -> None:
-        """Make CPython's selector transport read datagrams into a small buffer, not 256 KiB."""
-        # `max_size` is the per-recvfrom read size of asyncio.selector_events'
-        # _SelectorDatagramTransport (a class attribute since Python 3.4). uvloop has no such
-        # attribute and needs none. One byte more than accepted tells a cut-short datagram.
-        if isinstance(getattr(type(endpoint), "max_size", None), int):
-            setattr(endpoint, "max_size", self.max_datagram_bytes + 1)  # noqa: B010 - not in stubs
+
+def _enable_kernel_stamps(sock: socket.socket) -> bool:
+    """Ask the kernel for arrival stamps and drop counts; False where it has neither."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    return True
 
 
 def _default_payload_type(codec: Codec) -> int:

@@ -35,6 +35,7 @@ from mediaserver.transports.link import Pcm
 
 # RFC 6455 §7.4.1 close status codes.
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_UNSUPPORTED_DATA = 1003  # a frame type the endpoint does not accept (binary here)
 CLOSE_INVALID_PAYLOAD = 1007  # data in a message inconsistent with the message's type
 CLOSE_MESSAGE_TOO_BIG = 1009

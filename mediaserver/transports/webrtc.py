@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import ipaddress
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -31,10 +31,16 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import candidate_from_sdp
 
-from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.clock import Clock, SystemClock
-from mediaserver.errors import MediaServerError, SettingsError
+from mediaserver.errors import (
+    MalformedSdpError,
+    SettingsError,
+    UnsupportedSdpError,
+    WebRtcSetupError,
+)
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.transports.link import CallerMediaSink
 from mediaserver.transports.rtp_tap import AiortcReceivePath, tap_receiver
 
@@ -43,39 +49,13 @@ log = structlog.get_logger(__name__)
 # RFC 7587 §4.1: Opus RTP timestamps count 48 kHz samples whatever the audio bandwidth.
 OPUS_CLOCK_RATE_HZ = 48000
 _OPUS_TIME_BASE = Fraction(1, OPUS_CLOCK_RATE_HZ)
-# The frame the call session paces agent audio in, and the silence sent between its frames.
-FRAME_DURATION_SAMPLES = 960
-# Agent frames waiting for the next tick; beyond this the oldest is dropped to bound latency.
+# Packets the pacer handed over that aiortc's sender has not taken yet. It takes each one at
+# once, so more than a few means its task is starved; the oldest is then dropped, unsent and
+# unrecorded, rather than played late.
 DEFAULT_MAX_QUEUED_PACKETS = 3
-# A tick later than this (a stalled event loop) is skipped rather than sent in a burst; the
-# timestamps still advance, so the caller's jitter buffer sees a gap, not compressed time.
-_MAX_TICK_LATENESS_S = 0.1
-# The reasons given to the sink when the caller leg ends on its own.
-ENDED_FAILED = "webrtc_failed"
-ENDED_CLOSED = "webrtc_closed"
-
-
-class SdpError(MediaServerError, ValueError):
-    """An SDP offer or fragment cannot be used; `http_status` and `code` are for the API."""
-
-    http_status = 400
-    code = "malformed_sdp"
-
-
-class MalformedSdpError(SdpError):
-    """The SDP is not well-formed (RFC 9110 §15.5.1 400 Bad Request)."""
-
-
-class UnsupportedSdpError(SdpError):
-    """Well-formed SDP asking for what this server does not do (RFC 9110 §15.5.21 422)."""
-
-    # 415 is left for a body that is not application/sdp at all.
-    http_status = 422
-    code = "unsupported_sdp"
-
-
-class WebRtcSetupError(MediaServerError):
-    """The server could not set up its side of a WebRTC connection (a configuration problem)."""
+# An offer or trickle fragment carries a handful of candidates per network interface; aiortc
+# checks each new one against all it has, so thousands would stall the event loop for seconds.
+MAX_ICE_CANDIDATES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,22 +74,6 @@ class IceServer:
 
 
 @dataclass(frozen=True, slots=True)
-class WebRtcStats:
-    """Packet counters of one WebRTC caller leg."""
-
-    packets_in: int = 0
-    # Inbound packets of a payload type other than the negotiated Opus one.
-    foreign_packets_in: int = 0
-    packets_out: int = 0
-    # Of `packets_out`, those that were silence because no agent frame was queued.
-    silence_packets_out: int = 0
-    # Agent frames dropped because the queue was full.
-    queue_drops: int = 0
-    # 20 ms ticks skipped because the event loop was late.
-    ticks_skipped: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class OfferedAudio:
     """What the answer needs from the offer's first audio m-line."""
 
@@ -120,6 +84,7 @@ class OfferedAudio:
 def parse_offered_audio(offer_sdp: str) -> OfferedAudio:
     """Find the first audio m-line of an SDP offer and the payload type it gives Opus."""
     lines = [line for line in offer_sdp.replace("\r\n", "\n").split("\n") if line]
+    check_candidate_count(lines)
     # RFC 8866 §5: a session description starts with its protocol version, always 0.
     if not lines or lines[0] != "v=0":
         raise MalformedSdpError("SDP does not start with v=0")
@@ -158,6 +123,15 @@ def parse_offered_audio(offer_sdp: str) -> OfferedAudio:
     if not any(line.startswith("a=fingerprint:") for line in lines):
         raise MalformedSdpError("SDP offer has no a=fingerprint")
     return OfferedAudio(mid=mid, opus_payload_type=opus_payload_type)
+
+
+def check_candidate_count(lines: Sequence[str]) -> None:
+    """Refuse SDP with more ICE candidates than any real client sends (RFC 8839 §5.1)."""
+    count = sum(1 for line in lines if line.startswith("a=candidate:"))
+    if count > MAX_ICE_CANDIDATES:
+        raise MalformedSdpError(
+            f"SDP has {count} ICE candidates; at most {MAX_ICE_CANDIDATES} are accepted"
+        )
 
 
 def build_passive_answer(answer_sdp: str, offer_sdp: str) -> str:
@@ -206,59 +180,69 @@ def use_ice_host_addresses(addresses: Sequence[str]) -> Iterator[None]:
 
 
 class OutboundOpusTrack(MediaStreamTrack):
-    """An audio track of pre-encoded Opus packets paced at 20 ms; silence when none is queued."""
+    """The agent's Opus packets, handed to aiortc's sender as the pacer plays them."""
 
-    # aiortc's sender packs the `av.Packet`s it returns without re-encoding.
+    # aiortc's sender awaits recv() in a loop and packs the `av.Packet` it returns without
+    # re-encoding. The track has no clock of its own: the hub's pacer is the only one, and a
+    # tick with nothing to play sends nothing (the timestamps still move, as with DTX).
 
     kind = "audio"
 
-    def __init__(self, *, max_queued_packets: int) -> None:
+    def __init__(
+        self,
+        *,
+        on_sent: Callable[[MediaPacket], None],
+        now_ns: Callable[[], int],
+        max_queued_packets: int = DEFAULT_MAX_QUEUED_PACKETS,
+    ) -> None:
         super().__init__()
+        self._on_sent = on_sent
+        self._now_ns = now_ns
         self._max_queued_packets = max_queued_packets
-        self._queue: deque[tuple[bytes, int]] = deque()
-        self._next_pts = 0
-        self._next_tick_s: float | None = None
-        self._silence = silence_packet(FRAME_DURATION_SAMPLES)
+        self._queue: deque[MediaPacket] = deque()
+        self._ready: asyncio.Future[None] | None = None
+        self._timestamp_origin: int | None = None
         self.packets_out = 0
-        self.silence_packets_out = 0
         self.queue_drops = 0
-        self.ticks_skipped = 0
 
-    def queue_packet(self, payload: bytes, duration_samples: int) -> None:
-        """Queue an encoded packet for the next free tick, dropping the oldest if full."""
+    def queue_packet(self, packet: MediaPacket) -> None:
+        """Hand a packet to the sender; if it has fallen behind, the oldest waiting one goes."""
         if len(self._queue) >= self._max_queued_packets:
             self._queue.popleft()
             self.queue_drops += 1
-        self._queue.append((payload, duration_samples))
+        self._queue.append(packet)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
 
     async def recv(self) -> av.Packet[Any]:
-        """Wait for the next tick of this track's clock, then return a queued packet or silence."""
+        """The next packet the pacer played; reported as sent as aiortc takes it."""
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                await self._ready
+            finally:
+                self._ready = None
         if self.readyState != "live":
             raise MediaStreamError
-        now_s = asyncio.get_running_loop().time()
-        if self._next_tick_s is None:
-            self._next_tick_s = now_s
-        elif now_s - self._next_tick_s > _MAX_TICK_LATENESS_S:
-            skipped = int((now_s - self._next_tick_s) * OPUS_CLOCK_RATE_HZ) // (
-                FRAME_DURATION_SAMPLES
-            )
-            self.ticks_skipped += skipped
-            self._next_pts += skipped * FRAME_DURATION_SAMPLES
-            self._next_tick_s += skipped * FRAME_DURATION_SAMPLES / OPUS_CLOCK_RATE_HZ
-        else:
-            await asyncio.sleep(self._next_tick_s - now_s)
-        if self._queue:
-            payload, duration_samples = self._queue.popleft()
-        else:
-            payload, duration_samples = self._silence, FRAME_DURATION_SAMPLES
-            self.silence_packets_out += 1
-        packet = av.Packet(payload)
-        packet.pts = self._next_pts
-        packet.time_base = _OPUS_TIME_BASE
-        self._next_pts += duration_samples
-        self._next_tick_s += duration_samples / OPUS_CLOCK_RATE_HZ
+        packet = self._queue.popleft()
+        if self._timestamp_origin is None:
+            self._timestamp_origin = packet.rtp_timestamp
+        frame = av.Packet(packet.payload)
+        # aiortc adds its own random origin and numbers packets itself, one per frame: the
+        # journal keeps the pacer's numbers, which differ from the wire's by constants only.
+        frame.pts = (packet.rtp_timestamp - self._timestamp_origin) % (1 << 32)
+        frame.time_base = _OPUS_TIME_BASE
         self.packets_out += 1
-        return packet
+        self._on_sent(packet._replace(arrival_ns=self._now_ns()))
+        return frame
+
+    def stop(self) -> None:
+        """End the track; a sender waiting in recv() is released."""
+        super().stop()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
 
 
 class WebRtcCallerTransport:
@@ -272,16 +256,20 @@ class WebRtcCallerTransport:
         *,
         sink: CallerMediaSink,
         opus_payload_type: int,
-        track: OutboundOpusTrack,
         clock: Clock,
+        max_queued_packets: int = DEFAULT_MAX_QUEUED_PACKETS,
     ) -> None:
         self._pc = pc
         self._sink = sink
-        self._opus_payload_type = opus_payload_type
-        self._track = track
+        self.payload_type = opus_payload_type
         self._clock = clock
-        self._packets_in = 0
-        self._foreign_packets_in = 0
+        self.track = OutboundOpusTrack(
+            on_sent=sink.on_audio_sent,
+            now_ns=clock.monotonic_ns,
+            max_queued_packets=max_queued_packets,
+        )
+        self.packets_in = 0
+        self.foreign_packets_in = 0
         self._ended = False
         self._closing = False
         pc.add_listener("connectionstatechange", self._on_connection_state_change)
@@ -310,10 +298,16 @@ class WebRtcCallerTransport:
         )
         pc = RTCPeerConnection(configuration)
         try:
-            track = OutboundOpusTrack(max_queued_packets=max_queued_packets)
+            transport = cls(
+                pc,
+                sink=sink,
+                opus_payload_type=offered.opus_payload_type,
+                clock=clock or SystemClock(),
+                max_queued_packets=max_queued_packets,
+            )
             # Created before the offer is applied, so the offer's first audio m-line binds to
             # it and negotiates Opus only.
-            transceiver = pc.addTransceiver(track, direction="sendrecv")
+            transceiver = pc.addTransceiver(transport.track, direction="sendrecv")
             transceiver.setCodecPreferences(_opus_capabilities())
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -323,13 +317,6 @@ class WebRtcCallerTransport:
                 # aiortc found no codec it shares with the offer's audio m-line.
                 raise UnsupportedSdpError(f"SDP offer was rejected: {error}") from None
             _deactivate_other_transceivers(pc, transceiver)
-            transport = cls(
-                pc,
-                sink=sink,
-                opus_payload_type=offered.opus_payload_type,
-                track=track,
-                clock=clock or SystemClock(),
-            )
             tap_receiver(transceiver.receiver, transport._on_rtp_packet, aiortc_receive_path)
             answer = await pc.createAnswer()
             passive_sdp = build_passive_answer(answer.sdp, offer_sdp)
@@ -346,26 +333,42 @@ class WebRtcCallerTransport:
             raise
         return transport, answer_sdp
 
-    def stats(self) -> WebRtcStats:
-        """A snapshot of this leg's packet counters."""
-        return WebRtcStats(
-            packets_in=self._packets_in,
-            foreign_packets_in=self._foreign_packets_in,
-            packets_out=self._track.packets_out,
-            silence_packets_out=self._track.silence_packets_out,
-            queue_drops=self._track.queue_drops,
-            ticks_skipped=self._track.ticks_skipped,
-        )
+    @property
+    def can_send(self) -> bool:
+        """Whether the peer connection is up, so aiortc's sender takes packets."""
+        return self._pc.connectionState == "connected" and not self._closing
 
-    def send_audio(self, payload: bytes, duration: int) -> None:
-        """Queue one Opus packet for the next 20 ms tick; `duration` is in 48 kHz samples."""
-        self._track.queue_packet(payload, duration)
+    def describe(self) -> dict[str, Any]:
+        """The leg's counters, for the API."""
+        return {
+            "transport": "webrtc",
+            "payload_type": self.payload_type,
+            "connection_state": self._pc.connectionState,
+            "packets_in": self.packets_in,
+            "foreign_packets_in": self.foreign_packets_in,
+            "packets_out": self.track.packets_out,
+            "queue_drops": self.track.queue_drops,
+        }
+
+    def drop_counts(self) -> Mapping[str, int]:
+        """Packets dropped at this leg, by reason."""
+        counts = {
+            "wrong_payload_type": self.foreign_packets_in,
+            "send_queue_overflow": self.track.queue_drops,
+        }
+        return {reason: count for reason, count in counts.items() if count}
+
+    def send_audio(self, packet: MediaPacket) -> None:
+        """Hand one Opus packet to aiortc's sender; it is journalled when the sender takes it."""
+        self.track.queue_packet(packet._replace(payload_type=self.payload_type))
 
     async def add_ice_candidates(self, fragment: str) -> None:
         """Add the remote candidates of an RFC 8840 SDP fragment (WHIP PATCH trickle)."""
+        lines = fragment.replace("\r\n", "\n").split("\n")
+        check_candidate_count(lines)
         mid: str | None = None
         remote_ufrags = _ice_ufrags(self._pc.remoteDescription.sdp)
-        for line in fragment.replace("\r\n", "\n").split("\n"):
+        for line in lines:
             if line.startswith("a=ice-ufrag:") and line[len("a=ice-ufrag:") :] not in remote_ufrags:
                 # RFC 8840 §4.4: new ICE credentials in a fragment ask for an ICE restart.
                 raise UnsupportedSdpError("ICE restart is not supported")
@@ -387,21 +390,24 @@ class WebRtcCallerTransport:
         """Close the peer connection and its sockets; calling it again does nothing."""
         # The owner asked for the end, so it is not reported back through the sink.
         self._closing = True
+        self.track.stop()
         await self._pc.close()
 
     def _on_rtp_packet(self, packet: RtpPacket) -> None:
-        if packet.payload_type != self._opus_payload_type:
-            self._foreign_packets_in += 1
+        if packet.payload_type != self.payload_type:
+            self.foreign_packets_in += 1
             return
-        self._packets_in += 1
+        self.packets_in += 1
         self._sink.on_caller_packet(
-            arrival_ns=self._clock.monotonic_ns(),
-            rtp_timestamp=packet.timestamp,
-            ssrc=packet.ssrc,
-            sequence=packet.sequence_number,
-            payload_type=packet.payload_type,
-            marker=bool(packet.marker),
-            payload=packet.payload,
+            MediaPacket(
+                self._clock.monotonic_ns(),
+                packet.timestamp,
+                packet.sequence_number,
+                packet.ssrc,
+                packet.payload_type,
+                bool(packet.marker),
+                packet.payload,
+            )
         )
 
     def _on_connection_state_change(self) -> None:
@@ -409,9 +415,8 @@ class WebRtcCallerTransport:
         if self._ended or self._closing or state not in ("failed", "closed"):
             return
         self._ended = True
-        reason = ENDED_FAILED if state == "failed" else ENDED_CLOSED
-        log.info("webrtc.caller_ended", reason=reason, packets_in=self._packets_in)
-        self._sink.on_caller_ended(reason)
+        log.info("webrtc.caller_ended", state=state, packets_in=self.packets_in)
+        self._sink.on_caller_ended(EndReason.CALLER_HANGUP)
 
 
 def _opus_capabilities() -> list[RTCRtpCodecCapability]:

@@ -1,0 +1,125 @@
+"""The bridge to a call's agent: caller audio decoded for it, its speech queued and encoded."""
+
+from dataclasses import dataclass
+
+import structlog
+
+from mediaserver.audio.transcoder import (
+    DEFAULT_LIVE_COMPLEXITY,
+    AgentAudioEncoder,
+    CallerAudioDecoder,
+)
+from mediaserver.errors import OpusPacketError
+from mediaserver.playout import Playout
+from mediaserver.recording.channel import Codec
+from mediaserver.rtp.media_packet import MediaPacket
+from mediaserver.transports.link import AgentLink, Pcm
+
+log = structlog.get_logger(__name__)
+
+_HALF_SEQUENCE = 1 << 15
+FRAME_MS = 20
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """What the bridge moved and dropped."""
+
+    caller_frames_to_agent: int = 0
+    caller_late_for_agent: int = 0
+    caller_undecodable: int = 0
+    agent_frames_encoded: int = 0
+    agent_frames_late: int = 0  # played out of time after a stall: dropped, never sent
+    marks_echoed: int = 0
+    clears: int = 0
+
+
+class AgentBridge:
+    """Between one call's caller and its agent: owns the decoder, playout, encoder and sequencer."""
+
+    def __init__(
+        self,
+        agent: AgentLink,
+        *,
+        caller_codec: Codec,
+        complexity: int = DEFAULT_LIVE_COMPLEXITY,
+        max_buffered_s: float = 300.0,
+    ) -> None:
+        self.agent = agent
+        rate_hz = agent.sample_rate_hz
+        self.playout = Playout(rate_hz, frame_ms=FRAME_MS, max_buffered_s=max_buffered_s)
+        self._decoder = CallerAudioDecoder(caller_codec, rate_hz)
+        self._encoder = AgentAudioEncoder(caller_codec, rate_hz, complexity=complexity)
+        self._last_sequence: dict[int, int] = {}
+        self.stats = BridgeStats()
+
+    # -- caller to agent -----------------------------------------------------------------------
+
+    def hear_caller(self, packet: MediaPacket) -> None:
+        """Decode a caller packet for the agent; a late or broken one is counted and skipped."""
+        ssrc, sequence = packet.ssrc, packet.sequence
+        last = self._last_sequence.get(ssrc)
+        if last is not None and (sequence - last) % 65536 >= _HALF_SEQUENCE:
+            # The agent hears audio once, in order: a late packet is already history for it.
+            self.stats.caller_late_for_agent += 1
+            return
+        self._last_sequence[ssrc] = sequence
+        try:
+            pcm = self._decoder.decode(packet.payload)
+        except OpusPacketError:
+            self.stats.caller_undecodable += 1
+            return
+        self.stats.caller_frames_to_agent += 1
+        self.agent.send_caller_audio(pcm)
+
+    # -- agent to caller -----------------------------------------------------------------------
+
+    def queue_audio(self, pcm: Pcm) -> None:
+        """Queue agent speech for playout."""
+        self.playout.push_audio(pcm)
+
+    def queue_mark(self, name: str) -> None:
+        """Queue a mark behind the agent's audio."""
+        self.playout.push_mark(name)
+
+    def clear(self) -> None:
+        """Barge-in: drop queued agent audio; its marks are reached now."""
+        self.stats.clears += 1
+        for name in self.playout.clear():
+            self._echo_mark(name)
+
+    def finish(self) -> None:
+        """The agent leg ends: queued audio will not play, but its marks are answered first."""
+        for name in self.playout.clear():
+            self._echo_mark(name)
+
+    def next_payload(self) -> bytes | None:
+        """Play one 20 ms frame: its encoded payload, or None when the agent is silent."""
+        frame = self.playout.next_frame()
+        payload = None
+        if frame.pcm is not None:
+            payload = self._encoder.encode_frame(frame.pcm)
+            self.stats.agent_frames_encoded += 1
+        for name in frame.marks:
+            self._echo_mark(name)
+        return payload
+
+    def skip(self, ticks: int) -> None:
+        """Ticks the pacer missed (a stalled loop): their audio is dropped, its marks reached."""
+        # Sending them late would put a standing delay between the agent and the caller's ear.
+        for _ in range(ticks):
+            frame = self.playout.next_frame()
+            if frame.pcm is not None:
+                self.stats.agent_frames_late += 1
+            for name in frame.marks:
+                self._echo_mark(name)
+
+    @property
+    def buffered_ms(self) -> float:
+        """Agent audio queued and not yet played."""
+        return self.playout.buffered_ms
+
+    def _echo_mark(self, name: str) -> None:
+        """Tell the agent its mark was reached."""
+        self.agent.send_mark(name)
+        self.stats.marks_echoed += 1

@@ -1,0 +1,167 @@
+"""libopus through ctypes, for the live path: decoding to and encoding from the agent's rate."""
+
+# Through PyAV, a 20 ms Opus decode plus the resampling to the agent's 8 kHz costs ~75 µs and an
+# encode ~70 µs, most of it conversion and frame bookkeeping around the codec; calling libopus
+# itself costs ~22 µs each (bench_agent_capacity.py profiles it). libopus decodes to and encodes
+# from 8/12/16/24/48 kHz natively (RFC 6716 §2), so the agent's audio is never resampled.
+# The library is the system's libopus0, or else the copy PyAV's wheel carries.
+
+import ctypes
+import ctypes.util
+from functools import cache
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from mediaserver.errors import OpusPacketError
+
+# opus_defines.h
+_OPUS_OK = 0
+_APPLICATION_VOIP = 2048
+_SET_BITRATE_REQUEST = 4002
+_SET_COMPLEXITY_REQUEST = 4010
+_SET_INBAND_FEC_REQUEST = 4012
+_SET_SIGNAL_REQUEST = 4024
+_SIGNAL_VOICE = 3001
+# RFC 6716 §2: the sample rates libopus encodes from and decodes to.
+OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
+# RFC 6716 §3.2.5: a packet holds at most 120 ms of audio.
+_MAX_PACKET_MS = 120
+_MAX_PACKET_BYTES = 1500  # one datagram
+
+Pcm = npt.NDArray[np.int16]
+
+
+@cache
+def load_libopus() -> ctypes.CDLL:
+    """The libopus shared library, with the signatures used here declared."""
+    candidates = []
+    found = ctypes.util.find_library("opus")
+    if found:
+        candidates.append(found)
+    bundled = Path(av.__file__).parent.parent / "av.libs"
+    candidates.extend(str(p) for p in sorted(bundled.glob("libopus*.so*")))
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        _declare(lib)
+        return lib
+    raise OSError("libopus not found: install libopus0 (Debian) or PyAV's wheel")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument and result types of the functions called (opus.h)."""
+    c_int_p = ctypes.POINTER(ctypes.c_int)
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, c_int_p]
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_decode.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_int32,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.opus_decode.restype = ctypes.c_int
+    lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int, c_int_p]
+    lib.opus_encoder_create.restype = ctypes.c_void_p
+    lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_encode.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int32,
+    ]
+    lib.opus_encode.restype = ctypes.c_int32
+    lib.opus_strerror.argtypes = [ctypes.c_int]
+    lib.opus_strerror.restype = ctypes.c_char_p
+
+
+def _error(lib: ctypes.CDLL, code: int) -> str:
+    """libopus's text for an error code."""
+    return bytes(lib.opus_strerror(code)).decode("ascii", "replace")
+
+
+class OpusDecoder:
+    """A mono Opus decoder whose output is int16 PCM at `rate_hz`."""
+
+    def __init__(self, rate_hz: int) -> None:
+        if rate_hz not in OPUS_RATES_HZ:
+            raise ValueError(f"Opus cannot decode to {rate_hz} Hz")
+        self._lib = load_libopus()
+        error = ctypes.c_int()
+        self._state = self._lib.opus_decoder_create(rate_hz, 1, ctypes.byref(error))
+        if error.value != _OPUS_OK or not self._state:
+            raise OSError(f"opus_decoder_create failed: {_error(self._lib, error.value)}")
+        self._max_samples = rate_hz * _MAX_PACKET_MS // 1000
+        self._out = np.zeros(self._max_samples, np.int16)
+        self._out_pointer = self._out.ctypes.data
+
+    def decode(self, payload: bytes) -> Pcm:
+        """Decode one packet; a packet libopus rejects is an OpusPacketError."""
+        count = self._lib.opus_decode(
+            self._state, payload, len(payload), self._out_pointer, self._max_samples, 0
+        )
+        if count < 0:
+            raise OpusPacketError(f"Opus payload does not decode: {_error(self._lib, count)}")
+        return self._out[:count].copy()
+
+    def __del__(self) -> None:
+        state, self._state = getattr(self, "_state", None), None
+        if state:
+            self._lib.opus_decoder_destroy(state)
+
+
+class OpusFrameEncoder:
+    """A mono VoIP Opus encoder taking exactly one frame of int16 PCM at `rate_hz` per call."""
+
+    def __init__(
+        self, rate_hz: int, *, frame_ms: int = 20, bitrate_bps: int = 32000, complexity: int = 0
+    ) -> None:
+        if rate_hz not in OPUS_RATES_HZ:
+            raise ValueError(f"Opus cannot encode from {rate_hz} Hz")
+        if not 0 <= complexity <= 10:
+            raise ValueError(f"Opus complexity must be 0..10, got {complexity}")
+        self._lib = load_libopus()
+        error = ctypes.c_int()
+        self._state = self._lib.opus_encoder_create(
+            rate_hz, 1, _APPLICATION_VOIP, ctypes.byref(error)
+        )
+        if error.value != _OPUS_OK or not self._state:
+            raise OSError(f"opus_encoder_create failed: {_error(self._lib, error.value)}")
+        for request, value in (
+            (_SET_BITRATE_REQUEST, bitrate_bps),
+            (_SET_COMPLEXITY_REQUEST, complexity),
+            (_SET_SIGNAL_REQUEST, _SIGNAL_VOICE),
+            (_SET_INBAND_FEC_REQUEST, 0),
+        ):
+            result = self._lib.opus_encoder_ctl(
+                ctypes.c_void_p(self._state), ctypes.c_int(request), ctypes.c_int(value)
+            )
+            if result != _OPUS_OK:
+                raise OSError(f"opus_encoder_ctl({request}) failed: {_error(self._lib, result)}")
+        self.frame_samples = rate_hz * frame_ms // 1000
+        self._out = ctypes.create_string_buffer(_MAX_PACKET_BYTES)
+
+    def encode(self, pcm: Pcm) -> bytes:
+        """Encode exactly one frame."""
+        if pcm.size != self.frame_samples or pcm.dtype != np.int16:
+            raise ValueError(f"expected {self.frame_samples} int16 samples, got {pcm.size}")
+        samples = np.ascontiguousarray(pcm)
+        size = self._lib.opus_encode(
+            self._state, samples.ctypes.data, self.frame_samples, self._out, _MAX_PACKET_BYTES
+        )
+        if size < 0:
+            raise OSError(f"opus_encode failed: {_error(self._lib, size)}")
+        return self._out.raw[:size]
+
+    def __del__(self) -> None:
+        state, self._state = getattr(self, "_state", None), None
+        if state:
+            self._lib.opus_encoder_destroy(state)

@@ -1,0 +1,149 @@
+"""One live call's recording: its journals and which of its channels are still open."""
+
+from collections.abc import Callable
+from typing import BinaryIO
+
+from mediaserver.errors import CallStateError
+from mediaserver.recording.call import CallStatus, EndReason
+from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.journal import JournalHeader, JournalWriter
+from mediaserver.recording.spool import CallDescription, CallSpool
+from mediaserver.rtp.media_packet import MediaPacket
+
+# One second of a channel (~4.6 KB) fits, so a flush a second is still one write per journal;
+# larger buffers only raise resident memory when flushing falls behind (bench_memory.py).
+JOURNAL_BUFFER_BYTES = 8 * 1024
+
+
+class CallRecording:
+    """The handle a call records through; the one owner of its legs' open/ended state."""
+
+    __slots__ = (
+        "_files",
+        "_on_ended",
+        "_open",
+        "_writers",
+        "description",
+        "end_reasons",
+        "keep",
+        "last_activity_ns",
+        "packets_after_end",
+        "spool",
+    )
+
+    def __init__(
+        self,
+        spool: CallSpool,
+        description: CallDescription,
+        *,
+        keep: bool = True,
+        on_ended: Callable[["CallRecording", EndReason], None] | None = None,
+    ) -> None:
+        """Create the spool and open both journals; `keep=False` journals nothing."""
+        self.spool = spool
+        self.description = description
+        self.keep = keep  # AUDIO_CACHE_ENABLED: the call runs, nothing is kept
+        self._on_ended = on_ended
+        self._open = set(Channel)
+        self.end_reasons: dict[Channel, EndReason] = {}
+        self.last_activity_ns = description.mono_start_ns
+        self.packets_after_end = 0
+        self._files: dict[Channel, BinaryIO] = {}
+        self._writers: dict[Channel, JournalWriter] = {}
+        # A few hundred bytes and two opens: small enough for the loop, like a journal append.
+        spool.create(description)
+        for channel, codec in description.codecs.items():
+            handle = spool.journal_path(channel).open("wb", buffering=JOURNAL_BUFFER_BYTES)
+            self._files[channel] = handle
+            self._writers[channel] = JournalWriter(
+                handle,
+                JournalHeader(channel, codec, description.wall_start_ns, description.mono_start_ns),
+            )
+
+    @property
+    def call_id(self) -> str:
+        """The call's id."""
+        return self.description.call_id
+
+    @property
+    def wall_start_ns(self) -> int:
+        """When the call opened (UTC epoch ns)."""
+        return self.description.wall_start_ns
+
+    @property
+    def mono_start_ns(self) -> int:
+        """When the call opened (monotonic ns)."""
+        return self.description.mono_start_ns
+
+    @property
+    def codecs(self) -> dict[Channel, Codec]:
+        """Each channel's codec."""
+        return self.description.codecs
+
+    @property
+    def status(self) -> CallStatus:
+        """`recording` while a channel is open, then `finalizing`."""
+        return CallStatus.RECORDING if self._open else CallStatus.FINALIZING
+
+    @property
+    def open_channels(self) -> frozenset[Channel]:
+        """Channels still being recorded."""
+        return frozenset(self._open)
+
+    def is_open(self, channel: Channel) -> bool:
+        """Whether a channel is still being recorded."""
+        return channel in self._open
+
+    def packet_count(self, channel: Channel) -> int:
+        """Packets journalled on a channel."""
+        return self._writers[channel].packet_count
+
+    @property
+    def has_media(self) -> bool:
+        """Whether any packet was journalled."""
+        return any(writer.packet_count for writer in self._writers.values())
+
+    def record(self, channel: Channel, packet: MediaPacket) -> bool:
+        """Journal one packet, O(1); False (and counted) when the channel has ended."""
+        if channel not in self._open:
+            self.packets_after_end += 1
+            return False
+        self.last_activity_ns = packet.arrival_ns
+        if self.keep:
+            self._writers[channel].append(packet)
+        return True
+
+    def touch(self, now_ns: int) -> None:
+        """Note activity that carries no packet (an agent message, say)."""
+        self.last_activity_ns = now_ns
+
+    def idle_ns(self, now_ns: int) -> int:
+        """How long the call has seen no activity."""
+        return now_ns - self.last_activity_ns
+
+    def flush(self) -> None:
+        """Hand buffered records of the open channels to the operating system."""
+        for channel in self._open:
+            self._writers[channel].flush()
+
+    def end(self, channel: Channel, reason: EndReason) -> bool:
+        """Close a channel's journal; True exactly once, when it was the last open channel."""
+        if channel not in self._open:
+            return False
+        self._open.discard(channel)
+        self.end_reasons[channel] = reason
+        self._files[channel].close()  # flushes the buffer: a few KiB at most
+        if self._open:
+            return False
+        if self._on_ended is not None:
+            self._on_ended(self, reason)
+        return True
+
+    def discard(self) -> None:
+        """Forget a call that never carried media (its setup failed): nothing is kept."""
+        if self.has_media:
+            raise CallStateError(f"call {self.call_id} has media and must be ended, not discarded")
+        for handle in self._files.values():
+            handle.close()
+        self._open.clear()
+        self.spool.remove()  # two empty journals and a small description

@@ -1,0 +1,107 @@
+"""Where every packet of both channels goes in a recording: the sync-critical part, pure."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.timeline import Timeline, TimelineConfig, compute_timeline
+from mediaserver.rtp.media_packet import MediaPacket
+
+OPUS_RATE_HZ = 48000
+PRECISE_GRANULARITY = 120  # 2.5 ms, the shortest Opus frame: gaps are filled to the sample grid
+LOSSLESS_GRANULARITY = 960  # 20 ms: both channels stay on one packet grid so they can be muxed
+# Anchored media times can precede the first arrival (that packet may have been delayed by
+# jitter), so placement starts a little earlier and the common lead-in is cut away after.
+ORIGIN_MARGIN_NS = 500_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInput:
+    """One channel's decodable packets in arrival order, each with its duration in clock units."""
+
+    channel: Channel
+    codec: Codec
+    packets: Sequence[MediaPacket]
+    durations: Sequence[int]
+    malformed: int = 0  # packets left out because their payload does not parse
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPlan:
+    """A channel's placements on the recording's timeline (sample 0 = the stereo file's start)."""
+
+    input: ChannelInput
+    timeline: Timeline
+    grid: int  # placement granularity in the channel's clock units
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPlan:
+    """Both channels placed on one timeline, and how long the recording is."""
+
+    channels: tuple[ChannelPlan, ...]
+    origin_ns: int  # the server's monotonic time of the recording's first sample
+    span_samples: int  # length in 48 kHz samples, whole grid units, never zero
+    has_media: bool
+
+
+def to_48k(samples: int, codec: Codec) -> int:
+    """Convert a count in the codec's clock to 48 kHz samples."""
+    return samples * OPUS_RATE_HZ // codec.clock_rate_hz
+
+
+def compute_grid(item: ChannelInput, stereo_mode: str) -> int:
+    """Placement grid of a channel, in its clock units."""
+    # Opus snaps to its shortest frame; for lossless muxing to the 20 ms packet grid, but only
+    # when every packet is whole 20 ms (otherwise muxing fails and the precise grid is better).
+    if item.codec is not Codec.OPUS:
+        return 1
+    if stereo_mode == "lossless" and all(d % LOSSLESS_GRANULARITY == 0 for d in item.durations):
+        return LOSSLESS_GRANULARITY
+    return PRECISE_GRANULARITY
+
+
+def plan_recording(
+    inputs: Sequence[ChannelInput], *, mono_start_ns: int, stereo_mode: str
+) -> RecordingPlan:
+    """Place both channels on one timeline that starts at the first audio of either."""
+    arrivals = [min(p.arrival_ns for p in i.packets) for i in inputs if i.packets]
+    origin_ns = (min(arrivals) if arrivals else mono_start_ns) - ORIGIN_MARGIN_NS
+    grids = [compute_grid(i, stereo_mode) for i in inputs]
+    timelines = [
+        compute_timeline(
+            i.packets,
+            i.durations,
+            origin_ns=origin_ns,
+            config=TimelineConfig(clock_rate_hz=i.codec.clock_rate_hz, granularity=grid),
+        )
+        for i, grid in zip(inputs, grids, strict=True)
+    ]
+    grid_48k = max([*grids, PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
+    starts = [
+        to_48k(t.placements[0].start, i.codec)
+        for t, i in zip(timelines, inputs, strict=True)
+        if t.placements
+    ]
+    lead_in = (min(starts) // grid_48k * grid_48k) if starts else 0
+    timelines = [_rebase(t, lead_in, i.codec) for t, i in zip(timelines, inputs, strict=True)]
+    origin_ns += lead_in * 1_000_000_000 // OPUS_RATE_HZ
+    span = max(_end_48k(t, i.codec) for t, i in zip(timelines, inputs, strict=True))
+    span = max(grid_48k, -(-span // grid_48k) * grid_48k)
+    channels = tuple(ChannelPlan(i, t, g) for i, t, g in zip(inputs, timelines, grids, strict=True))
+    return RecordingPlan(channels, origin_ns, span, has_media=bool(arrivals))
+
+
+def _rebase(timeline: Timeline, lead_in_48k: int, codec: Codec) -> Timeline:
+    """Move every placement earlier by a lead-in common to both channels."""
+    shift = lead_in_48k * codec.clock_rate_hz // OPUS_RATE_HZ
+    placements = tuple(replace(p, start=p.start - shift) for p in timeline.placements)
+    return replace(timeline, placements=placements)
+
+
+def _end_48k(timeline: Timeline, codec: Codec) -> int:
+    """Where a channel's last placed audio ends, in 48 kHz samples since the origin."""
+    if not timeline.placements:
+        return 0
+    last = timeline.placements[-1]
+    return to_48k(last.start + last.duration, codec)
