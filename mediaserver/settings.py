@@ -36,6 +36,7 @@ _POSITIVE = (
     "max_body_bytes",
     "drain_timeout_s",
     "rtp_media_timeout_s",
+    "rtp_relatch_after_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
     "finalize_timeout_s",
@@ -94,6 +95,8 @@ class Settings:
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
     rtp_media_timeout_s: float = 30.0
+    rtp_relatch_after_s: float = 2.0
+    rtp_relatch_any_source: bool = False
     ice_servers: str = ""
     ice_host_addresses: str = ""
     agent_connect_timeout_s: float = 10.0

@@ -60,7 +60,7 @@ async def wait_for_recording(
     while True:
         async with client.get(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
             body: dict[str, Any] = await response.json()
-        if body.get("status") in ("stored", "recovered"):
+        if body.get("status") in ("stored", "recovered", "empty"):
             return body
         assert body.get("status") != "upload_failed", body
         assert time.monotonic() < deadline, f"recording not stored in time: {body}"

@@ -12,6 +12,8 @@ from mediaserver.errors import (
     MediaServerError,
     ObjectNotFoundError,
     OverloadedError,
+    SdpNegotiationError,
+    SdpParseError,
     StorageError,
     UnknownCallError,
     UnsupportedSdpError,
@@ -63,9 +65,9 @@ def _map_error(exc: MediaServerError) -> tuple[int, str]:
     """Status and code for one of our own errors."""
     if isinstance(exc, OverloadedError):
         return 503, "overloaded"
-    if isinstance(exc, MalformedSdpError):
+    if isinstance(exc, MalformedSdpError | SdpParseError):
         return 400, "malformed_sdp"  # RFC 9110 §15.5.1
-    if isinstance(exc, UnsupportedSdpError):
+    if isinstance(exc, UnsupportedSdpError | SdpNegotiationError):
         return 422, "unsupported_sdp"  # well-formed, asking for what this server does not do
     if isinstance(exc, WebRtcSetupError):
         return 500, "webrtc_setup_failed"  # our configuration, not the request
