@@ -131,6 +131,10 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 2.0
+    # Recording lifecycle and access (README, "Access", "Audit log")
+    api_tokens_path: str = ""
+    audit_path: Path = Path("./data/audit")
+    audit_retention_days: int = 0  # 0: keep forever
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -232,7 +236,21 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
+    _validate_lifecycle(settings)
     return settings
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+def _validate_lifecycle(settings: Settings) -> None:
+    """Retention, encryption and GCS-only settings fit together."""
+    for name in ("audit_retention_days",):
+        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
+                f" got {getattr(settings, name)}"
+            )
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -22,6 +22,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         spool_path=tmp_path / "spool",
         jobs_path=tmp_path / "jobs",
         storage_path=str(tmp_path / "recordings"),
+        audit_path=tmp_path / "audit",
         port=0,
         api_token=TOKEN,
         ice_host_addresses="127.0.0.1",
