@@ -19,12 +19,14 @@ from mediaserver.api import (
     console,
     console_session,
     health,
+    nodes,
     openapi,
     recordings,
     whip,
     whoami,
 )
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.cluster_routing import cluster_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
@@ -41,8 +43,10 @@ from mediaserver.api.keys import (
     PORTS,
     PROCESS_POOL,
     RECORDER,
+    REDIS,
     SETTINGS,
     STORE,
+    TOKENS,
 )
 from mediaserver.api.token_registry import TokenRegistry
 from mediaserver.audit.audit_log import AuditLog, AuditSink, build_node_name
@@ -50,10 +54,12 @@ from mediaserver.audit.file_sink import FileAuditSink
 from mediaserver.audit.store_sink import StoreAuditSink
 from mediaserver.calls import CallHub
 from mediaserver.clock import Clock, SystemClock
+from mediaserver.cluster_app import cluster_context, redis_context
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
-from mediaserver.jobs.local import LocalJobQueue
+from mediaserver.jobs.factory import build_job_queue, build_recording_locks
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
+from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
@@ -85,16 +91,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         ttl_s=settings.console_session_ttl_s,
         clock=SystemClock(),
     )
+    # Audit outermost: it sees every answer, errors included, as the client gets it.
+    middlewares = [
+        audit.audit_middleware,
+        error_middleware,
+        build_auth_middleware(tokens, sessions),
+    ]
+    if settings.redis_url:  # several nodes: new calls placed, a call's requests sent to its node
+        middlewares.append(cluster_middleware)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Audit outermost: it sees every answer, errors included, as the client gets it.
-        middlewares=[
-            audit.audit_middleware,
-            error_middleware,
-            build_auth_middleware(tokens, sessions),  # type: ignore[list-item]
-        ],
+        middlewares=middlewares,  # type: ignore[arg-type]
     )
     app[SETTINGS] = settings
+    app[TOKENS] = tokens
     app[CONSOLE_SESSIONS] = sessions
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
@@ -105,6 +115,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             _store,
             _webhooks,
             _audit(chosen_clock),
+            redis_context,
             _job_pool,
             _jobs,
             _finalizer,
@@ -113,6 +124,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             _loop_lag,
             _load(chosen_clock),
             _hub(chosen_clock),
+            cluster_context,
             _sweeper(chosen_clock),
             _stats_metrics,
         ]
@@ -127,6 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     openapi.add_routes(app)
     audit.add_routes(app)
     whoami.add_routes(app)
+    nodes.add_routes(app)
     return app
 
 
@@ -252,21 +265,26 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
+    redis = app.get(REDIS)
     scratch = settings.jobs_path / "scratch"
-    await asyncio.to_thread(shutil.rmtree, scratch, True)  # what jobs cut short left behind
-    states = JobStateStore(app[STORE], scratch)
+    if redis is None:  # this process alone runs jobs from jobs_path: clear what it cut short
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    states = JobStateStore(app[STORE], scratch, locks=build_recording_locks(redis))
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
         on_event=app[EVENTS].job_finished,
+        max_attempts=settings.job_max_attempts,
+        on_duration=app[METRICS].observe_job,
     )
     scheduler = JobScheduler(
-        queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
+        queue=build_job_queue(settings, redis),
         states=states,
         plan=build_job_plan(settings),
-        handler=runner,
+        # With Redis, `mediaserver worker` processes run the jobs (serve --with-worker too).
+        handler=runner if redis is None or settings.with_worker else None,
     )
     app[JOBS] = scheduler
     await scheduler.start()
@@ -280,9 +298,11 @@ def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]
     yield (
         "mediaserver_jobs_pending",
         "gauge",
-        "Post-call jobs queued or running in this process.",
+        "Post-call jobs queued or running (in this process; with Redis, in every worker).",
         [("", {}, scheduler.queue.depth())],
     )
+    if isinstance(scheduler.queue, RedisJobQueue):
+        yield from queue_reports(scheduler.queue)
     yield (
         "mediaserver_jobs",
         "counter",

@@ -2,6 +2,7 @@
 
 import difflib
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -57,6 +58,8 @@ _POSITIVE = (
     "webhook_timeout_s",
     "webhook_max_attempts",
     "webhook_backoff_s",
+    "job_visibility_timeout_s",
+    "job_max_attempts",
 )
 
 
@@ -131,6 +134,14 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 12
     webhook_backoff_s: float = 2.0
+    # Several nodes (empty redis_url: one node, everything in this process)
+    node_id: str = ""  # "" = this machine's host name
+    public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
+    redis_url: str = ""  # e.g. redis://redis:6379/0: node registry, call map and job queue
+    storage_shared: bool = False  # local storage_path is a filesystem every node and worker mounts
+    job_visibility_timeout_s: float = 60.0  # a job unfinished this long is redone by another worker
+    job_max_attempts: int = 3  # a job that keeps failing ends `failed` after this many attempts
+    with_worker: bool = False  # with redis_url: `serve` runs jobs too (else only workers do)
     # Recording lifecycle and access (README, "Access", "Audit log")
     api_tokens_path: str = ""
     audit_path: Path = Path("./data/audit")
@@ -236,8 +247,35 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
+    _validate_cluster(settings)
     _validate_lifecycle(settings)
     return settings
+
+
+def _validate_cluster(settings: Settings) -> None:
+    """The settings of several nodes: addresses that parse, storage every node can read."""
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting public_url must be an http:// or https:// URL, got {settings.public_url!r}"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise SettingsError(
+            "setting redis_url must be a redis://, rediss:// or unix:// URL,"
+            f" got {settings.redis_url!r}"
+        )
+    if settings.redis_url and settings.storage_type == "local" and not settings.storage_shared:
+        raise SettingsError(
+            "setting redis_url runs several nodes and workers, which must all read the recordings:"
+            " use storage_type = gcs, or put storage_path on a shared filesystem and set"
+            " storage_shared = true"
+        )
+
+
+def resolve_node_id(settings: Settings) -> str:
+    """This node's id: the node_id setting, or the host name."""
+    return settings.node_id or socket.gethostname()
 
 
 MAX_RETENTION_DAYS = 36500

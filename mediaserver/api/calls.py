@@ -11,6 +11,7 @@ from aiohttp import web
 from mediaserver.api.body import read_json_object, read_text
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import HTTP_CLIENT, HUB, PORTS, SETTINGS
+from mediaserver.api.links import absolute_base, public_base, websocket_base
 from mediaserver.call_recording import PauseBehavior
 from mediaserver.calls import CallHub
 from mediaserver.errors import (
@@ -221,17 +222,21 @@ async def create_call(request: web.Request) -> web.Response:
                 timeout_s=settings.agent_connect_timeout_s,
             )
         )
-    location = f"/v1/calls/{session.call_id}"
+    # With public_url (several nodes) the links are absolute, on this node: the call lives here.
+    base = public_base(request)
+    location = f"{base}/v1/calls/{session.call_id}"
     return web.json_response(
         {
             **describe_session(session),
             "links": {
                 "self": location,
-                "whip": f"/whip?call_id={session.call_id}",
+                "whip": f"{base}/whip?call_id={session.call_id}",
                 "rtp": f"{location}/rtp",
                 "agent": f"{location}/agent",
-                "recording": f"/v1/recordings/{session.call_id}",
+                "recording": f"{base}/v1/recordings/{session.call_id}",
             },
+            "whip_url": f"{absolute_base(request)}/whip?call_id={session.call_id}",
+            "agent_ws_url": f"{websocket_base(request)}/v1/calls/{session.call_id}/agent",
         },
         status=201,
         headers={"Location": location},
