@@ -26,7 +26,7 @@ _CHOICES = {
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
-    "transcription_backend": ("pocketsphinx", "none"),
+    "transcription_backend": ("pocketsphinx", "openai", "none"),
     "encryption": ("none", "envelope"),
 }
 _POSITIVE = (
@@ -57,6 +57,9 @@ _POSITIVE = (
     "transcription_timeout_s",
     "transcription_max_attempts",
     "transcription_max_upload_bytes",
+    "webhook_timeout_s",
+    "webhook_max_attempts",
+    "webhook_backoff_s",
     "job_visibility_timeout_s",
     "job_max_attempts",
 )
@@ -128,6 +131,11 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_s: float = 2.0
     # Several nodes (empty redis_url: one node, everything in this process)
     node_id: str = ""  # "" = this machine's host name
     public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
@@ -242,6 +250,10 @@ def validate_settings(settings: Settings) -> Settings:
     if settings.vad_min_speech_ms < 0 or settings.vad_min_silence_ms < 0:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
+        )
+    if settings.webhook_url and not settings.webhook_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
     _validate_cluster(settings)
     _validate_lifecycle(settings)

@@ -43,6 +43,7 @@ from mediaserver.transports.twilio_protocol import (
     parse_audio_format_query,
 )
 from mediaserver.transports.webrtc import WebRtcCallerTransport
+from mediaserver.webhooks import with_status_callback
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +183,15 @@ async def _dial_agent(
 async def create_call(request: web.Request) -> web.Response:
     """POST /v1/calls: open a call (optionally dialling out to its agent)."""
     body = await read_json_object(request)
-    fields = {"call_id", "caller_codec", "agent_url", "agent_format", "metadata", "retention_days"}
+    fields = {
+        "call_id",
+        "caller_codec",
+        "agent_url",
+        "agent_format",
+        "metadata",
+        "retention_days",
+        "status_callback",
+    }
     unknown = set(body) - fields
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -196,6 +205,8 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(
             400, "bad_request", f"metadata must be a JSON object under {MAX_METADATA_BYTES} bytes"
         )
+    # The call's own webhook receiver travels with its metadata into the recording's manifest.
+    metadata = with_status_callback(metadata, body.get("status_callback"))
     retention_days = _retention_days(body.get("retention_days"))
     codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
     agent_url = body.get("agent_url")
