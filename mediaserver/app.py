@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from aiohttp import web
 from mediaserver.admission import AdmissionLimits, LoadMonitor
 from mediaserver.api import (
     analysis,
+    audit,
     calls,
     console,
     console_session,
@@ -19,11 +21,13 @@ from mediaserver.api import (
     openapi,
     recordings,
     whip,
+    whoami,
 )
 from mediaserver.api.auth import build_auth_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
+    AUDIT,
     FINALIZER,
     HTTP_CLIENT,
     HUB,
@@ -38,6 +42,10 @@ from mediaserver.api.keys import (
     SETTINGS,
     STORE,
 )
+from mediaserver.api.token_registry import TokenRegistry
+from mediaserver.audit.audit_log import AuditLog, AuditSink, build_node_name
+from mediaserver.audit.file_sink import FileAuditSink
+from mediaserver.audit.store_sink import StoreAuditSink
 from mediaserver.calls import CallHub
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.finalize import FinalizeOptions
@@ -65,12 +73,23 @@ JOB_NICENESS = 10
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
+    tokens = TokenRegistry(
+        settings.api_token, Path(settings.api_tokens_path) if settings.api_tokens_path else None
+    )
     sessions = ConsoleSessions(
-        settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
+        lambda: tokens.table,
+        secret=settings.api_token,
+        ttl_s=settings.console_session_ttl_s,
+        clock=SystemClock(),
     )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
+        # Audit outermost: it sees every answer, errors included, as the client gets it.
+        middlewares=[
+            audit.audit_middleware,
+            error_middleware,
+            build_auth_middleware(tokens, sessions),  # type: ignore[list-item]
+        ],
     )
     app[SETTINGS] = settings
     app[CONSOLE_SESSIONS] = sessions
@@ -81,6 +100,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            _audit(chosen_clock),
             _job_pool,
             _jobs,
             _finalizer,
@@ -101,6 +121,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     console_session.add_routes(app)
     console.add_routes(app)
     openapi.add_routes(app)
+    audit.add_routes(app)
+    whoami.add_routes(app)
     return app
 
 
@@ -124,6 +146,47 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await store.close()
+
+
+def _audit(clock: Clock) -> Context:
+    """The audit log: day files on local disk, batch objects in a GCS bucket (README, "Audit")."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        sink: AuditSink
+        if settings.storage_type == "gcs":
+            sink = StoreAuditSink(app[STORE], settings.audit_path / "scratch")
+        else:
+            sink = FileAuditSink(settings.audit_path)
+        audit_log = AuditLog(
+            sink,
+            clock=clock,
+            node=build_node_name(),
+            retention_days=settings.audit_retention_days,
+        )
+        app[AUDIT] = audit_log
+        await audit_log.start()
+        app[METRICS].add_stats_source(lambda: _audit_reports(audit_log))
+        yield
+        await audit_log.close()
+
+    return context
+
+
+def _audit_reports(audit_log: AuditLog) -> Iterator[Report]:
+    """The audit log's counters for Prometheus."""
+    yield (
+        "mediaserver_audit_events",
+        "counter",
+        "Audit events written durably.",
+        [("", {}, audit_log.events_written)],
+    )
+    yield (
+        "mediaserver_audit_write_failures",
+        "counter",
+        "Audit batches that could not be written (their requests got 503 where still possible).",
+        [("", {}, audit_log.write_failures)],
+    )
 
 
 async def _job_pool(app: web.Application) -> AsyncIterator[None]:

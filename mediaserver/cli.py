@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -12,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from mediaserver.access.tokens import TOKEN_NAME_PATTERN, Scope, compute_token_digest
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
@@ -112,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     recover = commands.add_parser("recover", help="finalize journals left by a stopped server")
     _settings_flags(recover)
+
+    token = commands.add_parser(
+        "new-token", help="make a random API token and print its [[tokens]] table"
+    )
+    token.add_argument("name", help="the token's name in the audit log ([A-Za-z0-9_-], 1-64)")
+    token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=[scope.value for scope in Scope],
+        help="a scope it holds (repeat for several)",
+    )
     return parser
 
 
@@ -282,6 +297,20 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_new_token(args: argparse.Namespace) -> int:
+    """Print a new secret and the tokens-file table that accepts it."""
+    if not TOKEN_NAME_PATTERN.fullmatch(args.name):
+        raise MediaServerError("the token name must be 1-64 characters of [A-Za-z0-9_-]")
+    secret = secrets.token_urlsafe(32)
+    scopes = ", ".join(f'"{scope}"' for scope in sorted(set(args.scopes)))
+    print(f"# secret (give it to the client; it is not kept anywhere): {secret}")
+    print("[[tokens]]")
+    print(f'name = "{args.name}"')
+    print(f'sha256 = "{compute_token_digest(secret).hex()}"')
+    print(f"scopes = [{scopes}]")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
@@ -297,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(log_format="auto", log_level="warning")
         if args.command == "merge":
             return _run_merge(args)
+        if args.command == "new-token":
+            return _run_new_token(args)
         return _run_import(args)
     except (MediaServerError, OSError) as exc:
         message = str(exc) if not isinstance(exc, OSError) else f"{exc.filename}: {exc.strerror}"

@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback without an API token."""
-    if settings.api_token:
+    if settings.api_token or settings.api_tokens_path:
         return
     host = settings.host
     try:
@@ -31,7 +31,7 @@ def check_exposure(settings: Settings) -> None:
     if not loopback:
         raise SettingsError(
             f"refusing to listen on {host} without an API token:"
-            " set api_token (MEDIASERVER_API_TOKEN) or listen on 127.0.0.1"
+            " set api_token (MEDIASERVER_API_TOKEN) or api_tokens_path, or listen on 127.0.0.1"
         )
 
 

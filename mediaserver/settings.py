@@ -123,6 +123,10 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    # Recording lifecycle and access (README, "Access", "Audit log")
+    api_tokens_path: str = ""
+    audit_path: Path = Path("./data/audit")
+    audit_retention_days: int = 0  # 0: keep forever
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -220,7 +224,21 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
         )
+    _validate_lifecycle(settings)
     return settings
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+def _validate_lifecycle(settings: Settings) -> None:
+    """Retention, encryption and GCS-only settings fit together."""
+    for name in ("audit_retention_days",):
+        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
+                f" got {getattr(settings, name)}"
+            )
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

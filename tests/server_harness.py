@@ -21,6 +21,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base = Settings(
         spool_path=tmp_path / "spool",
         storage_path=str(tmp_path / "recordings"),
+        audit_path=tmp_path / "audit",
         port=0,
         api_token=TOKEN,
         ice_host_addresses="127.0.0.1",

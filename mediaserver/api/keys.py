@@ -7,6 +7,7 @@ from aiohttp import web
 
 from mediaserver.admission import LoadMonitor
 from mediaserver.api.recording_index import RecordingIndex
+from mediaserver.audit.audit_log import AuditLog
 from mediaserver.calls import CallHub
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
@@ -30,3 +31,4 @@ METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
+AUDIT = web.AppKey("audit", AuditLog)

@@ -1,7 +1,7 @@
 // The recording page: waveform and player, transcript, analysis, technical record, downloads,
 // delete. A recording still being made, and jobs still running, are refreshed until done.
 
-import { api, repeat } from "./api.js";
+import { api, can, repeat } from "./api.js";
 import { byId, el, showNotice } from "./dom.js";
 import { formatClock, formatDuration, formatLocalTime } from "./format.js";
 import { fetchJob, isPending } from "./jobs.js";
@@ -297,7 +297,10 @@ function renderDownloads(manifest, withTranscript) {
   byId("downloads").replaceChildren(...links);
 }
 
-function setUpDelete() {
+async function setUpDelete() {
+  // Without recordings:delete the token cannot delete: no button at all.
+  if (!(await can("recordings:delete"))) return;
+  byId("delete-zone").hidden = false;
   const button = byId("delete");
   button.disabled = false;
   button.addEventListener("click", async () => {
