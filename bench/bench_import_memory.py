@@ -1,4 +1,4 @@
-"""Peak memory of `import-pcap` as captures get longer: it must stay flat in the capture's length."""
+"""Peak memory of `import-pcap` as captures get longer, against reading every packet into lists."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import av
 import dpkt
 import numpy as np
 from common import print_table
+
+from mediaserver.pcap_import import import_pcap, read_rtp_streams
 
 RATE_HZ = 48000
 FRAME_SAMPLES = 960  # 20 ms
@@ -87,8 +89,6 @@ def write_capture(path: Path, minutes: float) -> int:
 
 def child(capture: Path, out_dir: Path, how: str) -> None:
     """Run one import in this (fresh) process."""
-    from mediaserver.pcap_import import import_pcap, read_rtp_streams
-
     if how == "import":
         import_pcap(capture, out_dir, call_id="bench")
     else:  # the old first step: every packet of the capture in lists
