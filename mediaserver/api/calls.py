@@ -63,13 +63,13 @@ def _codec(value: Any, field: str) -> Codec:
 def describe_session(session: CallSession) -> dict[str, Any]:
     """A live call as the API shows it."""
     bridge = session.bridge
-    record = session.describe_agent()
+    record = session.record.agent()
     agent: dict[str, Any] = {
         "kind": _link_kind(session.agent),
         "connected": bridge is not None and session.leg_open(Channel.AGENT),
         "open": session.leg_open(Channel.AGENT),
-        "url": session.agent_url,
-        "error": session.agent_error,
+        "url": session.record.agent_url,
+        "error": session.record.agent_error,
         "connected_at": record.get("connected_at"),
         "frames_played": session.stats.agent_frames_played,
         "buffered_ms": bridge.buffered_ms if bridge is not None else 0.0,
@@ -157,7 +157,7 @@ async def _dial_agent(
         )
     except AgentDialError as exc:
         log.warning("call.agent_dial_failed", call_id=session.call_id, error=str(exc))
-        session.note_agent_dial_failed(str(exc))
+        session.record.agent_dial_failed(str(exc))
         session.end_agent_leg(EndReason.DIAL_FAILED, detail=str(exc))
         return
     if session.closed or not session.leg_open(Channel.AGENT):
@@ -199,7 +199,7 @@ async def create_call(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     session = hub.create(call_id, caller_codec=codec, metadata=metadata)
     if isinstance(agent_url, str):
-        session.note_agent_dial(agent_url)
+        session.record.agent_dialled(agent_url)
     if echo_delay_s is not None:
         # Caller audio is decoded at the rate the caller's codec carries, so the echo loses nothing.
         rate_hz = 48000 if codec is Codec.OPUS else codec.clock_rate_hz
@@ -306,7 +306,7 @@ async def create_rtp_leg(request: web.Request) -> web.Response:
         port = await transport.start()
     except PortsExhaustedError as exc:
         # The call cannot get its caller: release it rather than leave it alive with no legs.
-        session.note(f"no caller leg could be set up: {exc}")
+        session.record.note(f"no caller leg could be set up: {exc}")
         session.end(EndReason.SETUP_FAILED)
         raise
     try:
