@@ -20,6 +20,7 @@ from mediaserver.api import (
     health,
     openapi,
     recordings,
+    rtp_legs,
     whip,
     whoami,
 )
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     )
     health.add_routes(app)
     calls.add_routes(app)
+    rtp_legs.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
     analysis.add_routes(app)
