@@ -86,6 +86,11 @@ class CallRecordKeeper:
                 f"{count} caller packets with payload type {payload_type} were dropped:"
                 f" the leg negotiated {caller.get('payload_type')}{events}"
             )
+        if foreign := caller.get("foreign_packets_in"):  # WebRTC: not the negotiated Opus
+            notes.append(
+                f"{foreign} caller packets of another payload type than Opus"
+                f" ({caller.get('payload_type')}) were dropped"
+            )
         return {
             "legs": {"caller": dict(caller), "agent": dict(self._agent)},
             "dropped": {reason: count for reason, count in dropped.items() if count},
