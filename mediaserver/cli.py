@@ -19,6 +19,7 @@ from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
+from mediaserver.job_worker import run_worker
 from mediaserver.jobs.files import write_documents
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
@@ -82,7 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token every API request must carry (other local users can read a"
         " command line: MEDIASERVER_API_TOKEN keeps it out of the process list)",
     )
+    serve.add_argument(
+        "--with-worker",
+        action="store_true",
+        default=None,
+        help="with redis_url: also run post-call jobs here (otherwise only `worker`s do)",
+    )
     _settings_flags(serve)
+
+    worker = commands.add_parser(
+        "worker", help="run post-call jobs from the Redis queue (needs redis_url)"
+    )
+    worker.add_argument("--host", help="address of /healthz and /metrics (default 127.0.0.1)")
+    worker.add_argument(
+        "--port", type=int, default=8081, help="port of /healthz and /metrics (0 picks one)"
+    )
+    _settings_flags(worker)
 
     demo = commands.add_parser(
         "demo", help="record the bundled sample call through the recorder into storage"
@@ -106,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pcap.add_argument("--mode", choices=("encode", "lossless"), default="encode")
     pcap.add_argument(
         "--transcription",
-        choices=("pocketsphinx", "none"),
+        choices=("pocketsphinx", "openai", "none"),
         help="transcript backend (default: the transcription_backend setting)",
     )
     pcap.add_argument("--no-analysis", action="store_true", help="write no analysis document")
@@ -142,8 +158,11 @@ def _load(args: argparse.Namespace) -> Settings:
         "host",
         "port",
         "api_token",
+        "with_worker",
     )
     overrides = {name: getattr(args, name, None) for name in names}
+    if args.command == "worker":
+        overrides["port"] = None  # the worker's own port is not the server's
     settings = load_settings(config_path=getattr(args, "config", None), overrides=overrides)
     configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     # A warning, not an error, unlike an unknown key in the config file: the environment is
@@ -317,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             asyncio.run(serve(_load(args)))
+            return 0
+        if args.command == "worker":
+            settings = _load(args)
+            host = args.host or settings.host
+            asyncio.run(run_worker(settings, host=host, port=args.port))
             return 0
         if args.command == "demo":
             settings = _load(args)

@@ -147,6 +147,10 @@ class AgentUrlError(MediaServerError, ValueError):
     """An agent_url names no agent this server can reach (not ws://, wss:// or a built-in one)."""
 
 
+class ClusterUnavailableError(MediaServerError):
+    """The cluster's shared state (Redis) cannot be reached, or the node that owns a call."""
+
+
 # Recording lifecycle and access: audit, retention, encryption.
 
 

@@ -1,14 +1,20 @@
 """Bearer-token authentication and scopes on everything but health checks; console sessions."""
 
+import time
 from urllib.parse import quote
 
 from aiohttp import web
 
-from mediaserver.access.tokens import ANONYMOUS, Principal, Scope
+from mediaserver.access.tokens import ANONYMOUS, Principal, Scope, TokenTable
 from mediaserver.api.console_session import ConsoleSessions, SessionCheck
 from mediaserver.api.errors import Handler, error_response
 from mediaserver.api.route_scopes import OPEN, find_route_scope, route_template
 from mediaserver.api.token_registry import TokenRegistry
+from mediaserver.cluster.redirect_token import (
+    QUERY_PARAMETER,
+    check_redirect_token,
+    parse_redirect_token,
+)
 
 # The identity a request acts as, set by the middleware for every request past it.
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -41,6 +47,8 @@ def build_auth_middleware(
         if principal is None:
             given = read_bearer_token(request.headers.get("Authorization", ""))
             principal = None if given is None else table.authenticate(given)
+        if principal is None and QUERY_PARAMETER in request.query:
+            principal = _redirected_principal(request, table)  # another node's 307
         if principal is None and sessions is not None:
             check, principal = sessions.check(request)
             if check is SessionCheck.FOREIGN_ORIGIN:
@@ -65,6 +73,19 @@ def build_auth_middleware(
         return await handler(request)
 
     return auth_middleware
+
+
+def _redirected_principal(request: web.Request, table: TokenTable) -> Principal | None:
+    """The identity a valid redirect token for the call the request names acts as."""
+    signed = request.query.get(QUERY_PARAMETER, "")
+    call_id = request.match_info.get("call_id") or request.query.get("call_id")
+    claim = parse_redirect_token(signed)
+    entry = None if claim is None else table.find(claim.token_name)
+    if call_id is None or entry is None:
+        return None
+    if not check_redirect_token(entry.digest, signed, call_id=call_id, now_s=time.time()):
+        return None
+    return entry.principal
 
 
 def _insufficient_scope(principal: Principal, scope: Scope | None) -> web.Response:

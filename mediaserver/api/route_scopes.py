@@ -41,6 +41,7 @@ ROUTE_SCOPES: dict[tuple[str, str], RouteScope] = {
     ("POST", "/v1/calls/{call_id}/rtp"): Scope.CALLS,
     ("POST", "/v1/calls/{call_id}/recording"): Scope.CALLS,  # pause and resume recording
     ("GET", "/v1/calls/{call_id}/agent"): Scope.CALLS,
+    ("GET", "/v1/nodes"): Scope.CALLS,  # where calls can go: with several nodes
     ("POST", "/whip"): Scope.CALLS,
     ("PATCH", "/whip/{call_id}"): Scope.CALLS,
     ("DELETE", "/whip/{call_id}"): Scope.CALLS,
@@ -54,7 +55,9 @@ ROUTE_SCOPES: dict[tuple[str, str], RouteScope] = {
     ("GET", _RECORDING + "/transcript"): _READ,
     ("POST", _RECORDING + "/transcript"): _READ,
     ("DELETE", _RECORDING): Scope.RECORDINGS_DELETE,
-    # Administration: the audit log.
+    # Administration: legal holds and the audit log.
+    ("PUT", _RECORDING + "/hold"): Scope.ADMIN,
+    ("DELETE", _RECORDING + "/hold"): Scope.ADMIN,
     ("GET", "/v1/audit"): Scope.ADMIN,
 }
 

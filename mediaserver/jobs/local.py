@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from mediaserver.durable_file import write_file_durably
 from mediaserver.jobs.queue import Job, JobHandler, parse_job
 
 log = structlog.get_logger(__name__)
@@ -38,12 +37,16 @@ class _Entry:
 class LocalJobQueue:
     """Jobs in files under `directory`, run by `concurrency` tasks of this process."""
 
-    def __init__(self, directory: Path, *, concurrency: int = 2) -> None:
+    def __init__(
+        self, directory: Path, *, concurrency: int = 2, retry_delay_s: float = 60.0
+    ) -> None:
         """Use `directory` (created at start) for the queue's files."""
         if concurrency < 1:
             raise ValueError("a job queue needs at least one worker")
         self.directory = directory
         self.concurrency = concurrency
+        self.retry_delay_s = retry_delay_s  # a job whose handler raised runs again this much later
+        self._retries: set[asyncio.Task[None]] = set()
         self._waiting: list[_Entry] = []
         self._running: dict[str, _Entry] = {}  # by call id: one job per recording at a time
         self._changed = asyncio.Condition()
@@ -62,7 +65,7 @@ class LocalJobQueue:
         self._last_sequence = max(time.time_ns(), self._last_sequence + 1)
         name = f"{self._last_sequence:020d}-{job.call_id}-{job.kind.value}{_SUFFIX}"
         path = self.directory / name
-        await asyncio.to_thread(_write_durably, path, job.to_json())
+        await asyncio.to_thread(write_file_durably, path, job.to_json())
         replaced = [
             e for e in self._waiting if e.job.call_id == job.call_id and e.job.kind is job.kind
         ]
@@ -82,7 +85,9 @@ class LocalJobQueue:
             for index in range(self.concurrency)
         ]
         try:
-            await asyncio.gather(*workers)
+            # wait(), unlike gather(), does not cancel the workers itself: each is cancelled
+            # exactly once below, so its clean-up after the cancellation is not cut short.
+            await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for worker in workers:
                 worker.cancel()
@@ -98,6 +103,9 @@ class LocalJobQueue:
 
     async def close(self) -> None:
         """Nothing to release: unfinished jobs' files stay for the next start."""
+        for retry in list(self._retries):
+            retry.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
         self._waiting = []
 
     async def _work(self, handler: JobHandler) -> None:
@@ -110,11 +118,12 @@ class LocalJobQueue:
                 finished = True
             except asyncio.CancelledError:
                 raise  # shutting down: the job's file stays and it runs after the restart
-            except Exception:
-                # A handler records its own failures; reaching here is a bug. Dropping the job
-                # keeps one bad job from running again at every start.
-                log.exception("job.crashed", call_id=entry.job.call_id, kind=entry.job.kind.value)
-                finished = True
+            except Exception as exc:
+                # The handler asks for another attempt (it counts them and gives up by returning).
+                log.info("job.retry_scheduled", call_id=entry.job.call_id, error=repr(exc))
+                retry = asyncio.create_task(self._retry_later(entry), name="jobs.retry")
+                self._retries.add(retry)
+                retry.add_done_callback(self._retries.discard)
             finally:
                 async with self._changed:
                     self._running.pop(entry.job.call_id, None)
@@ -122,6 +131,13 @@ class LocalJobQueue:
             if finished:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(entry.path.unlink, missing_ok=True)
+
+    async def _retry_later(self, entry: _Entry) -> None:
+        """Put a job back in line after the retry delay (its file stays meanwhile)."""
+        await asyncio.sleep(self.retry_delay_s)
+        async with self._changed:
+            self._waiting.append(entry)
+            self._changed.notify_all()
 
     async def _take(self) -> _Entry:
         """Wait for the oldest waiting job whose recording has no job running."""
@@ -148,23 +164,3 @@ def _load_entries(directory: Path) -> list[_Entry]:
         except (ValueError, OSError) as exc:
             log.warning("jobs.unreadable_file", path=str(path), error=str(exc))
     return entries
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write a file so that it is whole or absent after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
