@@ -11,6 +11,7 @@ from mediaserver.audio.transcoder import (
 )
 from mediaserver.errors import OpusPacketError
 from mediaserver.playout import Playout
+from mediaserver.realtime_gate import RealTimeGate
 from mediaserver.recording.channel import Codec
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.transports.link import AgentLink, Pcm
@@ -18,7 +19,16 @@ from mediaserver.transports.link import AgentLink, Pcm
 log = structlog.get_logger(__name__)
 
 _HALF_SEQUENCE = 1 << 15
+_NS_PER_S = 1_000_000_000
 FRAME_MS = 20
+# Caller audio that arrives faster than real time reaches the agent up to this far ahead of
+# the clock (setting caller_backlog_ms): three frames of a caller's jitter; beyond, the burst is
+# recorded but not sent to the agent (see RealTimeGate).
+DEFAULT_CALLER_BACKLOG_MS = 60.0
+# An agent's chunk that ends inside a frame waits this long for the next chunk to complete the
+# frame before it plays padded with silence (setting partial_frame_wait_ms): one tick, so odd-sized
+# chunks streamed in real time play without silence inside them.
+DEFAULT_PARTIAL_FRAME_WAIT_MS = 20
 
 
 @dataclass(slots=True)
@@ -27,6 +37,7 @@ class BridgeStats:
 
     caller_frames_to_agent: int = 0
     caller_late_for_agent: int = 0
+    caller_backlog_for_agent: int = 0  # arrived in a burst beyond the allowance: not sent
     caller_undecodable: int = 0
     agent_frames_encoded: int = 0
     agent_frames_late: int = 0  # played out of time after a stall: dropped, never sent
@@ -44,10 +55,19 @@ class AgentBridge:
         caller_codec: Codec,
         complexity: int = DEFAULT_LIVE_COMPLEXITY,
         max_buffered_s: float = 300.0,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
     ) -> None:
         self.agent = agent
         rate_hz = agent.sample_rate_hz
-        self.playout = Playout(rate_hz, frame_ms=FRAME_MS, max_buffered_s=max_buffered_s)
+        self._ns_per_sample = _NS_PER_S // rate_hz
+        self._gate = RealTimeGate(caller_backlog_ms)
+        self.playout = Playout(
+            rate_hz,
+            frame_ms=FRAME_MS,
+            max_buffered_s=max_buffered_s,
+            partial_hold_ticks=partial_frame_wait_ms // FRAME_MS,
+        )
         self._decoder = CallerAudioDecoder(caller_codec, rate_hz)
         self._encoder = AgentAudioEncoder(caller_codec, rate_hz, complexity=complexity)
         self._last_sequence: dict[int, int] = {}
@@ -68,6 +88,10 @@ class AgentBridge:
             pcm = self._decoder.decode(packet.payload)
         except OpusPacketError:
             self.stats.caller_undecodable += 1
+            return
+        # Decoded even when refused: the decoder's state follows the whole stream.
+        if not self._gate.admit(packet.arrival_ns, pcm.size * self._ns_per_sample):
+            self.stats.caller_backlog_for_agent += 1
             return
         self.stats.caller_frames_to_agent += 1
         self.agent.send_caller_audio(pcm)

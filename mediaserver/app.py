@@ -281,6 +281,8 @@ def _hub(clock: Clock) -> Context:
             end_call_on_agent_exit=settings.end_call_on_agent_exit,
             agent_complexity=settings.agent_opus_complexity,
             send_silence=settings.send_silence,
+            caller_backlog_ms=settings.caller_backlog_ms,
+            partial_frame_wait_ms=settings.partial_frame_wait_ms,
         )
         app[HUB] = hub
         await hub.start()

@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from mediaserver.agent_bridge import DEFAULT_CALLER_BACKLOG_MS, DEFAULT_PARTIAL_FRAME_WAIT_MS
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, DrainingError, UnknownCallError
@@ -42,9 +43,13 @@ class CallHub:
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
     ) -> None:
         self.recorder = recorder
         self.send_silence = send_silence
+        self.caller_backlog_ms = caller_backlog_ms
+        self.partial_frame_wait_ms = partial_frame_wait_ms
         self.clock: Clock = clock or SystemClock()
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -124,6 +129,8 @@ class CallHub:
             end_call_on_agent_exit=self.end_call_on_agent_exit,
             agent_complexity=self.agent_complexity,
             send_silence=self.send_silence,
+            caller_backlog_ms=self.caller_backlog_ms,
+            partial_frame_wait_ms=self.partial_frame_wait_ms,
             metadata=metadata,
         )
         self._sessions[session.call_id] = session

@@ -6,7 +6,12 @@ from typing import Any
 
 import structlog
 
-from mediaserver.agent_bridge import FRAME_MS, AgentBridge
+from mediaserver.agent_bridge import (
+    DEFAULT_CALLER_BACKLOG_MS,
+    DEFAULT_PARTIAL_FRAME_WAIT_MS,
+    FRAME_MS,
+    AgentBridge,
+)
 from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.call_recording import CallRecording
@@ -43,9 +48,13 @@ class CallSession:
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
         metadata: dict[str, object] | None = None,
     ) -> None:
         self.recording = recording
+        self.caller_backlog_ms = caller_backlog_ms
+        self.partial_frame_wait_ms = partial_frame_wait_ms
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -94,10 +103,14 @@ class CallSession:
         if self.bridge is not None:
             stats = self.bridge.stats
             counts["late_for_agent"] = stats.caller_late_for_agent
+            counts["backlog_for_agent"] = stats.caller_backlog_for_agent
             counts["undecodable_for_agent"] = stats.caller_undecodable
             counts["agent_late_frames"] = stats.agent_frames_late
-            counts["playout_overflow_frames"] = (
-                self.bridge.playout.overflow_samples // self.bridge.playout.frame_samples
+            playout = self.bridge.playout
+            counts["playout_overflow_frames"] = playout.overflow_samples // playout.frame_samples
+            # Not lost speech: silence skipped to catch up after the agent's audio came late.
+            counts["agent_silence_skipped_frames"] = (
+                playout.skipped_samples // playout.frame_samples
             )
         counts["after_end"] = self.recording.packets_after_end
         caller_drops = (
@@ -122,7 +135,11 @@ class CallSession:
         if self.bridge is not None or not self.recording.is_open(Channel.AGENT):
             raise CallStateError(f"call {self.call_id} already has an agent")
         self.bridge = AgentBridge(
-            link, caller_codec=self.caller_codec, complexity=self.agent_complexity
+            link,
+            caller_codec=self.caller_codec,
+            complexity=self.agent_complexity,
+            caller_backlog_ms=self.caller_backlog_ms,
+            partial_frame_wait_ms=self.partial_frame_wait_ms,
         )
         self.log.info("call.agent_attached", sample_rate_hz=link.sample_rate_hz)
 
