@@ -132,6 +132,7 @@ class CallHub:
             caller_backlog_ms=self.caller_backlog_ms,
             partial_frame_wait_ms=self.partial_frame_wait_ms,
             metadata=metadata,
+            clock=self.clock,
         )
         self._sessions[session.call_id] = session
         self._idle.clear()
