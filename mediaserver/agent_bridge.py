@@ -71,6 +71,7 @@ class AgentBridge:
         self._decoder = CallerAudioDecoder(caller_codec, rate_hz)
         self._encoder = AgentAudioEncoder(caller_codec, rate_hz, complexity=complexity)
         self._last_sequence: dict[int, int] = {}
+        self._speaking = False  # the last tick played the agent's audio
         self.stats = BridgeStats()
 
     # -- caller to agent -----------------------------------------------------------------------
@@ -94,13 +95,13 @@ class AgentBridge:
             self.stats.caller_backlog_for_agent += 1
             return
         self.stats.caller_frames_to_agent += 1
-        self.agent.send_caller_audio(pcm)
+        self.agent.send_caller_audio(pcm, packet.arrival_ns)
 
     # -- agent to caller -----------------------------------------------------------------------
 
-    def queue_audio(self, pcm: Pcm) -> None:
-        """Queue agent speech for playout."""
-        self.playout.push_audio(pcm)
+    def queue_audio(self, pcm: Pcm, arrival_ns: int) -> None:
+        """Queue agent speech (that reached the server at `arrival_ns`) for playout."""
+        self.playout.push_audio(pcm, arrival_ns)
 
     def queue_mark(self, name: str) -> None:
         """Queue a mark behind the agent's audio."""
@@ -109,6 +110,7 @@ class AgentBridge:
     def clear(self) -> None:
         """Barge-in: drop queued agent audio; its marks are reached now."""
         self.stats.clears += 1
+        self._speaking = False
         for name in self.playout.clear():
             self._echo_mark(name)
 
@@ -117,20 +119,24 @@ class AgentBridge:
         for name in self.playout.clear():
             self._echo_mark(name)
 
-    def next_payload(self) -> bytes | None:
-        """Play one 20 ms frame: its encoded payload, or None when the agent is silent."""
+    def next_payload(self) -> tuple[bytes, int] | None:
+        """Play one 20 ms frame: its payload and when its audio arrived; None if none is due."""
         frame = self.playout.next_frame()
-        payload = None
+        played = None
         if frame.pcm is not None:
-            payload = self._encoder.encode_frame(frame.pcm)
+            if not self._speaking:
+                self._encoder.start_utterance()
+            played = self._encoder.encode_frame(frame.pcm), frame.arrival_ns
             self.stats.agent_frames_encoded += 1
+        self._speaking = frame.pcm is not None
         for name in frame.marks:
             self._echo_mark(name)
-        return payload
+        return played
 
     def skip(self, ticks: int) -> None:
         """Ticks the pacer missed (a stalled loop): their audio is dropped, its marks reached."""
         # Sending them late would put a standing delay between the agent and the caller's ear.
+        self._speaking = False
         for _ in range(ticks):
             frame = self.playout.next_frame()
             if frame.pcm is not None:

@@ -369,6 +369,16 @@ def _hub(clock: Clock) -> Context:
             partial_frame_wait_ms=settings.partial_frame_wait_ms,
         )
         app[HUB] = hub
+        app[METRICS].add_latency_histogram(
+            "mediaserver_caller_to_agent_latency_seconds",
+            "Time from a caller packet's arrival to its audio being sent to the agent.",
+            hub.latency.caller_to_agent,
+        )
+        app[METRICS].add_latency_histogram(
+            "mediaserver_agent_to_caller_latency_seconds",
+            "Time from agent audio's arrival to the frame it completed being sent to the caller.",
+            hub.latency.agent_to_caller,
+        )
         await hub.start()
         yield
         await hub.close(drain_timeout_s=settings.finalize_timeout_s)

@@ -11,6 +11,7 @@ from mediaserver.agent_bridge import DEFAULT_CALLER_BACKLOG_MS, DEFAULT_PARTIAL_
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, DrainingError, UnknownCallError
+from mediaserver.latency_histogram import RelayLatency
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
@@ -50,6 +51,7 @@ class CallHub:
         self.send_silence = send_silence
         self.caller_backlog_ms = caller_backlog_ms
         self.partial_frame_wait_ms = partial_frame_wait_ms
+        self.latency = RelayLatency()  # every call's, since start: what /metrics shows
         self.clock: Clock = clock or SystemClock()
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -131,6 +133,7 @@ class CallHub:
             send_silence=self.send_silence,
             caller_backlog_ms=self.caller_backlog_ms,
             partial_frame_wait_ms=self.partial_frame_wait_ms,
+            latency=RelayLatency(self.latency),
             metadata=metadata,
             clock=self.clock,
         )

@@ -1,5 +1,6 @@
 """One live call: its caller leg, its agent leg, and the recording both directions go to."""
 
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.call_recording import CallRecording, PauseBehavior
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError
+from mediaserver.latency_histogram import RelayLatency
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import format_utc
@@ -27,6 +29,8 @@ from mediaserver.transports.agent import compute_close_code
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
+
+_FRAME_NS = FRAME_MS * 1_000_000
 
 
 @dataclass(slots=True)
@@ -55,6 +59,7 @@ class CallSession:
         send_silence: bool = True,
         caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
         partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
+        latency: RelayLatency | None = None,
         metadata: dict[str, object] | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -62,6 +67,12 @@ class CallSession:
         self.clock: Clock = clock or SystemClock()
         self.caller_backlog_ms = caller_backlog_ms
         self.partial_frame_wait_ms = partial_frame_wait_ms
+        # What the server adds to this call's audio, each way (counted into the node's too).
+        self.latency = latency or RelayLatency()
+        # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
+        # when their audio arrived). A few at most: a transport sends or drops each in order.
+        self._agent_in_flight: deque[tuple[int, int]] = deque()
+        self._last_agent_sent_ns = -_FRAME_NS
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -201,7 +212,19 @@ class CallSession:
         """Journal an agent packet exactly as the transport sent it, when it sent it."""
         if packet.payload is self._silence:  # the very object tick() sent: not the agent's
             self.stats.silence_frames_sent += 1
-        elif self.recording.record(Channel.AGENT, packet):
+            return
+        in_flight = self._agent_in_flight
+        while in_flight:  # the packets a transport dropped unsent are passed over
+            sequence, arrival_ns = in_flight.popleft()
+            if sequence == packet.sequence:
+                # What the server added: from when the frame could first have left (its audio
+                # had arrived, and the agent's frame before it had played), not the time it
+                # spent queued behind audio the agent sent ahead of real time.
+                ready_ns = max(arrival_ns, self._last_agent_sent_ns + _FRAME_NS)
+                self.latency.agent_to_caller.observe(packet.arrival_ns - ready_ns)
+                self._last_agent_sent_ns = packet.arrival_ns
+                break
+        if self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
 
     def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
@@ -234,10 +257,14 @@ class CallSession:
 
     # -- agent side (AgentMediaSink) -----------------------------------------------------------
 
-    def on_agent_audio(self, pcm: Pcm) -> None:
+    def on_agent_audio(self, pcm: Pcm, arrival_ns: int) -> None:
         """Queue agent speech for playout."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            self.bridge.queue_audio(pcm)
+            self.bridge.queue_audio(pcm, arrival_ns)
+
+    def on_caller_audio_sent(self, arrival_ns: int, sent_ns: int) -> None:
+        """Caller audio reached the agent: how long the server held it."""
+        self.latency.caller_to_agent.observe(sent_ns - arrival_ns)
 
     def on_agent_mark(self, name: str) -> None:
         """Queue a mark behind the agent's audio."""
@@ -267,14 +294,19 @@ class CallSession:
         caller = self.caller
         if caller is None:
             return
-        payload = None
+        played = None
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            payload = self.bridge.next_payload()
-        if payload is None:
-            payload = self._silence
-            if payload is None or not caller.can_send:
+            played = self.bridge.next_payload()
+        if played is None:
+            if self._silence is None or not caller.can_send:
                 return
-        caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
+            caller.send_audio(self.sequencer.number(tick, self._silence, caller.payload_type))
+            return
+        payload, arrival_ns = played
+        packet = self.sequencer.number(tick, payload, caller.payload_type)
+        # Before sending: a plain-RTP leg reports the packet sent from inside send_audio.
+        self._agent_in_flight.append((packet.sequence, arrival_ns))
+        caller.send_audio(packet)
 
     def skip(self, ticks: int) -> None:
         """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
@@ -335,6 +367,7 @@ class CallSession:
             "legs": {name: dict(leg) for name, leg in self._legs.items()},
             "dropped": {reason: count for reason, count in self.drop_counts().items() if count},
             "notes": notes,
+            "latency_ms": self.latency.summary_ms(),
         }
 
     def describe_agent(self) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class Manifest:
     dropped: dict[str, int] = field(default_factory=dict)
     events: tuple[dict[str, Any], ...] = ()
     paused: tuple[dict[str, Any], ...] = ()
+    # What the server added to the call's audio, each way: p50/p99 in ms and how many frames
+    # ({"caller_to_agent": {...}, "agent_to_caller": {...}}; empty when the call never ended).
+    latency_ms: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -96,6 +99,7 @@ def parse_manifest(text: str) -> Manifest:
         jobs=data.get("jobs", {}),
         legs=data.get("legs", {}),
         dropped=data.get("dropped", {}),
+        latency_ms=data.get("latency_ms", {}),
         events=tuple(data.get("events", ())),
         paused=tuple(data.get("paused", ())),
     )
