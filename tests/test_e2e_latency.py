@@ -127,10 +127,6 @@ async def test_agent_markers_land_where_they_were_sent(tmp_path: Path, transport
             await peer.close()
     offsets = _marker_offsets_ms(stereo, manifest, sent_ns)
     print(
-        manifest["latency_ms"],
-        [(c["channel"], {k: v for k, v in c["stats"].items() if v}) for c in manifest["channels"]],
-    )
-    print(
         f"{transport}: agent markers on the recording after their send time (ms):",
         [round(o, 1) for o in offsets],
     )
