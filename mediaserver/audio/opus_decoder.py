@@ -39,6 +39,9 @@ _OPUS_OK = 0
 DTX_MAX_BYTES = 2
 # Decoded PCM is handed out in blocks about this long, so memory stays flat for any length.
 BLOCK_MS = 1000
+# RFC 7845 §4.4 asks a decoder to start at least 80 ms before a point reached by seeking; CELT's
+# energy prediction needs about 300 ms more to give the very samples a whole decode gives.
+WARM_UP_MS = 400
 
 
 class OpusDecoder:
@@ -63,14 +66,27 @@ class OpusDecoder:
         self._max_samples = sample_rate_hz * _MAX_PACKET_MS // 1000
         self._buffer = np.zeros(self._max_samples * channel_count, np.int16)
 
+    @property
+    def max_packet_samples(self) -> int:
+        """Samples per channel of the longest packet (120 ms) at this rate."""
+        return self._max_samples
+
     def decode(self, packet: bytes) -> Pcm:
         """Decode one packet (interleaved if stereo); OpusPacketError if libopus rejects it."""
-        count = self._lib.opus_decode(
-            self._state, packet, len(packet), self._buffer.ctypes.data, self._max_samples, 0
+        count = self.decode_into(packet, self._buffer, 0)
+        return self._buffer[: count * self.channel_count].copy()
+
+    def decode_into(self, packet: bytes, out: Pcm, offset: int) -> int:
+        """Decode one packet into `out[offset:]` (room for max_packet_samples); samples written."""
+        if out.size - offset < self._max_samples * self.channel_count or not out.flags.c_contiguous:
+            raise ValueError("the output has no room for the longest packet")
+        address = out.ctypes.data + offset * out.itemsize
+        count: int = self._lib.opus_decode(
+            self._state, packet, len(packet), address, self._max_samples, 0
         )
         if count < 0:
             raise OpusPacketError(f"libopus cannot decode a {len(packet)}-byte packet ({count})")
-        return self._buffer[: count * self.channel_count].copy()
+        return count
 
     def reset(self) -> None:
         """Forget the decoder's history, as after a stream restart."""
@@ -95,58 +111,93 @@ class OpusDecoder:
         self.close()
 
 
-def decode_ogg_opus(stream: BinaryIO, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
-    """Decode a mono Ogg Opus stream to PCM blocks, pre-skip removed, end trimmed (RFC 7845 §4)."""
-    # Packets that carry nothing audible (the recorder's silence fill, DTX) become zeros without
-    # being decoded: in a call each side is silent most of the time, so this halves the work.
-    # The decoder is reset after such a run, as a decoder fed those packets would have been.
+def decode_ogg_opus(
+    stream: BinaryIO,
+    sample_rate_hz: int = 16000,
+    *,
+    first_sample: int = 0,
+    end_sample: int | None = None,
+) -> Iterator[Pcm]:
+    """Samples [first_sample, end_sample) of a mono Ogg Opus stream's time line, as PCM blocks."""
+    # The time line starts after the pre-skip and ends at the last granule position (RFC 7845
+    # §4.2, §4.5). Packets that carry nothing audible (the recorder's silence fill, DTX) become
+    # zeros without being decoded: each side of a call is silent much of the time. The decoder
+    # is reset after such a run, as a decoder fed those packets would have been, and starts
+    # WARM_UP_MS before `first_sample` to converge; earlier packets are only parsed.
     reader = OggOpusReader(stream)
     if reader.head.channel_count != 1:
         raise OggError(f"expected a mono Ogg Opus stream, got {reader.head.channel_count} channels")
     scale = OPUS_RATE_HZ // sample_rate_hz
-    to_skip = reader.head.pre_skip_samples // scale
+    pre_skip = reader.head.pre_skip_samples // scale
+    warm_up_from = first_sample - sample_rate_hz * WARM_UP_MS // 1000
     silent = _silence_packets()
     block_samples = sample_rate_hz * BLOCK_MS // 1000
-    pending: list[Pcm] = []
-    pending_samples = 0
-    emitted_48k = 0  # samples of the stream decoded so far, at 48 kHz (granule units)
     with OpusDecoder(sample_rate_hz) as decoder:
+        # Packets are decoded straight into one block; it is handed out once a second is there.
+        block = np.zeros(block_samples + decoder.max_packet_samples, np.int16)
+        filled = 0
+        position = -pre_skip  # where the next packet starts on the time line, in output samples
         skipped_run = False
         for packet, granule in reader:
-            if packet in silent or len(packet) <= DTX_MAX_BYTES:
+            start = position
+            if end_sample is not None and start >= end_sample:
+                break
+            if packet in silent or len(packet) <= DTX_MAX_BYTES or start < warm_up_from:
                 samples = compute_packet_samples(packet, sample_rate_hz) if packet else 0
-                pcm = np.zeros(samples, np.int16)
-                skipped_run = True
+                position += samples
+                if position <= warm_up_from:
+                    skipped_run = True  # not needed: parsed, never decoded
+                    continue
+                block[filled : filled + samples] = 0
+                if packet not in silent and len(packet) > DTX_MAX_BYTES:  # warm-up: decode
+                    samples = _decode_or_silence(decoder, packet, block, filled)
+                else:
+                    skipped_run = True
             else:
                 if skipped_run:
                     decoder.reset()
                     skipped_run = False
-                try:
-                    pcm = decoder.decode(packet)
-                except OpusPacketError:
-                    pcm = np.zeros(compute_packet_samples(packet, sample_rate_hz), np.int16)
-            emitted_48k += pcm.size * scale
-            if granule is not None and emitted_48k > granule:
-                # RFC 7845 §4.5: the last page's granule position trims the end.
-                pcm = pcm[: max(0, pcm.size - (emitted_48k - granule) // scale)]
-                emitted_48k = granule
-            if to_skip:
-                cut = min(to_skip, pcm.size)
-                pcm, to_skip = pcm[cut:], to_skip - cut
-            if pcm.size:
-                pending.append(pcm)
-                pending_samples += pcm.size
-            if pending_samples >= block_samples:
-                yield np.concatenate(pending)
-                pending, pending_samples = [], 0
-    if pending:
-        yield np.concatenate(pending)
+                samples = _decode_or_silence(decoder, packet, block, filled)
+                position += samples
+            # Keep only what lies in [first_sample, end_sample) and before the stream's end.
+            last = position
+            if granule is not None:
+                last = min(last, granule // scale - pre_skip)  # RFC 7845 §4.5: end trimming
+            if end_sample is not None:
+                last = min(last, end_sample)
+            first = max(start, first_sample)
+            if last <= first:
+                continue
+            if first > start:  # drop the packet's leading samples
+                block[filled : filled + last - first] = block[
+                    filled + first - start : filled + last - start
+                ]
+            filled += last - first
+            if filled >= block_samples:
+                yield block[:filled].copy()
+                filled = 0
+    if filled:
+        yield block[:filled].copy()
 
 
-def decode_ogg_opus_file(path: Path, sample_rate_hz: int = 16000) -> Iterator[Pcm]:
-    """Decode a mono Ogg Opus file to PCM blocks (see decode_ogg_opus)."""
+def _decode_or_silence(decoder: OpusDecoder, packet: bytes, block: Pcm, offset: int) -> int:
+    """Decode a packet into the block; one libopus rejects becomes silence of its duration."""
+    try:
+        return decoder.decode_into(packet, block, offset)
+    except OpusPacketError:
+        count = compute_packet_samples(packet, decoder.sample_rate_hz)
+        block[offset : offset + count] = 0
+        return count
+
+
+def decode_ogg_opus_file(
+    path: Path, sample_rate_hz: int = 16000, *, first_sample: int = 0, end_sample: int | None = None
+) -> Iterator[Pcm]:
+    """Decode (part of) a mono Ogg Opus file to PCM blocks (see decode_ogg_opus)."""
     with path.open("rb") as stream:
-        yield from decode_ogg_opus(stream, sample_rate_hz)
+        yield from decode_ogg_opus(
+            stream, sample_rate_hz, first_sample=first_sample, end_sample=end_sample
+        )
 
 
 @cache

@@ -61,6 +61,9 @@ class Manifest:
     # What the server added to the call's audio, each way: p50/p99 in ms and how many frames
     # ({"caller_to_agent": {...}, "agent_to_caller": {...}}; empty when the call never ended).
     latency_ms: dict[str, Any] = field(default_factory=dict)
+    # Retention and legal hold: {"retention_days": N} when the call set its own (0: forever),
+    # {"hold": {"since", "by", "reason"}} while held (mediaserver.lifecycle.policy reads it).
+    lifecycle: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -102,4 +105,5 @@ def parse_manifest(text: str) -> Manifest:
         latency_ms=data.get("latency_ms", {}),
         events=tuple(data.get("events", ())),
         paused=tuple(data.get("paused", ())),
+        lifecycle=data.get("lifecycle", {}),
     )
