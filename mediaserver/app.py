@@ -79,7 +79,7 @@ from mediaserver.storage_backends.factory import open_store
 from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
-from mediaserver.webhooks import CallEvents, WebhookSender
+from mediaserver.webhooks import CallEvents, WebhookSender, open_sender
 from mediaserver.workers import create_process_pool, start_workers
 
 log = structlog.get_logger(__name__)
@@ -184,14 +184,7 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_url and not settings.webhook_secret:
         log.warning("webhooks.unsigned", reason="webhook_secret is not set")
     async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(
-            directory=settings.jobs_path / "webhooks",
-            session=session,
-            secret=settings.webhook_secret,
-            timeout_s=settings.webhook_timeout_s,
-            max_attempts=settings.webhook_max_attempts,
-            backoff_s=settings.webhook_backoff_s,
-        )
+        sender = open_sender(settings, session)
         app[EVENTS] = CallEvents(sender, settings.webhook_url)
         await sender.start()
         app[METRICS].add_stats_source(lambda: _webhook_reports(sender))
