@@ -80,7 +80,7 @@ from mediaserver.storage_backends.factory import open_store
 from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
-from mediaserver.webhooks import CallEvents, WebhookSender
+from mediaserver.webhooks import CallEvents, WebhookSender, open_sender
 from mediaserver.workers import create_process_pool, start_workers
 
 log = structlog.get_logger(__name__)
@@ -186,14 +186,7 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_url and not settings.webhook_secret:
         log.warning("webhooks.unsigned", reason="webhook_secret is not set")
     async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(
-            directory=settings.jobs_path / "webhooks",
-            session=session,
-            secret=settings.webhook_secret,
-            timeout_s=settings.webhook_timeout_s,
-            max_attempts=settings.webhook_max_attempts,
-            backoff_s=settings.webhook_backoff_s,
-        )
+        sender = open_sender(settings, session)
         app[EVENTS] = CallEvents(sender, settings.webhook_url)
         await sender.start()
         app[METRICS].add_stats_source(lambda: _webhook_reports(sender))
@@ -433,8 +426,20 @@ def _hub(clock: Clock) -> Context:
             end_call_on_agent_exit=settings.end_call_on_agent_exit,
             agent_complexity=settings.agent_opus_complexity,
             send_silence=settings.send_silence,
+            caller_backlog_ms=settings.caller_backlog_ms,
+            partial_frame_wait_ms=settings.partial_frame_wait_ms,
         )
         app[HUB] = hub
+        app[METRICS].add_latency_histogram(
+            "mediaserver_caller_to_agent_latency_seconds",
+            "Time from a caller packet's arrival to its audio being sent to the agent.",
+            hub.latency.caller_to_agent,
+        )
+        app[METRICS].add_latency_histogram(
+            "mediaserver_agent_to_caller_latency_seconds",
+            "Time from agent audio's arrival to the frame it completed being sent to the caller.",
+            hub.latency.agent_to_caller,
+        )
         await hub.start()
         yield
         await hub.close(drain_timeout_s=settings.finalize_timeout_s)

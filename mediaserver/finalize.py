@@ -255,6 +255,7 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
         lifecycle=build_lifecycle(call.retention_days),
         legs={} if record is None else record.legs,
         dropped={} if record is None else record.dropped,
+        latency_ms={} if record is None else record.latency_ms,
         events=tuple(place_dtmf_events(events, plan)) if plan.has_media else (),
         paused=tuple(describe_paused_spans(paused, plan)) if plan.has_media else (),
     )

@@ -19,7 +19,7 @@ from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.metrics import Metrics, Report
 from mediaserver.settings import Settings, resolve_node_id
 from mediaserver.storage_backends.factory import open_store
-from mediaserver.webhooks import CallEvents, WebhookSender
+from mediaserver.webhooks import CallEvents, open_sender
 from mediaserver.workers import create_process_pool
 
 log = structlog.get_logger(__name__)
@@ -53,14 +53,7 @@ async def run_worker(settings: Settings, *, host: str, port: int) -> None:
         # Job events (analysis.completed, transcript.failed, ...) leave from the worker that ran
         # the job, through its own durable outbox, as they do from `serve`.
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        sender = WebhookSender(
-            directory=settings.jobs_path / "webhooks",
-            session=session,
-            secret=settings.webhook_secret,
-            timeout_s=settings.webhook_timeout_s,
-            max_attempts=settings.webhook_max_attempts,
-            backoff_s=settings.webhook_backoff_s,
-        )
+        sender = open_sender(settings, session)
         await sender.start()
         stack.push_async_callback(sender.close)
         runner = JobRunner(

@@ -1,18 +1,25 @@
 """One live call: its caller leg, its agent leg, and the recording both directions go to."""
 
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from mediaserver.agent_bridge import FRAME_MS, AgentBridge
+from mediaserver.agent_bridge import (
+    DEFAULT_CALLER_BACKLOG_MS,
+    DEFAULT_PARTIAL_FRAME_WAIT_MS,
+    FRAME_MS,
+    AgentBridge,
+)
 from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.call_record_keeper import CallRecordKeeper
 from mediaserver.call_recording import CallRecording, PauseBehavior
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError
+from mediaserver.latency_histogram import RelayLatency
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.rtp.dtmf_detector import DtmfDigit
@@ -21,6 +28,8 @@ from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
+
+_FRAME_NS = FRAME_MS * 1_000_000
 
 
 @dataclass(slots=True)
@@ -47,11 +56,22 @@ class CallSession:
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
+        latency: RelayLatency | None = None,
         metadata: dict[str, object] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.recording = recording
         self.clock: Clock = clock or SystemClock()
+        self.caller_backlog_ms = caller_backlog_ms
+        self.partial_frame_wait_ms = partial_frame_wait_ms
+        # What the server adds to this call's audio, each way (counted into the node's too).
+        self.latency = latency or RelayLatency()
+        # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
+        # when their audio arrived). A few at most: a transport sends or drops each in order.
+        self._agent_in_flight: deque[tuple[int, int]] = deque()
+        self._last_agent_sent_ns = -_FRAME_NS
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -102,10 +122,14 @@ class CallSession:
         if self.bridge is not None:
             stats = self.bridge.stats
             counts["late_for_agent"] = stats.caller_late_for_agent
+            counts["backlog_for_agent"] = stats.caller_backlog_for_agent
             counts["undecodable_for_agent"] = stats.caller_undecodable
             counts["agent_late_frames"] = stats.agent_frames_late
-            counts["playout_overflow_frames"] = (
-                self.bridge.playout.overflow_samples // self.bridge.playout.frame_samples
+            playout = self.bridge.playout
+            counts["playout_overflow_frames"] = playout.overflow_samples // playout.frame_samples
+            # Not lost speech: silence skipped to catch up after the agent's audio came late.
+            counts["agent_silence_skipped_frames"] = (
+                playout.skipped_samples // playout.frame_samples
             )
         counts["after_end"] = self.recording.packets_after_end
         caller_drops = (
@@ -131,7 +155,11 @@ class CallSession:
         if self.bridge is not None or not self.recording.is_open(Channel.AGENT):
             raise CallStateError(f"call {self.call_id} already has an agent")
         self.bridge = AgentBridge(
-            link, caller_codec=self.caller_codec, complexity=self.agent_complexity
+            link,
+            caller_codec=self.caller_codec,
+            complexity=self.agent_complexity,
+            caller_backlog_ms=self.caller_backlog_ms,
+            partial_frame_wait_ms=self.partial_frame_wait_ms,
         )
         self.record.agent_connected()
         self.log.info("call.agent_attached", sample_rate_hz=link.sample_rate_hz)
@@ -162,7 +190,19 @@ class CallSession:
         """Journal an agent packet exactly as the transport sent it, when it sent it."""
         if packet.payload is self._silence:  # the very object tick() sent: not the agent's
             self.stats.silence_frames_sent += 1
-        elif self.recording.record(Channel.AGENT, packet):
+            return
+        in_flight = self._agent_in_flight
+        while in_flight:  # the packets a transport dropped unsent are passed over
+            sequence, arrival_ns = in_flight.popleft()
+            if sequence == packet.sequence:
+                # What the server added: from when the frame could first have left (its audio
+                # had arrived, and the agent's frame before it had played), not the time it
+                # spent queued behind audio the agent sent ahead of real time.
+                ready_ns = max(arrival_ns, self._last_agent_sent_ns + _FRAME_NS)
+                self.latency.agent_to_caller.observe(packet.arrival_ns - ready_ns)
+                self._last_agent_sent_ns = packet.arrival_ns
+                break
+        if self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
 
     def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
@@ -195,10 +235,14 @@ class CallSession:
 
     # -- agent side (AgentMediaSink) -----------------------------------------------------------
 
-    def on_agent_audio(self, pcm: Pcm) -> None:
+    def on_agent_audio(self, pcm: Pcm, arrival_ns: int) -> None:
         """Queue agent speech for playout."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            self.bridge.queue_audio(pcm)
+            self.bridge.queue_audio(pcm, arrival_ns)
+
+    def on_caller_audio_sent(self, arrival_ns: int, sent_ns: int) -> None:
+        """Caller audio reached the agent: how long the server held it."""
+        self.latency.caller_to_agent.observe(sent_ns - arrival_ns)
 
     def on_agent_mark(self, name: str) -> None:
         """Queue a mark behind the agent's audio."""
@@ -228,14 +272,19 @@ class CallSession:
         caller = self.caller
         if caller is None:
             return
-        payload = None
+        played = None
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            payload = self.bridge.next_payload()
-        if payload is None:
-            payload = self._silence
-            if payload is None or not caller.can_send:
+            played = self.bridge.next_payload()
+        if played is None:
+            if self._silence is None or not caller.can_send:
                 return
-        caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
+            caller.send_audio(self.sequencer.number(tick, self._silence, caller.payload_type))
+            return
+        payload, arrival_ns = played
+        packet = self.sequencer.number(tick, payload, caller.payload_type)
+        # Before sending: a plain-RTP leg reports the packet sent from inside send_audio.
+        self._agent_in_flight.append((packet.sequence, arrival_ns))
+        caller.send_audio(packet)
 
     def skip(self, ticks: int) -> None:
         """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
@@ -269,7 +318,12 @@ class CallSession:
                 self._ended_caller_drops = dict(caller.drop_counts())
                 self._spawn(caller.close())
         last = self.recording.open_channels == {channel}
-        summary = self.record.summary(self.drop_counts()) if last else None
+        summary = None
+        if last:
+            summary = {
+                **self.record.summary(self.drop_counts()),
+                "latency_ms": self.latency.summary_ms(),
+            }
         self.recording.end(channel, reason, summary=summary)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)

@@ -32,6 +32,7 @@ from mediaserver.durable_file import write_file_durably
 from mediaserver.errors import MediaServerError
 from mediaserver.jobs.state import JobState
 from mediaserver.recording.manifest import Manifest
+from mediaserver.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -288,6 +289,18 @@ def _load_outbox(directory: Path) -> list[Delivery]:
             log.warning("webhook.outbox_unreadable", path=str(path), error=str(exc))
             path.unlink(missing_ok=True)
     return deliveries
+
+
+def open_sender(settings: Settings, session: aiohttp.ClientSession) -> WebhookSender:
+    """A sender configured by the webhook_* settings, its outbox under jobs_path."""
+    return WebhookSender(
+        directory=settings.jobs_path / "webhooks",
+        session=session,
+        secret=settings.webhook_secret,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+    )
 
 
 def build_links(call_id: str) -> dict[str, str]:

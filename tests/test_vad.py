@@ -12,13 +12,9 @@ from mediaserver.analysis.channel_speech import (
     extract_file_features,
 )
 from mediaserver.analysis.vad import Span, VadConfig, compute_speech_spans, detect_speech
+from mediaserver.audio.libopus import OpusDecoder, load_libopus
+from mediaserver.audio.ogg_opus_decode import decode_ogg_opus, decode_ogg_opus_file
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
-from mediaserver.audio.opus_decoder import (
-    OpusDecoder,
-    decode_ogg_opus,
-    decode_ogg_opus_file,
-    load_libopus,
-)
 from mediaserver.audio.opus_silence import build_silence_packets
 from mediaserver.audio.opus_toc import compute_packet_samples
 from mediaserver.jobs.analysis_job import plan_parts
@@ -39,11 +35,18 @@ def _ogg(packets: list[bytes], pre_skip: int = 312) -> bytes:
 
 
 def test_libopus_is_found_and_decodes_at_16k() -> None:
-    """A 20 ms packet decodes to 320 samples at 16 kHz."""
+    """A 20 ms packet decodes to 320 samples at 16 kHz, into a block at an offset too; after a
+    reset the decoder decodes as a new one."""
     assert load_libopus() is not None
     [packet, *_] = encode_tone_packets(440.0, 0.1)
-    with OpusDecoder(RATE_16K) as decoder:
-        assert decoder.decode(packet).size == 320
+    decoder = OpusDecoder(RATE_16K)
+    fresh = decoder.decode(packet)
+    assert fresh.size == 320
+    block = np.zeros(2000, np.int16)
+    assert OpusDecoder(RATE_16K).decode_into(packet, block, 10) == 320
+    assert np.array_equal(block[10:330], fresh)
+    decoder.reset()
+    assert np.array_equal(decoder.decode(packet), fresh)
 
 
 def test_decoded_tone_keeps_its_time_and_frequency() -> None:

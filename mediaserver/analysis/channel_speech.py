@@ -11,7 +11,7 @@ from mediaserver.analysis.vad import (
     compute_speech_spans,
     join_features,
 )
-from mediaserver.audio.opus_decoder import decode_ogg_opus_file
+from mediaserver.audio.ogg_opus_decode import decode_ogg_opus_file
 
 
 def extract_file_features(

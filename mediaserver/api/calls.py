@@ -93,6 +93,7 @@ def describe_session(session: CallSession) -> dict[str, Any]:
             ),
         },
         "dtmf_digits": session.stats.dtmf_digits,
+        "latency_ms": session.latency.summary_ms(),
         "legs": {
             "caller": {
                 "kind": _link_kind(session.caller),
@@ -218,7 +219,11 @@ async def create_call(request: web.Request) -> web.Response:
         # Caller audio is decoded at the rate the caller's codec carries, so the echo loses nothing.
         rate_hz = 48000 if codec is Codec.OPUS else codec.clock_rate_hz
         echo = EchoAgent(
-            session, call_id=session.call_id, sample_rate_hz=rate_hz, delay_s=echo_delay_s
+            session,
+            call_id=session.call_id,
+            sample_rate_hz=rate_hz,
+            delay_s=echo_delay_s,
+            clock=hub.clock,
         )
         session.attach_agent(echo)
     elif agent_url is not None:

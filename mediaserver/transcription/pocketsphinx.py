@@ -22,7 +22,7 @@ from pocketsphinx import Decoder
 
 from mediaserver.analysis.turns import Speaker, compute_turns
 from mediaserver.analysis.vad import Span
-from mediaserver.audio.opus_decoder import decode_ogg_opus_file
+from mediaserver.audio.ogg_opus_decode import decode_ogg_opus_file
 from mediaserver.errors import TranscriptionError
 from mediaserver.transcription.backend import ChannelAudio, Segment, Word
 
