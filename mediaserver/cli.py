@@ -4,13 +4,14 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 import structlog
+import uvloop
 
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
@@ -274,12 +275,23 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop `serve` runs on: uvloop's (libuv) or the standard library's."""
+    # uvloop moves the selector, callbacks and socket writes to C: the event loop's own share
+    # of a call's CPU drops by about half (bench_agent_capacity.py measures both).
+    if kind == "uvloop":
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            asyncio.run(serve(_load(args)))
+            settings = _load(args)
+            with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+                runner.run(serve(settings))
             return 0
         if args.command == "demo":
             settings = _load(args)

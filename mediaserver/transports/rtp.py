@@ -240,10 +240,10 @@ class RtpCallerTransport:
             if flags & socket.MSG_TRUNC:
                 self._dropped[DropReason.MALFORMED] += 1  # too big to be caller audio
                 continue
-            self._handle_datagram(data, addr, arrival_ns)
+            self.handle_datagram(data, addr, arrival_ns)
 
-    def _handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
-        """Deliver one valid RTP packet of the peer to the sink; count anything else."""
+    def handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
+        """One datagram as read from the socket: valid RTP of the peer to the sink, else counted."""
         if addr != self._peer and not self._may_be_peer(addr):
             self._dropped[DropReason.WRONG_SOURCE] += 1
             return
