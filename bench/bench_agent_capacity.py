@@ -402,6 +402,7 @@ class Load:
                     rtp.sock.sendto(header + payload, rtp.destination)
                 except BlockingIOError:
                     continue
+                rtp.ended_s = time.monotonic() + FRAME_S  # the packet's audio ends 20 ms later
                 rtp.sequence = (rtp.sequence + 1) & 0xFFFF
                 rtp.timestamp = (rtp.timestamp + OPUS_FRAME_SAMPLES) & 0xFFFFFFFF
                 rtp.packets_sent += 1
@@ -630,8 +631,10 @@ async def run_step(
     )
     errors = []
     for call, manifest in zip(load.calls, manifests, strict=True):
-        first = call.rtp.started_s if call.rtp is not None else call.started_s
-        length_ms = (call.ended_s - first) * 1000
+        if call.rtp is not None:  # the caller's stream spans the call; the agent's lies within
+            length_ms = (call.rtp.ended_s - call.rtp.started_s) * 1000
+        else:
+            length_ms = (call.ended_s - call.started_s) * 1000
         errors.append(abs(float(manifest.get("duration_ms", 0.0)) - length_ms))
     return StepResult(
         transport=transport,

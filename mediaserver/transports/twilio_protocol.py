@@ -19,8 +19,8 @@
 # send them and must keep working. Fields beyond those read are ignored for the same reason.
 
 import base64
-import functools
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
