@@ -29,15 +29,19 @@ from common import (
     read_rss_kb,
 )
 
-import mediaserver.recorder
+import mediaserver.call_recording
+from mediaserver.call_recording import CallRecording
 from mediaserver.recorder import Recorder
+from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.journal import HEADER_SIZE, RECORD_HEADER_SIZE
-from mediaserver.storage_backends.local import LocalStore
+from mediaserver.recording.spool import CallSpool, Spool
+from mediaserver.rtp.media_packet import MediaPacket
+from mediaserver.rtp.packet import parse_rtp_header
 
 TARGET_KB_PER_CALL = 200
 CHECKPOINT_MINUTES = (1, 5, 10)
-SHIPPED_BUFFER_BYTES = mediaserver.recorder.JOURNAL_BUFFER_BYTES
+SHIPPED_BUFFER_BYTES = mediaserver.call_recording.JOURNAL_BUFFER_BYTES
 PAYLOAD_POOL_SIZE = 4096
 MEAN_PAYLOAD_BYTES = 70
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -71,13 +75,32 @@ Flush = Callable[[], None]
 
 
 def open_recorder_calls(work_root: Path, call_ids: list[str]) -> tuple[RecordRtp, Flush]:
-    """The recorder variant: a recorder (never started) journalling every call."""
-    recorder = Recorder(
-        spool_root=work_root / "spool", store=LocalStore(work_root / "store"), executor=None
-    )
-    for call_id in call_ids:
-        recorder.open_call(call_id)
-    return recorder.record_rtp, recorder.flush
+    """The recorder variant: each datagram parsed as the RTP leg does, then journalled."""
+    recorder = Recorder(spool=Spool(work_root / "spool"), on_call_ended=refuse_ended_call)
+    recordings: dict[str, CallRecording] = {
+        call_id: recorder.open_call(call_id) for call_id in call_ids
+    }
+
+    def record_rtp(call_id: str, channel: Channel, data: bytes, arrival_ns: int) -> bool:
+        # What transports/rtp.py hands its sink for one datagram.
+        header = parse_rtp_header(data)
+        packet = MediaPacket(
+            arrival_ns,
+            header.timestamp,
+            header.sequence,
+            header.ssrc,
+            header.payload_type,
+            header.marker,
+            data[header.payload_offset : header.payload_end],
+        )
+        return recordings[call_id].record(channel, packet)
+
+    return record_rtp, recorder.flush
+
+
+def refuse_ended_call(spool: CallSpool, reason: EndReason) -> None:
+    """No call ends while the memory is measured: one that does would spoil the figures."""
+    raise RuntimeError(f"call {spool.call_id} ended during the benchmark: {reason.value}")
 
 
 def open_list_calls(call_ids: list[str]) -> tuple[RecordRtp, Flush]:
@@ -104,8 +127,8 @@ def run_variant(args: argparse.Namespace) -> VariantResult:
     check_fast_builder()
     payloads = build_opus_payloads(PAYLOAD_POOL_SIZE)
     if args.buffer_bytes is not None:
-        # Bench-only experiment: the recorder reads this module constant when it opens a journal.
-        mediaserver.recorder.JOURNAL_BUFFER_BYTES = args.buffer_bytes
+        # Bench-only experiment: a recording reads this module constant when it opens a journal.
+        mediaserver.call_recording.JOURNAL_BUFFER_BYTES = args.buffer_bytes
     work_root = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=args.spool))
     try:
         call_ids = [f"mem-call-{index:04d}" for index in range(args.calls)]

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,18 +13,23 @@ from aiohttp import web
 from mediaserver.admission import AdmissionLimits, LoadMonitor
 from mediaserver.api import (
     analysis,
+    audit,
     calls,
     console,
     console_session,
     health,
+    nodes,
     openapi,
     recordings,
     whip,
+    whoami,
 )
 from mediaserver.api.auth import build_auth_middleware
+from mediaserver.api.cluster_routing import cluster_middleware
 from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
+    AUDIT,
     FINALIZER,
     HTTP_CLIENT,
     HUB,
@@ -35,15 +41,23 @@ from mediaserver.api.keys import (
     PORTS,
     PROCESS_POOL,
     RECORDER,
+    REDIS,
     SETTINGS,
     STORE,
+    TOKENS,
 )
+from mediaserver.api.token_registry import TokenRegistry
+from mediaserver.audit.audit_log import AuditLog, AuditSink, build_node_name
+from mediaserver.audit.file_sink import FileAuditSink
+from mediaserver.audit.store_sink import StoreAuditSink
 from mediaserver.calls import CallHub
 from mediaserver.clock import Clock, SystemClock
+from mediaserver.cluster_app import cluster_context, redis_context
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
-from mediaserver.jobs.local import LocalJobQueue
+from mediaserver.jobs.factory import build_job_queue, build_recording_locks
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
+from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
@@ -65,14 +79,29 @@ JOB_NICENESS = 10
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Build the application; resources start when it starts (AppRunner.setup)."""
-    sessions = ConsoleSessions(
-        settings.api_token, ttl_s=settings.console_session_ttl_s, clock=SystemClock()
+    tokens = TokenRegistry(
+        settings.api_token, Path(settings.api_tokens_path) if settings.api_tokens_path else None
     )
+    sessions = ConsoleSessions(
+        lambda: tokens.table,
+        secret=settings.api_token,
+        ttl_s=settings.console_session_ttl_s,
+        clock=SystemClock(),
+    )
+    # Audit outermost: it sees every answer, errors included, as the client gets it.
+    middlewares = [
+        audit.audit_middleware,
+        error_middleware,
+        build_auth_middleware(tokens, sessions),
+    ]
+    if settings.redis_url:  # several nodes: new calls placed, a call's requests sent to its node
+        middlewares.append(cluster_middleware)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, build_auth_middleware(settings.api_token, sessions)],  # type: ignore[list-item]
+        middlewares=middlewares,  # type: ignore[arg-type]
     )
     app[SETTINGS] = settings
+    app[TOKENS] = tokens
     app[CONSOLE_SESSIONS] = sessions
     app[METRICS] = Metrics()
     app[PORTS] = PortAllocator(settings.rtp_port_min, settings.rtp_port_max)
@@ -81,6 +110,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            _audit(chosen_clock),
+            redis_context,
             _job_pool,
             _jobs,
             _finalizer,
@@ -89,6 +120,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             _loop_lag,
             _load(chosen_clock),
             _hub(chosen_clock),
+            cluster_context,
             _sweeper(chosen_clock),
             _stats_metrics,
         ]
@@ -101,6 +133,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     console_session.add_routes(app)
     console.add_routes(app)
     openapi.add_routes(app)
+    audit.add_routes(app)
+    whoami.add_routes(app)
+    nodes.add_routes(app)
     return app
 
 
@@ -126,6 +161,47 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+def _audit(clock: Clock) -> Context:
+    """The audit log: day files on local disk, batch objects in a GCS bucket (README, "Audit")."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        sink: AuditSink
+        if settings.storage_type == "gcs":
+            sink = StoreAuditSink(app[STORE], settings.audit_path / "scratch")
+        else:
+            sink = FileAuditSink(settings.audit_path)
+        audit_log = AuditLog(
+            sink,
+            clock=clock,
+            node=build_node_name(),
+            retention_days=settings.audit_retention_days,
+        )
+        app[AUDIT] = audit_log
+        await audit_log.start()
+        app[METRICS].add_stats_source(lambda: _audit_reports(audit_log))
+        yield
+        await audit_log.close()
+
+    return context
+
+
+def _audit_reports(audit_log: AuditLog) -> Iterator[Report]:
+    """The audit log's counters for Prometheus."""
+    yield (
+        "mediaserver_audit_events",
+        "counter",
+        "Audit events written durably.",
+        [("", {}, audit_log.events_written)],
+    )
+    yield (
+        "mediaserver_audit_write_failures",
+        "counter",
+        "Audit batches that could not be written (their requests got 503 where still possible).",
+        [("", {}, audit_log.write_failures)],
+    )
+
+
 async def _job_pool(app: web.Application) -> AsyncIterator[None]:
     """Worker processes for post-call jobs, niced below the server and the finalizers."""
     settings = app[SETTINGS]
@@ -143,18 +219,24 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
-    states = JobStateStore(app[STORE], settings.jobs_path / "scratch")
+    redis = app.get(REDIS)
+    states = JobStateStore(
+        app[STORE], settings.jobs_path / "scratch", locks=build_recording_locks(redis)
+    )
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+        max_attempts=settings.job_max_attempts,
+        on_duration=app[METRICS].observe_job,
     )
     scheduler = JobScheduler(
-        queue=LocalJobQueue(settings.jobs_path / "queue", concurrency=settings.job_workers),
+        queue=build_job_queue(settings, redis),
         states=states,
         plan=build_job_plan(settings),
-        handler=runner,
+        # With Redis, `mediaserver worker` processes run the jobs (serve --with-worker too).
+        handler=runner if redis is None or settings.with_worker else None,
     )
     app[JOBS] = scheduler
     await scheduler.start()
@@ -168,9 +250,11 @@ def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]
     yield (
         "mediaserver_jobs_pending",
         "gauge",
-        "Post-call jobs queued or running in this process.",
+        "Post-call jobs queued or running (in this process; with Redis, in every worker).",
         [("", {}, scheduler.queue.depth())],
     )
+    if isinstance(scheduler.queue, RedisJobQueue):
+        yield from queue_reports(scheduler.queue)
     yield (
         "mediaserver_jobs",
         "counter",

@@ -1,7 +1,8 @@
 """One live call's recording: its journals and which of its channels are still open."""
 
-from collections.abc import Callable
-from typing import BinaryIO
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any, BinaryIO
 
 from mediaserver.errors import CallStateError
 from mediaserver.recording.call import CallStatus, EndReason
@@ -9,6 +10,14 @@ from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, JournalWriter
 from mediaserver.recording.spool import CallDescription, CallSpool
 from mediaserver.rtp.media_packet import MediaPacket
+
+
+class PauseBehavior(Enum):
+    """What the recording's time line does with a paused span (Twilio's pauseBehavior)."""
+
+    SILENCE = "silence"  # the span stays, silent on both channels
+    SKIP = "skip"  # the span is cut from all three files: what follows moves up
+
 
 # One second of a channel (~4.6 KB) fits, so a flush a second is still one write per journal;
 # larger buffers only raise resident memory when flushing falls behind (bench_memory.py).
@@ -20,6 +29,7 @@ class CallRecording:
 
     __slots__ = (
         "_files",
+        "_journalling",
         "_on_ended",
         "_open",
         "_writers",
@@ -28,7 +38,10 @@ class CallRecording:
         "keep",
         "last_activity_ns",
         "packets_after_end",
+        "packets_paused",
+        "paused",
         "spool",
+        "summary",
     )
 
     def __init__(
@@ -43,6 +56,10 @@ class CallRecording:
         self.spool = spool
         self.description = description
         self.keep = keep  # AUDIO_CACHE_ENABLED: the call runs, nothing is kept
+        self.paused: PauseBehavior | None = None  # set while recording is paused
+        self._journalling = keep  # kept and not paused: the one flag the packet path reads
+        self.packets_paused = 0
+        self.summary: dict[str, Any] = {}  # the call's own account of itself, given at its end
         self._on_ended = on_ended
         self._open = set(Channel)
         self.end_reasons: dict[Channel, EndReason] = {}
@@ -109,9 +126,32 @@ class CallRecording:
             self.packets_after_end += 1
             return False
         self.last_activity_ns = packet.arrival_ns
-        if self.keep:
+        if self._journalling:
             self._writers[channel].append(packet)
+        elif self.paused is not None:
+            self.packets_paused += 1
         return True
+
+    def pause(self, now_ns: int, behavior: PauseBehavior) -> None:
+        """Stop journalling both channels (the call goes on); the span is noted in the events."""
+        if self.paused is not None or not self._open:
+            return
+        self.paused = behavior
+        self._journalling = False
+        self.add_event({"type": "pause", "at_ns": now_ns, "behavior": behavior.value})
+
+    def resume(self, now_ns: int) -> None:
+        """Journal both channels again."""
+        if self.paused is None or not self._open:
+            return
+        self.paused = None
+        self._journalling = self.keep
+        self.add_event({"type": "resume", "at_ns": now_ns})
+
+    def add_event(self, event: Mapping[str, Any]) -> None:
+        """Note something that happened in the call (a key pressed, a pause) in its spool."""
+        if self.keep and self._open:
+            self.spool.append_event(dict(event))
 
     def touch(self, now_ns: int) -> None:
         """Note activity that carries no packet (an agent message, say)."""
@@ -126,10 +166,14 @@ class CallRecording:
         for channel in self._open:
             self._writers[channel].flush()
 
-    def end(self, channel: Channel, reason: EndReason) -> bool:
+    def end(
+        self, channel: Channel, reason: EndReason, *, summary: Mapping[str, Any] | None = None
+    ) -> bool:
         """Close a channel's journal; True exactly once, when it was the last open channel."""
         if channel not in self._open:
             return False
+        if summary is not None:
+            self.summary = dict(summary)
         self._open.discard(channel)
         self.end_reasons[channel] = reason
         self._files[channel].close()  # flushes the buffer: a few KiB at most

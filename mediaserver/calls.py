@@ -127,6 +127,7 @@ class CallHub:
             agent_complexity=self.agent_complexity,
             send_silence=self.send_silence,
             metadata=metadata,
+            clock=self.clock,
         )
         self._sessions[session.call_id] = session
         self._idle.clear()

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -13,11 +14,13 @@ from typing import Any
 import structlog
 import uvloop
 
+from mediaserver.access.tokens import TOKEN_NAME_PATTERN, Scope, compute_token_digest
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
+from mediaserver.job_worker import run_worker
 from mediaserver.jobs.files import write_documents
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
@@ -80,7 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token every API request must carry (other local users can read a"
         " command line: MEDIASERVER_API_TOKEN keeps it out of the process list)",
     )
+    serve.add_argument(
+        "--with-worker",
+        action="store_true",
+        default=None,
+        help="with redis_url: also run post-call jobs here (otherwise only `worker`s do)",
+    )
     _settings_flags(serve)
+
+    worker = commands.add_parser(
+        "worker", help="run post-call jobs from the Redis queue (needs redis_url)"
+    )
+    worker.add_argument("--host", help="address of /healthz and /metrics (default 127.0.0.1)")
+    worker.add_argument(
+        "--port", type=int, default=8081, help="port of /healthz and /metrics (0 picks one)"
+    )
+    _settings_flags(worker)
 
     demo = commands.add_parser(
         "demo", help="record the bundled sample call through the recorder into storage"
@@ -112,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     recover = commands.add_parser("recover", help="finalize journals left by a stopped server")
     _settings_flags(recover)
+
+    token = commands.add_parser(
+        "new-token", help="make a random API token and print its [[tokens]] table"
+    )
+    token.add_argument("name", help="the token's name in the audit log ([A-Za-z0-9_-], 1-64)")
+    token.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=[scope.value for scope in Scope],
+        help="a scope it holds (repeat for several)",
+    )
     return parser
 
 
@@ -127,8 +158,11 @@ def _load(args: argparse.Namespace) -> Settings:
         "host",
         "port",
         "api_token",
+        "with_worker",
     )
     overrides = {name: getattr(args, name, None) for name in names}
+    if args.command == "worker":
+        overrides["port"] = None  # the worker's own port is not the server's
     settings = load_settings(config_path=getattr(args, "config", None), overrides=overrides)
     configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     # A warning, not an error, unlike an unknown key in the config file: the environment is
@@ -284,6 +318,20 @@ def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+def _run_new_token(args: argparse.Namespace) -> int:
+    """Print a new secret and the tokens-file table that accepts it."""
+    if not TOKEN_NAME_PATTERN.fullmatch(args.name):
+        raise MediaServerError("the token name must be 1-64 characters of [A-Za-z0-9_-]")
+    secret = secrets.token_urlsafe(32)
+    scopes = ", ".join(f'"{scope}"' for scope in sorted(set(args.scopes)))
+    print(f"# secret (give it to the client; it is not kept anywhere): {secret}")
+    print("[[tokens]]")
+    print(f'name = "{args.name}"')
+    print(f'sha256 = "{compute_token_digest(secret).hex()}"')
+    print(f"scopes = [{scopes}]")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
@@ -293,6 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
                 runner.run(serve(settings))
             return 0
+        if args.command == "worker":
+            settings = _load(args)
+            host = args.host or settings.host
+            asyncio.run(run_worker(settings, host=host, port=args.port))
+            return 0
         if args.command == "demo":
             settings = _load(args)
             return _print_stored(settings, asyncio.run(_run_demo(settings)))
@@ -301,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(log_format="auto", log_level="warning")
         if args.command == "merge":
             return _run_merge(args)
+        if args.command == "new-token":
+            return _run_new_token(args)
         return _run_import(args)
     except (MediaServerError, OSError) as exc:
         message = str(exc) if not isinstance(exc, OSError) else f"{exc.filename}: {exc.strerror}"

@@ -145,3 +145,26 @@ class RecordingQueryError(MediaServerError, ValueError):
 
 class AgentUrlError(MediaServerError, ValueError):
     """An agent_url names no agent this server can reach (not ws://, wss:// or a built-in one)."""
+
+
+class ClusterUnavailableError(MediaServerError):
+    """The cluster's shared state (Redis) cannot be reached, or the node that owns a call."""
+
+
+# Recording lifecycle and access: audit, retention, encryption.
+
+
+class AuditError(MediaServerError):
+    """The audit log cannot be written or read, or holds a malformed event."""
+
+
+class RecordingHeldError(CallStateError):
+    """A recording under legal hold cannot be deleted."""
+
+
+class EncryptionError(MediaServerError):
+    """Encrypted data cannot be written or read: a wrong key, a damaged or tampered object."""
+
+
+class EncryptionKeyUnavailableError(EncryptionError):
+    """This server has no private key to unwrap a recording's data key: it stores, cannot play."""

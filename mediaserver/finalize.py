@@ -20,6 +20,12 @@ from mediaserver.audio.peaks import PeaksBuilder, build_audiowaveform_json, choo
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
 from mediaserver.recording.call import CallStatus
+from mediaserver.recording.call_events import (
+    compute_paused_spans,
+    compute_skip_spans,
+    describe_paused_spans,
+    place_dtmf_events,
+)
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, parse_journal
 from mediaserver.recording.manifest import ChannelReport, FileEntry, Manifest, format_utc
@@ -197,36 +203,62 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     """Turn a spool's journals into left, right and stereo files and a manifest (CPU-bound)."""
     started = time.perf_counter()
     call = spool.read_description()
+    record = spool.read_record()  # None after a crash: the call never ended
+    events = spool.read_events()
     inputs = [read_channel(spool, c, call.codecs[c]) for c in (Channel.CALLER, Channel.AGENT)]
-    plan = plan_recording(inputs, mono_start_ns=call.mono_start_ns, stereo_mode=options.stereo_mode)
-    files = [_write_channel(spool, item, plan) for item in plan.channels]
+    last_ns = max((p.arrival_ns for i in inputs for p in i.packets), default=call.mono_start_ns)
+    end_ns = record.ended_mono_ns if record is not None else last_ns
+    paused = compute_paused_spans(events, end_ns)
+    plan = plan_recording(
+        inputs,
+        mono_start_ns=call.mono_start_ns,
+        stereo_mode=options.stereo_mode,
+        skip_spans_ns=compute_skip_spans(paused),
+    )
+    notes: list[str] = [] if record is None else list(record.notes)
+    if plan.has_media:
+        files = [_write_channel(spool, item, plan) for item in plan.channels]
+        peaks = PeaksBuilder(choose_samples_per_pixel(plan.span_samples), 2)  # fed by the merge
+        stereo_mode, stereo_notes = _write_stereo(spool, options, peaks)
+        notes += stereo_notes
+        files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, plan.span_samples))
+        files.append(_write_peaks(spool, peaks, plan.span_samples, stereo_mode))
+        status = CallStatus.RECOVERED if options.recovered else CallStatus.FINALIZING
+    else:
+        # Nothing to listen to: the manifest alone tells what happened to the call.
+        files, stereo_mode, status = [], options.stereo_mode, CallStatus.EMPTY
+        notes.append("the call carried no media: no audio files were made")
     reports = [_channel_report(item, plan) for item in plan.channels]
-    peaks = PeaksBuilder(choose_samples_per_pixel(plan.span_samples), 2)  # fed by the merge
-    stereo_mode, notes = _write_stereo(spool, options, peaks)
-    files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, plan.span_samples))
-    files.append(_write_peaks(spool, peaks, plan.span_samples, stereo_mode))
 
     origin_wall_ns = call.wall_start_ns + (plan.origin_ns - call.mono_start_ns)
-    end_wall_ns = origin_wall_ns + plan.span_samples * 1_000_000_000 // OPUS_RATE_HZ
+    if record is not None:
+        ended_wall_ns = record.ended_wall_ns
+    else:  # a crash: the last audio is the best known end
+        ended_wall_ns = origin_wall_ns + plan.span_samples * 1_000_000_000 // OPUS_RATE_HZ
+    duration_samples = plan.span_samples if plan.has_media else 0
     manifest = Manifest(
         call_id=call.call_id,
-        status=CallStatus.RECOVERED if options.recovered else CallStatus.FINALIZING,
+        status=status,
         created_at=format_utc(call.wall_start_ns),
-        ended_at=format_utc(max(end_wall_ns, call.wall_start_ns)),
+        ended_at=format_utc(max(ended_wall_ns, call.wall_start_ns)),
         media_started_at=format_utc(origin_wall_ns) if plan.has_media else None,
-        duration_ms=round(plan.span_samples * 1000 / OPUS_RATE_HZ, 3),
+        duration_ms=round(duration_samples * 1000 / OPUS_RATE_HZ, 3),
         stereo_mode=stereo_mode,
         channels=tuple(reports),
         files=tuple(files),
         end_reason=options.end_reason,
         notes=tuple(notes),
         storage={"metadata": call.metadata},
+        legs={} if record is None else record.legs,
+        dropped={} if record is None else record.dropped,
+        events=tuple(place_dtmf_events(events, plan)) if plan.has_media else (),
+        paused=tuple(describe_paused_spans(paused, plan)) if plan.has_media else (),
     )
     spool.write_manifest(manifest)
     log.info(
         "recording.built",
         call_id=call.call_id,
-        duration_s=plan.span_samples / OPUS_RATE_HZ,
+        duration_s=duration_samples / OPUS_RATE_HZ,
         stereo_mode=stereo_mode,
         elapsed_s=round(time.perf_counter() - started, 3),
     )
@@ -256,6 +288,8 @@ def _channel_report(item: ChannelPlan, plan: RecordingPlan) -> ChannelReport:
     stats["malformed"] = source.malformed
     placed_48k = sum(to_48k(p.duration, source.codec) for p in item.timeline.placements)
     stats["silence_inserted_ms"] = round((plan.span_samples - placed_48k) * 1000 / OPUS_RATE_HZ, 3)
+    if plan.cuts:
+        stats["cut_at_pause_edges"] = item.cut_packets
     return ChannelReport(source.channel.value, source.channel.side, source.codec.value, stats)
 
 

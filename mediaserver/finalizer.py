@@ -156,6 +156,8 @@ class Finalizer:
         by_role = keys.by_role()
         recovered = manifest.end_reason == EndReason.RECOVERED.value
         final_status = CallStatus.RECOVERED if recovered else CallStatus.STORED
+        if manifest.status is CallStatus.EMPTY:
+            final_status = CallStatus.EMPTY  # a manifest and no audio
         files = tuple(replace(f, key=by_role[f.role]) for f in manifest.files)
         stored = replace(
             manifest,

@@ -13,6 +13,7 @@ from mediaserver.call_recording import CallRecording
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, UnknownCallError
 from mediaserver.recording.call import EndReason
+from mediaserver.recording.call_record import CallRecord
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.spool import CallDescription, CallSpool, Spool
 
@@ -173,7 +174,26 @@ class Recorder:
         self._ended_packets += sum(recording.packet_count(c) for c in Channel)
         self._ended_after_end += recording.packets_after_end
         log.info("call.ended", call_id=recording.call_id, reason=reason.value)
-        if not recording.keep:
+        if recording.keep:
+            summary = recording.summary
+            notes = list(summary.get("notes", ()))
+            if recording.packets_paused:
+                notes.append(
+                    f"{recording.packets_paused} packets were not recorded while recording"
+                    " was paused"
+                )
+            # A few hundred bytes, like the description: the finalizer reads it next.
+            recording.spool.write_record(
+                CallRecord(
+                    end_reason=reason.value,
+                    ended_wall_ns=self.clock.wall_ns(),
+                    ended_mono_ns=self.clock.monotonic_ns(),
+                    legs=dict(summary.get("legs", {})),
+                    dropped=dict(summary.get("dropped", {})),
+                    notes=tuple(notes),
+                )
+            )
+        else:
             # Removed at once (two empty journals and a small description, well under a
             # millisecond) so the call never shows up as a recording in the API meanwhile.
             recording.spool.remove()

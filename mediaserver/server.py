@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from mediaserver.api.keys import FINALIZER, HUB, SETTINGS
+from mediaserver.api.keys import FINALIZER, HUB, REGISTRY, SETTINGS
 from mediaserver.app import create_app
 from mediaserver.clock import Clock
 from mediaserver.connection_guard import ConnectionGuard, DescriptorExhaustionLog, GuardedAppRunner
@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback without an API token."""
-    if settings.api_token:
+    if settings.api_token or settings.api_tokens_path:
         return
     host = settings.host
     try:
@@ -32,7 +32,16 @@ def check_exposure(settings: Settings) -> None:
     if not loopback:
         raise SettingsError(
             f"refusing to listen on {host} without an API token:"
-            " set api_token (MEDIASERVER_API_TOKEN) or listen on 127.0.0.1"
+            " set api_token (MEDIASERVER_API_TOKEN) or api_tokens_path, or listen on 127.0.0.1"
+        )
+
+
+def check_cluster(settings: Settings) -> None:
+    """A node of several must say where the others send its calls' requests."""
+    if settings.redis_url and not settings.public_url:
+        raise SettingsError(
+            "setting public_url is required with redis_url: other nodes redirect and relay"
+            " requests for this node's calls to it (e.g. http://10.0.0.7:8080)"
         )
 
 
@@ -80,6 +89,9 @@ class RunningServer:
         settings = self.app[SETTINGS]
         hub = self.app[HUB]
         hub.drain()
+        registry = self.app.get(REGISTRY)
+        if registry is not None:
+            await registry.publish()  # marked draining now: other nodes stop placing calls here
         live = len(hub.sessions())
         log.info("server.draining", live_calls=live, timeout_s=settings.drain_timeout_s)
         if live and not await hub.wait_idle(settings.drain_timeout_s):
@@ -96,6 +108,7 @@ class RunningServer:
 async def start_server(settings: Settings, *, clock: Clock | None = None) -> RunningServer:
     """Start the application on the configured host and port (0 picks a free port)."""
     check_exposure(settings)
+    check_cluster(settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(DescriptorExhaustionLog())
     runner = GuardedAppRunner(

@@ -9,12 +9,16 @@ import structlog
 from mediaserver.agent_bridge import FRAME_MS, AgentBridge
 from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
-from mediaserver.call_recording import CallRecording
+from mediaserver.call_recording import CallRecording, PauseBehavior
+from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.manifest import format_utc
+from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.sequencer import RtpSequencer
+from mediaserver.transports.agent import compute_close_code
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
@@ -27,6 +31,7 @@ class SessionStats:
     caller_packets: int = 0
     agent_frames_played: int = 0
     silence_frames_sent: int = 0
+    dtmf_digits: int = 0
     legs_ended: dict[str, str] = field(default_factory=dict)
 
 
@@ -44,8 +49,10 @@ class CallSession:
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
         metadata: dict[str, object] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.recording = recording
+        self.clock: Clock = clock or SystemClock()
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -62,6 +69,11 @@ class CallSession:
         # fills the same silence itself.
         self._silence = _silence_payload(caller_codec) if send_silence else None
         self._ended_caller_drops: dict[str, int] = {}
+        # The call's record of its legs: filled as they connect and end, written at the end.
+        self._legs: dict[str, dict[str, Any]] = {"caller": {}, "agent": {}}
+        self._notes: list[str] = []
+        self.agent_url: str | None = None  # what the server dials (or builtin:echo)
+        self.agent_error: str | None = None  # why the dial-out failed
         self.stats = SessionStats()
         self.log = log.bind(call_id=recording.call_id)
 
@@ -116,6 +128,10 @@ class CallSession:
         if link.codec is not self.caller_codec:
             raise CallStateError(f"call {self.call_id} records {self.caller_codec.value}")
         self.caller = link
+        self._legs["caller"] = {
+            "codec": link.codec.value,
+            "connected_at": self._utc(self.clock.monotonic_ns()),
+        }
 
     def attach_agent(self, link: AgentLink) -> None:
         """Connect the agent; caller audio is decoded at the agent's sample rate from now on."""
@@ -124,7 +140,35 @@ class CallSession:
         self.bridge = AgentBridge(
             link, caller_codec=self.caller_codec, complexity=self.agent_complexity
         )
+        self._legs["agent"].update(connected_at=self._utc(self.clock.monotonic_ns()))
         self.log.info("call.agent_attached", sample_rate_hz=link.sample_rate_hz)
+
+    def note_agent_dial(self, url: str) -> None:
+        """The server dials (or runs) the call's agent at `url`."""
+        self.agent_url = url
+        self._legs["agent"]["url"] = url
+
+    def note_agent_dial_failed(self, error: str) -> None:
+        """The agent could not be dialled: shown by the API and kept in the call's record."""
+        self.agent_error = error
+        self._legs["agent"]["error"] = error
+        self._notes.append(f"the agent could not be dialled: {error}")
+
+    def note(self, text: str) -> None:
+        """Add a note to the call's record (shown in its manifest)."""
+        self._notes.append(text)
+
+    # -- recording control ---------------------------------------------------------------------
+
+    def pause_recording(self, behavior: PauseBehavior) -> None:
+        """Stop recording both channels; audio still flows between caller and agent."""
+        self.recording.pause(self.clock.monotonic_ns(), behavior)
+        self.log.info("call.recording_paused", behavior=behavior.value)
+
+    def resume_recording(self) -> None:
+        """Record both channels again."""
+        self.recording.resume(self.clock.monotonic_ns())
+        self.log.info("call.recording_resumed")
 
     # -- caller side (CallerMediaSink) ---------------------------------------------------------
 
@@ -142,6 +186,30 @@ class CallSession:
             self.stats.silence_frames_sent += 1
         elif self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
+
+    def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
+        """A key the caller pressed: the agent is told, the call's events keep it."""
+        if not self.recording.is_open(Channel.CALLER):
+            return
+        self.stats.dtmf_digits += 1
+        agent = self.agent
+        if agent is not None and self.recording.is_open(Channel.AGENT):
+            agent.send_dtmf(digit.digit)
+        # Keys pressed while recording is paused (a card number, say) stay out of the record.
+        redacted = self.recording.paused is not None
+        self.recording.add_event(
+            {
+                "type": "dtmf",
+                "digit": None if redacted else digit.digit,
+                "redacted": redacted,
+                "duration_ms": round(digit.duration_ms, 1),
+                "rtp_timestamp": digit.start_timestamp,
+                "clock_rate_hz": digit.clock_rate_hz,
+                "ssrc": ssrc,
+                "ended_ns": arrival_ns,
+            }
+        )
+        self.log.info("call.dtmf", digit="*" if redacted else digit.digit)
 
     def on_caller_ended(self, reason: EndReason) -> None:
         """The caller hung up or vanished: the whole call ends."""
@@ -209,19 +277,80 @@ class CallSession:
             return
         self.stats.legs_ended[channel.value] = reason.value
         self.log.info("call.leg_ended", channel=channel.value, reason=reason.value, detail=detail)
+        now = self._utc(self.clock.monotonic_ns())
+        ended = {"end_reason": reason.value, "disconnected_at": now}
         if channel is Channel.AGENT:
             bridge = self.bridge
+            leg = self._legs["agent"]
             if bridge is not None:
                 bridge.finish()  # pending marks are echoed before `stop`
+                leg.update(_describe_agent(bridge.agent, reason), **_bridge_counts(bridge))
                 self._spawn(bridge.agent.close(reason.value))
+            leg.update(ended)
         else:
             caller, self.caller = self.caller, None
             if caller is not None:
                 self._ended_caller_drops = dict(caller.drop_counts())
+                self._legs["caller"].update(caller.describe())
                 self._spawn(caller.close())
-        self.recording.end(channel, reason)
+            self._legs["caller"].update(ended)
+        last = self.recording.open_channels == {channel}
+        summary = self._summary() if last else None
+        self.recording.end(channel, reason, summary=summary)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
+
+    def _summary(self) -> dict[str, Any]:
+        """The call's record of itself, as its legs saw it: written when the call ends."""
+        notes = list(self._notes)
+        unexpected = self._legs["caller"].get("unexpected_payload_types") or {}
+        for payload_type, count in unexpected.items():
+            notes.append(
+                f"{count} caller packets with payload type {payload_type} were dropped:"
+                f" the leg negotiated {self._legs['caller'].get('payload_type')}"
+                + (
+                    f" (telephone-event {dtmf})"
+                    if (dtmf := self._legs["caller"].get("dtmf_payload_type")) is not None
+                    else ""
+                )
+            )
+        return {
+            "legs": {name: dict(leg) for name, leg in self._legs.items()},
+            "dropped": {reason: count for reason, count in self.drop_counts().items() if count},
+            "notes": notes,
+        }
+
+    def describe_agent(self) -> dict[str, Any]:
+        """The agent leg's record so far (url, error, times), for the API."""
+        return dict(self._legs["agent"])
+
+    def _utc(self, monotonic_ns: int) -> str:
+        """A monotonic time of this call as a UTC time people read."""
+        recording = self.recording
+        return format_utc(recording.wall_start_ns + monotonic_ns - recording.mono_start_ns)
+
+
+def _describe_agent(agent: AgentLink, reason: EndReason) -> dict[str, Any]:
+    """The agent connection as it is when its leg ends; the close the server is about to send."""
+    described = agent.describe()
+    if "close_code" in described and described.get("closed_by") is None:
+        described.update(
+            close_code=compute_close_code(reason.value),
+            close_reason=reason.value,
+            closed_by="server",
+        )
+    return described
+
+
+def _bridge_counts(bridge: AgentBridge) -> dict[str, int]:
+    """What the bridge moved between the caller and the agent."""
+    stats = bridge.stats
+    return {
+        "caller_frames_sent": stats.caller_frames_to_agent,
+        "agent_frames_encoded": stats.agent_frames_encoded,
+        "marks_echoed": stats.marks_echoed,
+        "clears": stats.clears,
+    }
 
 
 def _silence_payload(codec: Codec) -> bytes:

@@ -2,6 +2,7 @@
 
 import difflib
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -37,6 +38,7 @@ _POSITIVE = (
     "max_body_bytes",
     "drain_timeout_s",
     "rtp_media_timeout_s",
+    "rtp_relatch_after_s",
     "agent_connect_timeout_s",
     "signed_url_expiry_s",
     "finalize_timeout_s",
@@ -54,6 +56,8 @@ _POSITIVE = (
     "transcription_timeout_s",
     "transcription_max_attempts",
     "transcription_max_upload_bytes",
+    "job_visibility_timeout_s",
+    "job_max_attempts",
 )
 
 
@@ -92,6 +96,8 @@ class Settings:
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
     rtp_media_timeout_s: float = 30.0
+    rtp_relatch_after_s: float = 2.0
+    rtp_relatch_any_source: bool = False
     ice_servers: str = ""
     ice_host_addresses: str = ""
     agent_connect_timeout_s: float = 10.0
@@ -122,6 +128,18 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    # Several nodes (empty redis_url: one node, everything in this process)
+    node_id: str = ""  # "" = this machine's host name
+    public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
+    redis_url: str = ""  # e.g. redis://redis:6379/0: node registry, call map and job queue
+    storage_shared: bool = False  # local storage_path is a filesystem every node and worker mounts
+    job_visibility_timeout_s: float = 60.0  # a job unfinished this long is redone by another worker
+    job_max_attempts: int = 3  # a job that keeps failing ends `failed` after this many attempts
+    with_worker: bool = False  # with redis_url: `serve` runs jobs too (else only workers do)
+    # Recording lifecycle and access (README, "Access", "Audit log")
+    api_tokens_path: str = ""
+    audit_path: Path = Path("./data/audit")
+    audit_retention_days: int = 0  # 0: keep forever
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -219,7 +237,48 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
         )
+    _validate_cluster(settings)
+    _validate_lifecycle(settings)
     return settings
+
+
+def _validate_cluster(settings: Settings) -> None:
+    """The settings of several nodes: addresses that parse, storage every node can read."""
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting public_url must be an http:// or https:// URL, got {settings.public_url!r}"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise SettingsError(
+            "setting redis_url must be a redis://, rediss:// or unix:// URL,"
+            f" got {settings.redis_url!r}"
+        )
+    if settings.redis_url and settings.storage_type == "local" and not settings.storage_shared:
+        raise SettingsError(
+            "setting redis_url runs several nodes and workers, which must all read the recordings:"
+            " use storage_type = gcs, or put storage_path on a shared filesystem and set"
+            " storage_shared = true"
+        )
+
+
+def resolve_node_id(settings: Settings) -> str:
+    """This node's id: the node_id setting, or the host name."""
+    return settings.node_id or socket.gethostname()
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+def _validate_lifecycle(settings: Settings) -> None:
+    """Retention, encryption and GCS-only settings fit together."""
+    for name in ("audit_retention_days",):
+        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
+                f" got {getattr(settings, name)}"
+            )
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -277,7 +277,8 @@ class Browser:
 @contextlib.asynccontextmanager
 async def launch(extra_flags: Sequence[str] = ()) -> AsyncIterator[Browser]:
     """Start headless Chromium on a fresh profile; close it afterwards."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helpers may still write to the profile as it exits: cleanup is best effort.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         command = [
             CHROMIUM,
             *BASE_FLAGS,

@@ -21,6 +21,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base = Settings(
         spool_path=tmp_path / "spool",
         storage_path=str(tmp_path / "recordings"),
+        audit_path=tmp_path / "audit",
         port=0,
         api_token=TOKEN,
         ice_host_addresses="127.0.0.1",
@@ -59,7 +60,7 @@ async def wait_for_recording(
     while True:
         async with client.get(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
             body: dict[str, Any] = await response.json()
-        if body.get("status") in ("stored", "recovered"):
+        if body.get("status") in ("stored", "recovered", "empty"):
             return body
         assert body.get("status") != "upload_failed", body
         assert time.monotonic() < deadline, f"recording not stored in time: {body}"

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mediaserver.access.tokens import TokenTable, compute_token_digest
 from mediaserver.api.console_session import (
     CONSOLE_SESSIONS,
     COOKIE_NAME,
@@ -136,10 +137,16 @@ async def test_expired_forged_and_foreign_cookies_are_refused(
 ) -> None:
     """After the TTL, with a changed signature, or signed for another token: 401."""
     value = await sign_in(client)
-    expires, nonce, signature = value.split(".")
-    forged = f"{int(expires) + 10_000}.{nonce}.{signature}"
+    expires, nonce, name, signature = value.split(".")
+    forged = f"{int(expires) + 10_000}.{nonce}.{name}.{signature}"
     other_key = derive_session_key("another-token")
-    foreign = build_session_value(other_key, expires_at_s=int(expires), nonce=nonce)
+    foreign = build_session_value(
+        other_key,
+        expires_at_s=int(expires),
+        nonce=nonce,
+        name=name,
+        token_digest=compute_token_digest(TOKEN),
+    )
     for bad in (forged, foreign, "", "1.2", value + "0"):
         response = await client.get("/v1/recordings", headers=with_cookie(bad))
         assert response.status == 401, bad
@@ -293,4 +300,5 @@ def test_origin_must_name_the_host(header: str | None, host: str, same: bool) ->
 @given(st.text(max_size=80))
 def test_no_text_but_a_signed_value_passes(value: str) -> None:
     """Random cookie values never check out."""
-    assert not check_session_value(derive_session_key(TOKEN), value, now_s=0)
+    tokens = TokenTable.build(TOKEN)
+    assert check_session_value(derive_session_key(TOKEN), value, now_s=0, tokens=tokens) is None

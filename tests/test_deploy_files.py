@@ -40,6 +40,7 @@ OTHER_ENV = {
 }
 SAMPLE_TOKEN = "t" * 32
 SAMPLE_NODE_IP = "10.0.0.7"
+SAMPLE_FIELDS = {"status.hostIP": SAMPLE_NODE_IP, "metadata.name": "mediaserver-0"}
 
 
 # -- Dockerfile --------------------------------------------------------------------------------
@@ -162,8 +163,8 @@ def k8s_environment() -> dict[str, str]:
         elif "secretKeyRef" in entry["valueFrom"]:
             env[entry["name"]] = SAMPLE_TOKEN
         else:
-            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
-            env[entry["name"]] = SAMPLE_NODE_IP
+            field_path = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            env[entry["name"]] = SAMPLE_FIELDS[field_path]
     return env
 
 
@@ -174,14 +175,17 @@ def compose_service(name: str) -> dict[str, Any]:
     return service
 
 
-def compose_environment() -> dict[str, str]:
-    """The media server's compose environment with ${VAR:-default} and ${VAR:?error} resolved."""
+COMPOSE_NODES = ("node-a", "node-b")
+
+
+def compose_environment(service: str = "node-a") -> dict[str, str]:
+    """A compose service's environment with ${VAR:-default} and ${VAR:?error} resolved."""
 
     def resolve(match: re.Match[str]) -> str:
         """A variable's default, or a sample value when the variable is required."""
         return match.group(2) if match.group(1) == "-" else SAMPLE_TOKEN
 
-    environment = compose_service("mediaserver")["environment"]
+    environment = compose_service(service)["environment"]
     return {
         name: re.sub(r"\$\{\w+:([-?])([^}]*)\}", resolve, str(value))
         for name, value in environment.items()
@@ -407,18 +411,62 @@ def published_ports(service: Mapping[str, Any], protocol: str) -> set[int]:
     return ports
 
 
-def test_compose_publishes_the_served_and_rtp_ports() -> None:
-    """Compose publishes the image's HTTP port and the whole configured RTP range."""
-    service = compose_service("mediaserver")
-    assert "command" not in service  # the image's CMD, hence its --port
-    assert dockerfile_serve_port() in published_ports(service, "tcp")
-    env = compose_environment()
+def compose_serve_port(service: Mapping[str, Any]) -> int:
+    """The HTTP port a compose node serves on: its command's, else the image's CMD's."""
+    command = service.get("command")
+    return int(command[command.index("--port") + 1]) if command else dockerfile_serve_port()
+
+
+@pytest.mark.parametrize("name", COMPOSE_NODES)
+def test_compose_publishes_the_served_and_rtp_ports(name: str) -> None:
+    """Each node publishes its HTTP port and its whole RTP range, its own ranges apart."""
+    service = compose_service(name)
+    if name == "node-a":
+        assert "command" not in service  # the image's CMD, hence its --port
+    assert compose_serve_port(service) in published_ports(service, "tcp")
+    env = compose_environment(name)
     rtp = range(int(env["MEDIASERVER_RTP_PORT_MIN"]), int(env["MEDIASERVER_RTP_PORT_MAX"]) + 1)
     udp = published_ports(service, "udp")
     assert set(rtp) <= udp
     low, high = service["sysctls"]["net.ipv4.ip_local_port_range"].split()
     assert set(range(int(low), int(high) + 1)) <= udp  # WebRTC's ephemeral ICE ports
     assert set(rtp).isdisjoint(range(int(low), int(high) + 1))
+
+
+def test_compose_nodes_form_one_cluster() -> None:
+    """Both nodes and the worker share Redis and the bucket; each node has its own id, public
+    URL (on the port it publishes), ports and spool volume."""
+    envs = {name: compose_environment(name) for name in (*COMPOSE_NODES, "worker")}
+    assert len({env["MEDIASERVER_REDIS_URL"] for env in envs.values()}) == 1
+    assert {env["AUDIO_STORAGE_PATH"] for env in envs.values()} == {"recordings"}
+    assert len({env["MEDIASERVER_NODE_ID"] for env in envs.values()}) == 3
+    redis_command = compose_service("redis")["command"]
+    assert "--appendonly" in redis_command  # queued jobs survive a Redis restart
+    assert envs["node-a"]["MEDIASERVER_REDIS_URL"].startswith("redis://redis:")
+    ports: set[int] = set()
+    spools = set()
+    for name in COMPOSE_NODES:
+        service = compose_service(name)
+        port = compose_serve_port(service)
+        assert envs[name]["MEDIASERVER_PUBLIC_URL"].endswith(f":{port}")
+        assert published_ports(service, "udp").isdisjoint(ports)
+        ports |= published_ports(service, "udp")
+        spools |= {
+            v for v in service["volumes"] if v.endswith(envs[name]["MEDIASERVER_SPOOL_PATH"])
+        }
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert len(spools) == 2  # never shared: a node recovers every journal it finds
+
+
+def test_compose_worker_runs_jobs_from_the_same_image() -> None:
+    """The worker service runs `mediaserver worker` from the nodes' image, its health on the
+    port its command names."""
+    worker = compose_service("worker")
+    assert worker["image"] == compose_service("node-a")["image"]
+    command = worker["command"]
+    assert command[0] == "worker"
+    port = command[command.index("--port") + 1]
+    assert f"127.0.0.1:{port}/healthz" in worker["healthcheck"]["test"][-1]
 
 
 def test_compose_server_talks_to_the_emulator_service() -> None:
@@ -429,7 +477,8 @@ def test_compose_server_talks_to_the_emulator_service() -> None:
     port = next(a.split("=")[1] for a in emulator["command"] if a.startswith("--port="))
     assert "--in-memory" in emulator["command"]
     assert env["STORAGE_EMULATOR_HOST"] == f"http://gcs:{port}"
-    assert compose_service("mediaserver")["depends_on"]["gcs"]["condition"] == "service_healthy"
+    for name in COMPOSE_NODES:
+        assert compose_service(name)["depends_on"]["gcs"]["condition"] == "service_healthy"
 
 
 def test_compose_emulator_is_the_pinned_dev_dependency() -> None:
@@ -438,11 +487,14 @@ def test_compose_emulator_is_the_pinned_dev_dependency() -> None:
     assert pin in compose_service("gcs")["build"]["dockerfile_inline"]
 
 
-def test_compose_keeps_the_spool_on_a_volume_and_drains() -> None:
+@pytest.mark.parametrize("name", COMPOSE_NODES)
+def test_compose_keeps_the_spool_on_a_volume_and_drains(name: str) -> None:
     """The spool path is a named volume and the stop grace period covers two drain timeouts."""
-    service = compose_service("mediaserver")
-    env = compose_environment()
-    assert f"spool:{env['MEDIASERVER_SPOOL_PATH']}" in service["volumes"]
+    service = compose_service(name)
+    env = compose_environment(name)
+    (compose,) = load_documents(COMPOSE)
+    (volume,) = [v for v in service["volumes"] if v.endswith(f":{env['MEDIASERVER_SPOOL_PATH']}")]
+    assert volume.partition(":")[0] in compose["volumes"]
     assert service["stop_signal"] == "SIGTERM"
     drain_s = float(env["MEDIASERVER_DRAIN_TIMEOUT_S"])
     assert duration_s(service["stop_grace_period"]) >= 2 * drain_s
@@ -553,6 +605,62 @@ def test_k8s_rtp_range_matches_the_image_and_the_alternative_service() -> None:
     assert {p["protocol"] for p in ports} == {"UDP"}
     assert all(p["port"] == p["targetPort"] for p in ports)
     assert all(rtp[0] <= p["port"] <= rtp[1] for p in ports)
+
+
+def test_each_pod_announces_its_own_address_and_shares_redis() -> None:
+    """A pod's public URL is its node's address (downward API) on the port it serves; its id is
+    its pod name; Redis is the redis Service on its port, with the append-only file on."""
+    env = k8s_environment()
+    args = media_container()["args"]
+    port = args[args.index("--port") + 1]
+    assert env["MEDIASERVER_PUBLIC_URL"] == f"http://{SAMPLE_NODE_IP}:{port}"
+    assert env["MEDIASERVER_NODE_ID"] == "mediaserver-0"
+    service = k8s_object("Service", "redis")["spec"]
+    assert env["MEDIASERVER_REDIS_URL"] == f"redis://redis:{service['ports'][0]['port']}/0"
+    redis = k8s_object("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    assert "--appendonly" in redis["args"]
+    assert (
+        service["selector"].items()
+        <= k8s_object("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def worker_container() -> dict[str, Any]:
+    """The worker Deployment's container."""
+    spec = k8s_object("Deployment", "mediaserver-worker")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return dict(container)
+
+
+def test_workers_run_jobs_and_scale_on_queue_depth(tmp_path: Path) -> None:
+    """The worker Deployment runs `mediaserver worker` with the nodes' settings and probes its
+    health port; its autoscaler scales it on the queue depth the code exports; no Service or
+    budget of the nodes selects its pods."""
+    container = worker_container()
+    args = container["args"]
+    assert args[0] == "worker"
+    (port,) = container["ports"]
+    assert port["containerPort"] == int(args[args.index("--port") + 1])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["envFrom"] == media_container()["envFrom"]
+    env = {**k8s_object("ConfigMap", "mediaserver")["data"]}
+    env.update({e["name"]: e.get("value", "mediaserver-worker-x") for e in container["env"]})
+    settings = load_deployed_settings({**dockerfile_env(), **env}, tmp_path)
+    assert settings.redis_url
+    assert settings.storage_type == "gcs"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert str(settings.jobs_path).startswith("/tmp")  # the writable emptyDir
+    hpa = k8s_object("HorizontalPodAutoscaler", "mediaserver-worker")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "mediaserver-worker"
+    (metric,) = hpa["metrics"]
+    name = metric["external"]["metric"]["name"]
+    assert f'"{name}"' in (REPO / "mediaserver" / "jobs" / "redis_queue.py").read_text()
+    labels = k8s_object("Deployment", "mediaserver-worker")["spec"]["template"]["metadata"]
+    for selector in (
+        k8s_object("Service", "mediaserver")["spec"]["selector"],
+        k8s_object("PodDisruptionBudget", "mediaserver")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels["labels"].items()
 
 
 def test_autoscaler_and_budget_target_the_workload() -> None:

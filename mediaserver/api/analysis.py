@@ -16,6 +16,7 @@ from mediaserver.api.keys import JOBS, RECORDER, RECORDING_INDEX, SETTINGS, STOR
 from mediaserver.api.recording_lookup import find_recording
 from mediaserver.catalog.recording_view import RECORDINGS_PATH, RecordingView
 from mediaserver.errors import ObjectNotFoundError
+from mediaserver.excerpt import excerpt
 from mediaserver.jobs.plan import DEFAULT_MODELS, build_transcript_params
 from mediaserver.jobs.runner import build_keys
 from mediaserver.jobs.state import JobKind, JobState, JobStatus, parse_job_states
@@ -72,7 +73,7 @@ async def get_transcript(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             400,
             "bad_request",
-            f"query parameter format must be json or vtt, got {answer_format!r}",
+            f"query parameter format must be json or vtt, got {excerpt(answer_format, 20)}",
         )
     return await _answer(request, JobKind.TRANSCRIPT, answer_format)
 
@@ -99,6 +100,7 @@ async def _request_job(request: web.Request, kind: JobKind, params: dict[str, st
     """Queue a job for a stored recording; 202 with its state."""
     call_id = request.match_info["call_id"]
     view = await find_recording(request.app[RECORDER], request.app[RECORDING_INDEX], call_id)
+    _refuse_empty(view)
     if not view.is_stored or view.manifest_key is None:
         raise ApiError(
             409, "conflict", f"recording {call_id} is {view.status.value}: it is not stored yet"
@@ -111,11 +113,22 @@ async def _request_job(request: web.Request, kind: JobKind, params: dict[str, st
     )
 
 
+def _refuse_empty(view: RecordingView) -> None:
+    """A call that carried no media has nothing to analyse or transcribe (404)."""
+    if view.status is CallStatus.EMPTY:
+        raise ApiError(
+            404,
+            "not_found",
+            f"recording {view.call_id} is empty: the call carried no media to analyse",
+        )
+
+
 async def _answer(request: web.Request, kind: JobKind, answer_format: str) -> web.StreamResponse:
     """The document, or the job's status, by the rules in the module comment."""
     call_id = request.match_info["call_id"]
     view = await find_recording(request.app[RECORDER], request.app[RECORDING_INDEX], call_id)
     settings = request.app[SETTINGS]
+    _refuse_empty(view)
     not_queued_yet = view.status in _NOT_STORED_YET or request.app[JOBS].is_queueing(call_id)
     if not_queued_yet and is_planned(settings, kind):
         return web.json_response(

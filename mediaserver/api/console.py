@@ -27,7 +27,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",
 }
-NAVIGATION = (("/", "Recordings"), ("/live", "Live calls"), ("/try", "Try it"))
+# (link, label, the scope a token needs to use that page: its link is hidden without it)
+NAVIGATION = (
+    ("/", "Recordings", "recordings:read"),
+    ("/live", "Live calls", "calls"),
+    ("/try", "Try it", "calls"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +58,13 @@ def build_topbar(section: str) -> str:
     """The bar on every signed-in page: brand, navigation (this page's link marked), sign-out."""
     current = ' aria-current="page"'
     links = "\n".join(
-        f'    <a href="{href}"{current if href == section else ""}>{label}</a>'
-        for href, label in NAVIGATION
+        f'    <a href="{href}" data-scope="{scope}"{current if href == section else ""}>{label}</a>'
+        for href, label, scope in NAVIGATION
     )
     return (
         '<header class="topbar">\n  <a class="brand" href="/">mediaserver</a>\n'
         f'  <nav aria-label="Console">\n{links}\n  </nav>\n'
+        '  <span class="identity" id="signed-in-as" data-testid="signed-in-as"></span>\n'
         '  <button type="button" class="signout" id="sign-out">Sign out</button>\n</header>'
     )
 

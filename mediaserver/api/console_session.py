@@ -1,8 +1,12 @@
-"""Console sign-in: the API token traded once for a signed, expiring, HttpOnly session cookie."""
+"""Console sign-in: an API token traded once for a signed, expiring, HttpOnly session cookie."""
 
-# The value is "<expiry, unix s>.<random nonce>.<HMAC-SHA256 hex>", signed with a key derived from
-# the API token: nothing is stored on the server, every node of a cluster accepts it, and changing
-# the token signs every console out. The cookie is HttpOnly (scripts never see it), SameSite=Strict
+# The value is "<expiry, unix s>.<random nonce>.<token name>.<HMAC-SHA256 hex>". The signature
+# also covers the SHA-256 of the token's secret, which the cookie does not carry: revoking the
+# token (or giving its name a new secret) ends its sessions, and a session acts with the token's
+# scopes as the tokens file says now. The signing key is derived from the api_token when there is
+# one (every node of a cluster then accepts it, and changing the token signs every console out);
+# with only a tokens file it is random per process, so sessions end when the server restarts.
+# Nothing is stored on the server. The cookie is HttpOnly (scripts never see it), SameSite=Strict
 # (other sites' requests do not carry it) and Secure behind HTTPS. Requests that change something
 # must also come from the console's own origin (the Origin header), so a cookie alone never
 # authorizes a cross-site form post.
@@ -10,6 +14,7 @@
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -17,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import structlog
 from aiohttp import web
 
+from mediaserver.access.tokens import TOKEN_NAME_PATTERN, Principal, TokenTable
 from mediaserver.api.body import check_content_type, decode_utf8, read_json_object
 from mediaserver.api.errors import ApiError
 from mediaserver.clock import Clock
@@ -34,33 +40,46 @@ WRONG_TOKEN_MESSAGE = "That is not this server's API token."
 class SessionCheck(Enum):
     """What a request's session cookie says."""
 
-    NONE = "none"  # no cookie, or one that is forged, expired or from another token
+    NONE = "none"  # no cookie, or one that is forged, expired or of a token no longer accepted
     VALID = "valid"
     FOREIGN_ORIGIN = "foreign_origin"  # a valid cookie on a cross-site request that changes state
 
 
-def derive_session_key(api_token: str) -> bytes:
-    """The signing key of session cookies: the token itself never leaves the server."""
-    return hmac.new(api_token.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
+def derive_session_key(secret: str) -> bytes:
+    """The signing key of session cookies: the secret itself never leaves the server."""
+    return hmac.new(secret.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
 
 
-def build_session_value(key: bytes, *, expires_at_s: int, nonce: str) -> str:
-    """A signed cookie value valid until `expires_at_s` (unix seconds)."""
-    payload = f"{expires_at_s}.{nonce}"
-    signature = hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
-    return f"{payload}.{signature}"
+def build_session_value(
+    key: bytes, *, expires_at_s: int, nonce: str, name: str, token_digest: bytes
+) -> str:
+    """A signed cookie value for token `name` valid until `expires_at_s` (unix seconds)."""
+    payload = f"{expires_at_s}.{nonce}.{name}"
+    signed = f"{payload}.{token_digest.hex()}".encode()
+    return f"{payload}.{hmac.new(key, signed, hashlib.sha256).hexdigest()}"
 
 
-def check_session_value(key: bytes, value: str, *, now_s: float) -> bool:
-    """Whether a cookie value is one this key signed and it has not expired."""
-    expires_text, _, rest = value.partition(".")
-    nonce, _, signature = rest.partition(".")
-    if not (expires_text.isascii() and expires_text.isdigit() and nonce and signature):
-        return False
-    expected = build_session_value(key, expires_at_s=int(expires_text), nonce=nonce)
+def check_session_value(
+    key: bytes, value: str, *, now_s: float, tokens: TokenTable
+) -> Principal | None:
+    """The identity of a cookie value this key signed for a token accepted now, unexpired."""
+    parts = value.split(".")
+    if len(parts) != 4:
+        return None
+    expires_text, nonce, name, _ = parts
+    if not (expires_text.isascii() and expires_text.isdigit() and nonce):
+        return None
+    if not TOKEN_NAME_PATTERN.fullmatch(name):
+        return None
+    entry = tokens.find(name)
+    if entry is None:
+        return None
+    expected = build_session_value(
+        key, expires_at_s=int(expires_text), nonce=nonce, name=name, token_digest=entry.digest
+    )
     if not hmac.compare_digest(value.encode(), expected.encode()):  # constant time
-        return False
-    return now_s < int(expires_text)
+        return None
+    return entry.principal if now_s < int(expires_text) else None
 
 
 def is_same_origin(origin: str | None, host: str | None) -> bool:
@@ -78,37 +97,61 @@ def is_secure(request: web.Request) -> bool:
 
 
 class ConsoleSessions:
-    """Issues and checks console session cookies for one API token."""
+    """Issues and checks console session cookies for the tokens the server accepts."""
 
-    def __init__(self, api_token: str, *, ttl_s: float, clock: Clock) -> None:
-        """Sign with a key derived from `api_token`; sessions last `ttl_s`."""
-        self.api_token = api_token
+    def __init__(
+        self,
+        tokens: Callable[[], TokenTable],
+        *,
+        secret: str,
+        ttl_s: float,
+        clock: Clock,
+    ) -> None:
+        """Sign with a key derived from `secret` (random if empty); sessions last `ttl_s`."""
+        self._tokens = tokens
         self.ttl_s = ttl_s
         self.clock = clock
-        self._key = derive_session_key(api_token)
+        self._key = derive_session_key(secret or secrets.token_urlsafe(32))
 
-    def check(self, request: web.Request) -> SessionCheck:
-        """What the request's cookie allows; WebSocket upgrades never ride on a cookie."""
+    @property
+    def is_open(self) -> bool:
+        """No token is configured: the console needs no sign-in."""
+        return self._tokens().is_open
+
+    def check(self, request: web.Request) -> tuple[SessionCheck, Principal | None]:
+        """What the request's cookie allows, and as whom; WebSockets never ride on a cookie."""
         value = request.cookies.get(COOKIE_NAME)
         if value is None or request.headers.get("Upgrade", "").lower() == "websocket":
-            return SessionCheck.NONE
-        if not check_session_value(self._key, value, now_s=self.clock.wall_ns() / 1e9):
-            return SessionCheck.NONE
+            return SessionCheck.NONE, None
+        principal = check_session_value(
+            self._key, value, now_s=self.clock.wall_ns() / 1e9, tokens=self._tokens()
+        )
+        if principal is None:
+            return SessionCheck.NONE, None
         if request.method in SAFE_METHODS:
-            return SessionCheck.VALID
+            return SessionCheck.VALID, principal
         if is_same_origin(request.headers.get("Origin"), request.host):
-            return SessionCheck.VALID
-        return SessionCheck.FOREIGN_ORIGIN
+            return SessionCheck.VALID, principal
+        return SessionCheck.FOREIGN_ORIGIN, None
 
-    def token_matches(self, given: str) -> bool:
-        """Whether `given` is the API token (constant time)."""
-        return hmac.compare_digest(given.encode(), self.api_token.encode())
+    def authenticate(self, given: str) -> Principal | None:
+        """The identity of a token typed into the sign-in page (constant time)."""
+        return self._tokens().authenticate(given)
 
-    def set_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Put a fresh session cookie on the response."""
+    def set_cookie(
+        self, request: web.Request, response: web.StreamResponse, principal: Principal
+    ) -> None:
+        """Put a fresh session cookie for `principal` on the response."""
+        entry = self._tokens().find(principal.name)
+        if entry is None:
+            return
         expires_at_s = int(self.clock.wall_ns() / 1e9 + self.ttl_s)
         value = build_session_value(
-            self._key, expires_at_s=expires_at_s, nonce=secrets.token_urlsafe(16)
+            self._key,
+            expires_at_s=expires_at_s,
+            nonce=secrets.token_urlsafe(16),
+            name=entry.name,
+            token_digest=entry.digest,
         )
         response.set_cookie(
             COOKIE_NAME,
@@ -131,7 +174,8 @@ async def login(request: web.Request) -> web.Response:
     sessions = request.app[CONSOLE_SESSIONS]
     is_form = request.content_type == _FORM
     token, next_path = await _read_login(request, is_form=is_form)
-    if sessions.api_token and not sessions.token_matches(token):
+    principal = None if sessions.is_open else sessions.authenticate(token)
+    if not sessions.is_open and principal is None:
         log.warning("console.sign_in_refused", remote=request.remote)
         if is_form:
             query = urlencode({"error": "wrong_token", "next": next_path})
@@ -142,9 +186,9 @@ async def login(request: web.Request) -> web.Response:
         if is_form
         else web.json_response({"next": next_path})
     )
-    if sessions.api_token:
-        sessions.set_cookie(request, response)
-    log.info("console.signed_in", remote=request.remote)
+    if principal is not None:
+        sessions.set_cookie(request, response, principal)
+    log.info("console.signed_in", remote=request.remote, token=principal and principal.name)
     return response
 
 

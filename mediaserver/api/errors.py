@@ -1,5 +1,6 @@
 """Every error leaves the API as JSON: {"error": {"code", "message"}} with a fitting status."""
 
+import errno
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -12,6 +13,8 @@ from mediaserver.errors import (
     MediaServerError,
     ObjectNotFoundError,
     OverloadedError,
+    SdpNegotiationError,
+    SdpParseError,
     StorageError,
     UnknownCallError,
     UnsupportedSdpError,
@@ -63,9 +66,9 @@ def _map_error(exc: MediaServerError) -> tuple[int, str]:
     """Status and code for one of our own errors."""
     if isinstance(exc, OverloadedError):
         return 503, "overloaded"
-    if isinstance(exc, MalformedSdpError):
+    if isinstance(exc, MalformedSdpError | SdpParseError):
         return 400, "malformed_sdp"  # RFC 9110 §15.5.1
-    if isinstance(exc, UnsupportedSdpError):
+    if isinstance(exc, UnsupportedSdpError | SdpNegotiationError):
         return 422, "unsupported_sdp"  # well-formed, asking for what this server does not do
     if isinstance(exc, WebRtcSetupError):
         return 500, "webrtc_setup_failed"  # our configuration, not the request
@@ -101,6 +104,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, exc.reason, _extra_headers(exc))
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            # A path too long for the file system (the console's static files) names no file.
+            return error_response(404, "not_found", "no such file")
+        return _internal_error(request)
     except MediaServerError as exc:
         status, code = _map_error(exc)
         headers = None
@@ -110,7 +118,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.error("api.error", path=request.path, error=str(exc))
         return error_response(status, code, str(exc), headers)
     except Exception:
-        # A bug, not bad input: logged with its traceback, answered in the API's own JSON shape
-        # without internals (the fuzz test in tests/test_api_fuzz.py hunts for these).
-        log.exception("api.unhandled_error", method=request.method, path=request.path)
-        return error_response(500, "internal_error", "the server failed to handle this request")
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """A bug, not bad input: logged with its traceback, answered without internals."""
+    # The fuzz test in tests/test_api_fuzz.py hunts for these.
+    log.exception("api.unhandled_error", method=request.method, path=request.path)
+    return error_response(500, "internal_error", "the server failed to handle this request")

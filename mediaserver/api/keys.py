@@ -4,10 +4,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import aiohttp
 from aiohttp import web
+from redis.asyncio import Redis
 
 from mediaserver.admission import LoadMonitor
 from mediaserver.api.recording_index import RecordingIndex
+from mediaserver.api.token_registry import TokenRegistry
+from mediaserver.audit.audit_log import AuditLog
 from mediaserver.calls import CallHub
+from mediaserver.cluster.local_node import LocalNode
+from mediaserver.cluster.node_client import NodeClient
+from mediaserver.cluster.registry import NodeRegistry
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.metrics import LoopLagMonitor, Metrics
@@ -30,3 +36,10 @@ METRICS = web.AppKey("metrics", Metrics)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
+AUDIT = web.AppKey("audit", AuditLog)
+TOKENS = web.AppKey("tokens", TokenRegistry)
+LOCAL_NODE = web.AppKey("local_node", LocalNode)
+# Only with redis_url (several nodes):
+REDIS = web.AppKey("redis", Redis)
+REGISTRY = web.AppKey("registry", NodeRegistry)
+NODE_CLIENT = web.AppKey("node_client", NodeClient)

@@ -29,6 +29,7 @@ from mediaserver.catalog.recording_view import (
     build_list_item,
 )
 from mediaserver.errors import ObjectNotFoundError
+from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import FileEntry, Manifest
 from mediaserver.storage_backends.keys import OGG_OPUS_CONTENT_TYPE, build_recording_keys
 from mediaserver.storage_backends.store import ObjectStore
@@ -131,7 +132,7 @@ async def delete_recording(request: web.Request) -> web.Response:
     """DELETE /v1/recordings/{id}: every object first, the manifest last; 204."""
     view = await _find(request)
     call_id = view.call_id
-    if not view.is_stored or view.manifest is None or view.manifest_key is None:
+    if not view.is_kept or view.manifest is None or view.manifest_key is None:
         raise ApiError(
             409,
             "conflict",
@@ -163,6 +164,10 @@ async def _find(request: web.Request) -> RecordingView:
 
 def _stored_file(view: RecordingView, role: str) -> FileEntry:
     """The stored file of one role: a 409 while the recording is not stored, 404 without one."""
+    if view.status is CallStatus.EMPTY:
+        raise ApiError(
+            404, "not_found", f"recording {view.call_id} is empty: the call carried no media"
+        )
     if not view.is_stored or view.manifest is None:
         raise ApiError(
             409,

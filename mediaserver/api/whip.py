@@ -5,6 +5,7 @@ from aiohttp import web
 from mediaserver.api.body import read_text
 from mediaserver.api.errors import ApiError
 from mediaserver.api.keys import HUB, SETTINGS
+from mediaserver.api.links import public_base
 from mediaserver.errors import CallStateError
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
@@ -50,7 +51,7 @@ async def create_session(request: web.Request) -> web.Response:
             hub.discard(session)  # nothing stays allocated for a refused offer
         raise
     session.attach_caller(transport)
-    location = f"/whip/{session.call_id}"
+    location = f"{public_base(request)}/whip/{session.call_id}"  # absolute with public_url
     return web.Response(
         status=201,
         text=answer,

@@ -14,6 +14,8 @@ RECORDINGS_PATH = "/v1/recordings"
 CHANNEL_ROLES = {"stereo": "stereo", "left": "left", "right": "right"}
 PEAKS_ROLE = "peaks"
 STORED_STATUSES = frozenset({CallStatus.STORED, CallStatus.RECOVERED})
+# A call that carried no media keeps its manifest in the store, and nothing else.
+KEPT_STATUSES = STORED_STATUSES | {CallStatus.EMPTY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,11 @@ class RecordingView:
     def is_stored(self) -> bool:
         """True when the audio can be served from the store."""
         return self.status in STORED_STATUSES and self.manifest_key is not None
+
+    @property
+    def is_kept(self) -> bool:
+        """True when the store holds the recording's manifest (with or without audio)."""
+        return self.status in KEPT_STATUSES and self.manifest_key is not None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -99,13 +106,23 @@ def build_list_item(view: RecordingView) -> dict[str, Any]:
             for entry in files
         ],
         "jobs": {} if manifest is None else summarize_jobs(manifest.jobs),
+        "legs": {} if manifest is None else _leg_transports(manifest.legs),
         "links": build_links(view),
+    }
+
+
+def _leg_transports(legs: dict[str, Any]) -> dict[str, Any]:
+    """What carried each leg, for a listing (the manifest has the whole record)."""
+    return {
+        name: {"transport": leg.get("transport")}
+        for name, leg in legs.items()
+        if isinstance(leg, dict)
     }
 
 
 def build_detail(view: RecordingView) -> dict[str, Any]:
     """A recording's manifest (with its current status), or what is known of it so far."""
-    if view.manifest is not None and view.status in STORED_STATUSES | {CallStatus.UPLOAD_FAILED}:
+    if view.manifest is not None and view.status in KEPT_STATUSES | {CallStatus.UPLOAD_FAILED}:
         body = view.manifest.to_dict()
         body["status"] = view.status.value
     else:

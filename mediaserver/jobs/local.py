@@ -38,12 +38,16 @@ class _Entry:
 class LocalJobQueue:
     """Jobs in files under `directory`, run by `concurrency` tasks of this process."""
 
-    def __init__(self, directory: Path, *, concurrency: int = 2) -> None:
+    def __init__(
+        self, directory: Path, *, concurrency: int = 2, retry_delay_s: float = 60.0
+    ) -> None:
         """Use `directory` (created at start) for the queue's files."""
         if concurrency < 1:
             raise ValueError("a job queue needs at least one worker")
         self.directory = directory
         self.concurrency = concurrency
+        self.retry_delay_s = retry_delay_s  # a job whose handler raised runs again this much later
+        self._retries: set[asyncio.Task[None]] = set()
         self._waiting: list[_Entry] = []
         self._running: dict[str, _Entry] = {}  # by call id: one job per recording at a time
         self._changed = asyncio.Condition()
@@ -98,6 +102,9 @@ class LocalJobQueue:
 
     async def close(self) -> None:
         """Nothing to release: unfinished jobs' files stay for the next start."""
+        for retry in list(self._retries):
+            retry.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
         self._waiting = []
 
     async def _work(self, handler: JobHandler) -> None:
@@ -110,11 +117,12 @@ class LocalJobQueue:
                 finished = True
             except asyncio.CancelledError:
                 raise  # shutting down: the job's file stays and it runs after the restart
-            except Exception:
-                # A handler records its own failures; reaching here is a bug. Dropping the job
-                # keeps one bad job from running again at every start.
-                log.exception("job.crashed", call_id=entry.job.call_id, kind=entry.job.kind.value)
-                finished = True
+            except Exception as exc:
+                # The handler asks for another attempt (it counts them and gives up by returning).
+                log.info("job.retry_scheduled", call_id=entry.job.call_id, error=repr(exc))
+                retry = asyncio.create_task(self._retry_later(entry), name="jobs.retry")
+                self._retries.add(retry)
+                retry.add_done_callback(self._retries.discard)
             finally:
                 async with self._changed:
                     self._running.pop(entry.job.call_id, None)
@@ -122,6 +130,13 @@ class LocalJobQueue:
             if finished:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(entry.path.unlink, missing_ok=True)
+
+    async def _retry_later(self, entry: _Entry) -> None:
+        """Put a job back in line after the retry delay (its file stays meanwhile)."""
+        await asyncio.sleep(self.retry_delay_s)
+        async with self._changed:
+            self._waiting.append(entry)
+            self._changed.notify_all()
 
     async def _take(self) -> _Entry:
         """Wait for the oldest waiting job whose recording has no job running."""

@@ -1,12 +1,14 @@
 """The job queue interface: what the server hands to whatever runs post-call jobs."""
 
 # Two implementations fit it: jobs/local.py (in-process, durable on local disk: the embedded
-# default) and, for several nodes, a Redis-backed queue whose `run` executes in separate
-# `mediaserver worker` processes. Their contract:
+# default) and, for several nodes, jobs/redis_queue.py (Redis Streams) whose `run` executes in
+# separate `mediaserver worker` processes. Their contract:
 # - enqueue() returns once the job is durable: a crash afterwards never loses it;
 # - delivery is at least once: a job is removed only after its handler returned, so a job cut
 #   short by a crash or a shutdown runs again; handlers must therefore be idempotent (ours write
 #   whole objects under fixed keys);
+# - a handler that raises has its job run again later (after the retry delay, or the visibility
+#   timeout): the handler counts attempts and gives up by returning;
 # - one (call, kind) is queued at most once: enqueueing it again while it waits replaces it;
 # - jobs of one recording never run at the same time (they read and rewrite its manifest), and
 #   among them the one enqueued first starts first.

@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -55,6 +56,12 @@ CHANNEL_ROLES = {Speaker.CALLER: "left", Speaker.AGENT: "right"}
 TranscriberFactory = Callable[[dict[str, str]], Transcriber]
 # (event type such as "analysis.completed", the recording's manifest, the job's new state)
 EventCallback = Callable[[str, Manifest, JobState], None]
+# (the job, how its attempt ended: completed, failed or retry, seconds it took)
+DurationCallback = Callable[[Job, str, float], None]
+
+
+class JobRetryError(Exception):
+    """A job's attempt failed in a way another attempt may not: the queue runs it again later."""
 
 
 def build_keys(manifest: Manifest) -> RecordingKeys:
@@ -74,8 +81,15 @@ class JobRunner:
         analysis: AnalysisConfig,
         transcribers: TranscriberFactory,
         on_event: EventCallback | None = None,
+        max_attempts: int = 1,
+        on_duration: DurationCallback | None = None,
     ) -> None:
         """Run jobs against `states`' store; CPU work goes to `executor`."""
+        # Attempts count in the manifest, so they add up across processes and restarts: a job
+        # whose attempts all died with their worker, or failed on storage or a bug, ends failed
+        # after `max_attempts`; one whose input is wrong (JobFailedError, bad audio) at once.
+        self._max_attempts = max_attempts
+        self._on_duration = on_duration
         self._states = states
         self._executor = executor
         self._analysis = analysis
@@ -92,35 +106,78 @@ class JobRunner:
             bound.info("job.skipped", reason="the recording is gone")
             return
         started = time.perf_counter()
+        attempts = parse_job_states(manifest.jobs)[job.kind].attempts
         error: JobError | None = None
-        work_dir = self._states.scratch_dir / job.job_id
-        try:
-            await self._produce(job, manifest, work_dir)
-        except JobFailedError as exc:
-            error = JobError(exc.code, str(exc), exc.details)
-        except (OggError, OpusPacketError) as exc:
-            error = JobError("audio_unreadable", f"the recording's audio cannot be read: {exc}")
-        except StorageError as exc:
-            error = JobError("storage_unavailable", str(exc))
-        except Exception as exc:  # a bug must not leave the job "processing" forever
-            bound.exception("job.crashed")
-            error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+        retryable = False
+        if attempts > self._max_attempts:
+            error = JobError(
+                "attempts_exhausted",
+                f"the job was started {attempts - 1} times and never finished"
+                " (its worker stopped or lost the queue each time)",
+            )
+        else:
+            error, retryable = await self._attempt(job, manifest, bound)
+        elapsed_s = round(time.perf_counter() - started, 3)
+        if error is not None and retryable and attempts < self._max_attempts:
+            await self._requeue_state(job, error)
+            bound.warning(
+                "job.retry_later", code=error.code, error=error.message, attempts=attempts
+            )
+            self._report_duration(job, "retry", elapsed_s)
+            raise JobRetryError(error.message)
         status = JobStatus.FAILED if error else JobStatus.COMPLETED
         final = await self._transition(job, status, error)
         if final is None:  # deleted while the job ran: leave none of its results behind
             await self._delete_results(manifest)
-        elapsed_s = round(time.perf_counter() - started, 3)
         if error is not None:
             self.failed[job.kind] += 1
             bound.warning("job.failed", code=error.code, error=error.message, elapsed_s=elapsed_s)
         else:
             self.completed[job.kind] += 1
             bound.info("job.completed", elapsed_s=elapsed_s)
+        self._report_duration(job, status.value, elapsed_s)
         if final is not None and self._on_event is not None:
             state = parse_job_states(final.jobs)[job.kind]
             self._on_event(f"{job.kind.value}.{status.value}", final, state)
+
+    async def _attempt(
+        self, job: Job, manifest: Manifest, bound: Any
+    ) -> tuple[JobError | None, bool]:
+        """Produce the job's results: (None, _) or (the error, whether another try may pass)."""
+        work_dir = self._states.scratch_dir / job.job_id
+        try:
+            await self._produce(job, manifest, work_dir)
+        except JobFailedError as exc:
+            return JobError(exc.code, str(exc), exc.details), False
+        except (OggError, OpusPacketError) as exc:
+            return JobError(
+                "audio_unreadable", f"the recording's audio cannot be read: {exc}"
+            ), False
+        except StorageError as exc:
+            return JobError("storage_unavailable", str(exc)), True
+        except Exception as exc:  # a bug must not leave the job "processing" forever
+            bound.exception("job.crashed")
+            return JobError("internal_error", f"{type(exc).__name__}: {exc}"), True
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+        return None, False
+
+    async def _requeue_state(self, job: Job, error: JobError) -> None:
+        """Show the job queued again, with the error of the attempt that failed."""
+        async with self._states.locked(job.call_id):
+            manifest = await self._states.read_manifest(job.manifest_key)
+            if manifest is None:
+                return
+            current = parse_job_states(manifest.jobs).get(job.kind)
+            if current is None or current.job_id != job.job_id:
+                return
+            state = replace(current, status=JobStatus.QUEUED, updated_at=self._states.now())
+            await self._states.write_state(job.manifest_key, replace(state, error=error))
+
+    def _report_duration(self, job: Job, result: str, elapsed_s: float) -> None:
+        """Hand an attempt's duration to whoever measures them."""
+        if self._on_duration is not None:
+            self._on_duration(job, result, elapsed_s)
 
     async def _transition(
         self, job: Job, status: JobStatus, error: JobError | None = None

@@ -2,16 +2,18 @@
 
 # The state lives with the recording (the manifest's "jobs"), so the API shows it wherever the
 # recording is read and a restart finds it. Every rewrite of a manifest goes through one
-# per-recording lock, so job transitions and API requests never overwrite each other. (A
-# Redis-backed queue for several nodes takes a Redis lock per recording here instead.)
+# per-recording lock, so job transitions and API requests never overwrite each other. With
+# several nodes the lock is Redis's (jobs/redis_lock.py), given as `locks`.
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -34,12 +36,27 @@ class _Lock:
     users: int = 0
 
 
+class RecordingLocks(Protocol):
+    """Locks shared with other processes, one per recording."""
+
+    def locked(self, call_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the recording's lock for a block."""
+        ...
+
+
 class JobStateStore:
     """Reads manifests and rewrites their job states, serialized per recording."""
 
-    def __init__(self, store: ObjectStore, scratch_dir: Path, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        scratch_dir: Path,
+        clock: Clock | None = None,
+        locks: RecordingLocks | None = None,
+    ) -> None:
         """Keep states in `store`'s manifests; temporary files go to `scratch_dir`."""
         self.store = store
+        self._shared_locks = locks
         self.scratch_dir = scratch_dir
         self.clock: Clock = clock or SystemClock()
         self._locks: dict[str, _Lock] = {}
@@ -54,8 +71,12 @@ class JobStateStore:
         entry = self._locks.setdefault(call_id, _Lock())
         entry.users += 1
         try:
-            async with entry.lock:
-                yield
+            async with entry.lock:  # this process's tasks queue here, not on the shared lock
+                if self._shared_locks is None:
+                    yield
+                else:
+                    async with self._shared_locks.locked(call_id):
+                        yield
         finally:
             entry.users -= 1
             if not entry.users:

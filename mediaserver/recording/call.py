@@ -12,6 +12,7 @@ class CallStatus(Enum):
     UPLOAD_FAILED = "upload_failed"
     RECOVERED = "recovered"
     FAILED = "failed"
+    EMPTY = "empty"  # the call carried no media: its manifest is all there is
 
 
 class EndReason(Enum):
@@ -26,5 +27,6 @@ class EndReason(Enum):
     EXPIRED = "expired"  # idle past the retention; ended by the sweeper
     SHUTDOWN = "shutdown"  # the server drained past its timeout
     DIAL_FAILED = "dial_failed"  # the agent could not be dialled and the call ended with it
+    SETUP_FAILED = "setup_failed"  # a leg could not be set up (no RTP port free, say)
     RECOVERED = "recovered"  # the process died; the spool was finalized at the next start
     INTERNAL_ERROR = "internal_error"  # a fault of the server ended the call

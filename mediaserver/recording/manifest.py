@@ -52,6 +52,12 @@ class Manifest:
     version: int = MANIFEST_VERSION
     # Post-call jobs by kind ("analysis", "transcript"): their state as mediaserver.jobs keeps it.
     jobs: dict[str, Any] = field(default_factory=dict)
+    # The call's record: each leg as its transport saw it, drops by reason, what happened
+    # during the call (keys pressed) and the spans recording was paused, on the file's time line.
+    legs: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    events: tuple[dict[str, Any], ...] = ()
+    paused: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -88,4 +94,8 @@ def parse_manifest(text: str) -> Manifest:
         storage=data.get("storage", {}),
         version=data.get("version", MANIFEST_VERSION),
         jobs=data.get("jobs", {}),
+        legs=data.get("legs", {}),
+        dropped=data.get("dropped", {}),
+        events=tuple(data.get("events", ())),
+        paused=tuple(data.get("paused", ())),
     )

@@ -33,6 +33,15 @@ class ChannelPlan:
     input: ChannelInput
     timeline: Timeline
     grid: int  # placement granularity in the channel's clock units
+    cut_packets: int = 0  # placed packets that straddled a cut span's edge, left out
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """A span cut from the recording (paused with pause_behavior skip): both channels lose it."""
+
+    start: int  # 48 kHz samples since the origin, on the time line before any cut
+    removed: int  # 48 kHz samples; whole placement grid units, so both channels stay in step
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,18 @@ class RecordingPlan:
     origin_ns: int  # the server's monotonic time of the recording's first sample
     span_samples: int  # length in 48 kHz samples, whole grid units, never zero
     has_media: bool
+    cuts: tuple[Cut, ...] = ()  # in time order, not overlapping
+
+    def position_48k(self, monotonic_ns: int) -> int:
+        """Where a moment of the call falls on the recording's time line (cuts applied, clamped)."""
+        raw = (monotonic_ns - self.origin_ns) * OPUS_RATE_HZ // 1_000_000_000
+        shift = 0
+        for cut in self.cuts:
+            if raw >= cut.start + cut.removed:
+                shift += cut.removed
+            elif raw >= cut.start:
+                raw = cut.start  # inside a cut span: where it was cut
+        return min(max(0, raw - shift), self.span_samples)
 
 
 def to_48k(samples: int, codec: Codec) -> int:
@@ -62,9 +83,15 @@ def compute_grid(item: ChannelInput, stereo_mode: str) -> int:
 
 
 def plan_recording(
-    inputs: Sequence[ChannelInput], *, mono_start_ns: int, stereo_mode: str
+    inputs: Sequence[ChannelInput],
+    *,
+    mono_start_ns: int,
+    stereo_mode: str,
+    skip_spans_ns: Sequence[tuple[int, int]] = (),
 ) -> RecordingPlan:
     """Place both channels on one timeline that starts at the first audio of either."""
+    # `skip_spans_ns` (monotonic start and end) are cut from the time line: placements after a
+    # span move up by its length on both channels alike, so the channels stay in sync.
     arrivals = [min(p.arrival_ns for p in i.packets) for i in inputs if i.packets]
     origin_ns = (min(arrivals) if arrivals else mono_start_ns) - ORIGIN_MARGIN_NS
     grids = [compute_grid(i, stereo_mode) for i in inputs]
@@ -88,8 +115,54 @@ def plan_recording(
     origin_ns += lead_in * 1_000_000_000 // OPUS_RATE_HZ
     span = max(_end_48k(t, i.codec) for t, i in zip(timelines, inputs, strict=True))
     span = max(grid_48k, -(-span // grid_48k) * grid_48k)
-    channels = tuple(ChannelPlan(i, t, g) for i, t, g in zip(inputs, timelines, grids, strict=True))
-    return RecordingPlan(channels, origin_ns, span, has_media=bool(arrivals))
+    cuts = compute_cuts(skip_spans_ns, origin_ns=origin_ns, span_48k=span, grid_48k=grid_48k)
+    channels = []
+    for item, timeline, grid in zip(inputs, timelines, grids, strict=True):
+        cut_timeline, left_out = apply_cuts(timeline, cuts, item.codec)
+        channels.append(ChannelPlan(item, cut_timeline, grid, left_out))
+    span = max(grid_48k, span - sum(cut.removed for cut in cuts))
+    return RecordingPlan(tuple(channels), origin_ns, span, has_media=bool(arrivals), cuts=cuts)
+
+
+def compute_cuts(
+    spans_ns: Sequence[tuple[int, int]], *, origin_ns: int, span_48k: int, grid_48k: int
+) -> tuple[Cut, ...]:
+    """Skip spans as cuts of the time line: on the grid, within the recording, merged."""
+    snapped: list[tuple[int, int]] = []
+    for start_ns, end_ns in sorted(spans_ns):
+        start = (start_ns - origin_ns) * OPUS_RATE_HZ // 1_000_000_000 // grid_48k * grid_48k
+        end = -(-(end_ns - origin_ns) * OPUS_RATE_HZ // 1_000_000_000 // grid_48k) * grid_48k
+        start, end = max(0, start), min(span_48k, end)
+        if end <= start:
+            continue
+        if snapped and start <= snapped[-1][1]:
+            snapped[-1] = (snapped[-1][0], max(end, snapped[-1][1]))
+        else:
+            snapped.append((start, end))
+    return tuple(Cut(start, end - start) for start, end in snapped)
+
+
+def apply_cuts(timeline: Timeline, cuts: Sequence[Cut], codec: Codec) -> tuple[Timeline, int]:
+    """Move placements up past the cuts before them; those touching a cut are left out."""
+    if not cuts:
+        return timeline, 0
+    ratio = OPUS_RATE_HZ // codec.clock_rate_hz  # whole: 1 for Opus, 6 for G.711
+    kept = []
+    left_out = 0
+    shift = 0  # channel clock units removed before the current placement
+    cut_index = 0
+    for placement in timeline.placements:
+        start, end = placement.start * ratio, (placement.start + placement.duration) * ratio
+        while cut_index < len(cuts) and start >= cuts[cut_index].start + cuts[cut_index].removed:
+            shift += cuts[cut_index].removed // ratio
+            cut_index += 1
+        cut = cuts[cut_index] if cut_index < len(cuts) else None
+        if cut is not None and end > cut.start:
+            # Audio journalled at the very edge of a pause: it would overlap what follows the cut.
+            left_out += 1
+            continue
+        kept.append(replace(placement, start=placement.start - shift))
+    return replace(timeline, placements=tuple(kept)), left_out
 
 
 def _rebase(timeline: Timeline, lead_in_48k: int, codec: Codec) -> Timeline:

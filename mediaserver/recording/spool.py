@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from mediaserver.errors import JournalError
+from mediaserver.recording.call_record import (
+    CallRecord,
+    build_event_line,
+    parse_call_record,
+    parse_event_lines,
+)
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.manifest import Manifest, parse_manifest
 
 _CALL_FILE = "call.json"
+_RECORD_FILE = "record.json"
+_EVENTS_FILE = "events.jsonl"
 _MANIFEST_FILE = "manifest.json"
 _OUTPUT_FILES = {
     "left": "left.opus",
@@ -98,6 +106,31 @@ class CallSpool:
     def read_description(self) -> CallDescription:
         """The call's description."""
         return parse_call_description((self.directory / _CALL_FILE).read_text())
+
+    def write_record(self, record: CallRecord) -> None:
+        """Write the call's record at its end (a few hundred bytes)."""
+        (self.directory / _RECORD_FILE).write_text(record.to_json())
+
+    def read_record(self) -> CallRecord | None:
+        """The call's record, or None when the call never ended (a crash) or it is torn."""
+        try:
+            return parse_call_record((self.directory / _RECORD_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except JournalError:
+            return None
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        """Add one event to the call's event log, written through at once (events are rare)."""
+        with (self.directory / _EVENTS_FILE).open("a") as handle:
+            handle.write(build_event_line(event))
+
+    def read_events(self) -> list[dict[str, Any]]:
+        """The call's events in the order they happened (none if it had none)."""
+        try:
+            return parse_event_lines((self.directory / _EVENTS_FILE).read_text())
+        except FileNotFoundError:
+            return []
 
     def write_manifest(self, manifest: Manifest) -> Path:
         """Write the manifest beside the built files; returns its path."""

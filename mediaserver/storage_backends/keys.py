@@ -18,6 +18,7 @@ OGG_OPUS_CONTENT_TYPE = "audio/ogg"
 MANIFEST_CONTENT_TYPE = "application/json"
 JSON_CONTENT_TYPE = "application/json"
 WEBVTT_CONTENT_TYPE = "text/vtt"  # W3C WebVTT §8.1 (IANA registration)
+JSON_LINES_CONTENT_TYPE = "application/x-ndjson"  # one JSON value per line (the audit log)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 _CONTENT_TYPES_BY_SUFFIX = {
@@ -25,6 +26,7 @@ _CONTENT_TYPES_BY_SUFFIX = {
     ".ogg": OGG_OPUS_CONTENT_TYPE,
     ".json": MANIFEST_CONTENT_TYPE,
     ".vtt": WEBVTT_CONTENT_TYPE,
+    ".jsonl": JSON_LINES_CONTENT_TYPE,
 }
 
 _CALL_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -1,11 +1,13 @@
 """The agent leg: one WebSocket speaking Twilio Media Streams messages, dialled in or out."""
 
 import asyncio
+import os
 import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -14,6 +16,7 @@ from aiohttp import web
 
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import AgentDialError, AgentProtocolError
+from mediaserver.excerpt import excerpt
 from mediaserver.transports.link import AgentMediaSink, Pcm
 from mediaserver.transports.twilio_protocol import (
     CLOSE_GOING_AWAY,
@@ -29,6 +32,7 @@ from mediaserver.transports.twilio_protocol import (
     AudioFormat,
     build_close_reason,
     build_connected,
+    build_dtmf,
     build_mark,
     build_media,
     build_start,
@@ -52,6 +56,11 @@ DEFAULT_CLOSE_TIMEOUT_S = 2.0
 AgentWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
+def compute_close_code(reason: str) -> int:
+    """RFC 6455 §7.4.1: 1001 when the server goes away, 1000 when the call is simply over."""
+    return CLOSE_GOING_AWAY if reason == "shutdown" else CLOSE_NORMAL
+
+
 def new_stream_sid() -> str:
     """A Twilio-shaped stream sid: "MZ" and 32 hex digits."""
     return "MZ" + secrets.token_hex(16)
@@ -72,6 +81,7 @@ class AgentConnectionStats:
     media_sent: int = 0
     media_dropped: int = 0
     marks_sent: int = 0
+    dtmf_sent: int = 0
     media_received: int = 0
     marks_received: int = 0
     clears_received: int = 0
@@ -109,6 +119,11 @@ class AgentConnection:
         self.close_timeout_s = close_timeout_s
         self.stats = AgentConnectionStats()
         self.state = ConnectionState.OPEN
+        # How the connection closed (RFC 6455 §7.1.5/§7.1.6): the code and reason of the close
+        # frame the agent sent, or of the one the server sent first.
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.closed_by: str | None = None  # "agent" or "server"
         self._clock = clock or SystemClock()
         self._started_ns = 0
         self._sequence_number = START_SEQUENCE_NUMBER
@@ -192,6 +207,31 @@ class AgentConnection:
         )
         self._wakeup.set()
 
+    def send_dtmf(self, digit: str) -> None:
+        """Tell the agent the caller pressed a key; never dropped, like a mark."""
+        if self.state is not ConnectionState.OPEN:
+            return
+        text = build_dtmf(
+            sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, digit=digit
+        )
+        self._outgoing.append((False, text))
+        self.stats.dtmf_sent += 1
+        self._wakeup.set()
+
+    def describe(self) -> dict[str, Any]:
+        """The connection's stream, close and counters, for the API and the call's record."""
+        return {
+            "transport": "websocket",
+            "stream_sid": self.stream_sid,
+            "encoding": str(self.audio_format.encoding),
+            "sample_rate_hz": self.sample_rate_hz,
+            "state": self.state.value,
+            "close_code": self.close_code,
+            "close_reason": self.close_reason,
+            "closed_by": self.closed_by,
+            **self._stats_fields(),
+        }
+
     def _next_sequence_number(self) -> int:
         """Number the next message after `start`'s 1."""
         self._sequence_number += 1
@@ -257,6 +297,8 @@ class AgentConnection:
                         self.log.warning("agent.protocol_error", error=str(msg.data))
                     return
                 else:  # CLOSE, CLOSING, CLOSED
+                    if msg.type is aiohttp.WSMsgType.CLOSE:
+                        self._note_close(msg.data, msg.extra, "agent")
                     return
         except Exception:
             # A fault of ours (in the sink, say) must not leave the agent's socket dangling.
@@ -290,9 +332,18 @@ class AgentConnection:
                 self._ignored_events.add(message.event)
                 self.log.info("agent.message_ignored", agent_event=message.event[:64])
 
+    def _note_close(self, code: object, reason: object, closed_by: str) -> None:
+        """Remember the first close frame of the connection, whoever sent it."""
+        if self.closed_by is not None:
+            return
+        self.close_code = code if isinstance(code, int) else None
+        self.close_reason = reason if isinstance(reason, str) else None
+        self.closed_by = closed_by
+
     async def _fail(self, close_code: int, reason: str) -> None:
         """Close on a protocol violation, telling the agent what was wrong."""
         self.log.warning("agent.protocol_error", close_code=close_code, reason=reason)
+        self._note_close(close_code, reason, "server")
         await self._stop_writer()
         await self.ws.close(code=close_code, message=build_close_reason(reason))
 
@@ -303,6 +354,8 @@ class AgentConnection:
         self.state = ConnectionState.CLOSED
         await self._stop_writer()
         await self.ws.close()
+        if self.closed_by is None:  # no close frame: the connection was lost
+            self._note_close(self.ws.close_code, reason, "agent")
         self._closed.set()
         self.log.info("agent.ended", reason=reason, **self._stats_fields())
         self.sink.on_agent_ended(reason)
@@ -341,8 +394,8 @@ class AgentConnection:
             if not done:
                 self.stats.media_dropped += self._queued_media
         await self._stop_writer()
-        # RFC 6455 §7.4.1: 1001 when the server goes away, 1000 when the call is simply over.
-        code = CLOSE_GOING_AWAY if reason == "shutdown" else CLOSE_NORMAL
+        code = compute_close_code(reason)
+        self._note_close(code, reason, "server")
         await self.ws.close(code=code, message=build_close_reason(reason))
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
@@ -360,6 +413,8 @@ class AgentConnection:
         return {
             "media_sent": self.stats.media_sent,
             "media_dropped": self.stats.media_dropped,
+            "marks_sent": self.stats.marks_sent,
+            "dtmf_sent": self.stats.dtmf_sent,
             "media_received": self.stats.media_received,
             "marks_received": self.stats.marks_received,
             "clears_received": self.stats.clears_received,
@@ -424,7 +479,7 @@ async def dial_out(
 ) -> AgentConnection:
     """Open a WebSocket to the agent's URL, as Twilio does, and start the stream on it."""
     if urlsplit(url).scheme not in ("ws", "wss"):
-        raise AgentDialError(f"agent URL must be ws:// or wss://, got {url!r}")
+        raise AgentDialError(f"agent URL must be ws:// or wss://, got {excerpt(url)}")
     try:
         async with asyncio.timeout(timeout_s):
             ws = await session.ws_connect(
@@ -435,8 +490,17 @@ async def dial_out(
             )
     except TimeoutError:
         raise AgentDialError(f"agent at {url} did not answer within {timeout_s} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        # asyncio's message carries the address as a Python tuple: name the errno instead.
+        errno_value = exc.os_error.errno
+        reason = os.strerror(errno_value) if errno_value else "the connection failed"
+        raise AgentDialError(f"agent at {url} could not be reached: {reason}") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise AgentDialError(
+            f"agent at {url} refused the WebSocket: HTTP {exc.status} {exc.message}"
+        ) from None
     except aiohttp.ClientError as exc:
-        raise AgentDialError(f"agent at {url} refused the WebSocket: {exc}") from None
+        raise AgentDialError(f"agent at {url} failed: {type(exc).__name__}") from None
     connection = AgentConnection(
         ws,
         sink=sink,

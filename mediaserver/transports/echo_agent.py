@@ -2,11 +2,13 @@
 
 import asyncio
 from collections import deque
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
 from mediaserver.errors import AgentUrlError
+from mediaserver.excerpt import excerpt
 from mediaserver.transports.link import AgentMediaSink, Pcm
 
 log = structlog.get_logger(__name__)
@@ -24,7 +26,7 @@ def parse_echo_delay_s(url: str, default_delay_s: float) -> float:
     """The echo delay of `builtin:echo[?delay_ms=N]`; AgentUrlError for anything else."""
     parts = urlsplit(url)
     if parts.scheme != "builtin" or parts.path != "echo" or parts.fragment:
-        raise AgentUrlError(f"agent_url {url[:100]!r} names no built-in agent (try builtin:echo)")
+        raise AgentUrlError(f"agent_url {excerpt(url)} names no built-in agent (try builtin:echo)")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     if set(params) - {"delay_ms"}:
         raise AgentUrlError("builtin:echo takes one parameter, delay_ms")
@@ -34,7 +36,7 @@ def parse_echo_delay_s(url: str, default_delay_s: float) -> float:
     if not text.isascii() or not text.isdigit() or int(text) > MAX_ECHO_DELAY_MS:
         raise AgentUrlError(
             f"builtin:echo delay_ms must be an integer from 0 to {MAX_ECHO_DELAY_MS}, "
-            f"got {text[:20]!r}"
+            f"got {excerpt(text, 20)}"
         )
     return int(text) / 1000
 
@@ -54,6 +56,7 @@ class EchoAgent:
         # One timer per caller chunk (20 ms): O(1) each, fired in order since the delay is fixed.
         self._pending: deque[asyncio.TimerHandle] = deque()
         self._closed = False
+        self.dtmf_received = 0
 
     def send_caller_audio(self, pcm: Pcm) -> None:
         """Schedule the chunk to come back as agent speech."""
@@ -63,6 +66,14 @@ class EchoAgent:
 
     def send_mark(self, name: str) -> None:
         """Marks need no answer: this agent never sends any."""
+
+    def send_dtmf(self, digit: str) -> None:
+        """Keys pressed are counted: an echo has no menu to choose from."""
+        self.dtmf_received += 1
+
+    def describe(self) -> dict[str, Any]:
+        """The echo's settings and counters, for the API and the call's record."""
+        return {"transport": "echo", "delay_s": self._delay_s, "dtmf_received": self.dtmf_received}
 
     async def close(self, reason: str) -> None:
         """Drop what has not been echoed yet."""

@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
+from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
 
 Pcm = npt.NDArray[np.int16]
@@ -22,6 +23,10 @@ class CallerMediaSink(Protocol):
 
     def on_audio_sent(self, packet: MediaPacket) -> None:
         """An agent packet has left toward the caller: its header as sent, `arrival_ns` = when."""
+        ...
+
+    def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
+        """The caller pressed a key (RFC 4733); `arrival_ns` is when its last packet came."""
         ...
 
     def on_caller_ended(self, reason: EndReason) -> None:
@@ -88,6 +93,14 @@ class AgentLink(Protocol):
 
     def send_mark(self, name: str) -> None:
         """Tell the agent that the audio before its mark has been played."""
+        ...
+
+    def send_dtmf(self, digit: str) -> None:
+        """Tell the agent the caller pressed a key (a Twilio `dtmf` message)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The leg's counters and addresses, for the API and the call's record."""
         ...
 
     async def close(self, reason: str) -> None:

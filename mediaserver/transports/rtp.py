@@ -18,8 +18,9 @@ from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, RtpParseError
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
+from mediaserver.rtp.dtmf_detector import DtmfDetector
 from mediaserver.rtp.media_packet import MediaPacket
-from mediaserver.rtp.packet import RTP_VERSION, is_rtcp, parse_rtp_header
+from mediaserver.rtp.packet import RTP_VERSION, RtpHeader, is_rtcp, parse_rtp_header
 from mediaserver.rtp.rtcp import RtcpBye, build_rtcp_bye, parse_rtcp_compound
 from mediaserver.transports.link import CallerMediaSink
 from mediaserver.transports.port_allocator import PortAllocator
@@ -43,6 +44,9 @@ SO_RXQ_OVFL = 40
 _TIMESPEC = struct.Struct("@qq")
 _OVERFLOW_COUNT = struct.Struct("@I")
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_OVERFLOW_COUNT.size)
+# RFC 4961 §4 has a symmetric-RTP endpoint follow its peer; a NAT that rebinds moves the peer to
+# a new source port. The old source must be silent this long before a new one takes over.
+DEFAULT_RELATCH_AFTER_S = 2.0
 # The kernel's receive buffer: ~2.5 s of one caller at 50 packets/s of up to 2 KiB, so a stalled
 # loop loses nothing before the stall is long enough to show in every other metric.
 RECEIVE_BUFFER_BYTES = 256 * 1024
@@ -70,12 +74,21 @@ class RtpCallerTransport:
         ports: PortAllocator,
         media_timeout_s: float = 30.0,
         expected_remote: tuple[str, int] | None = None,
+        offered_remote: tuple[str, int] | None = None,
         payload_type: int | None = None,
+        dtmf_payload_type: int | None = None,
+        relatch_after_s: float = DEFAULT_RELATCH_AFTER_S,
+        relatch_any_source: bool = False,
         clock: Clock | None = None,
         max_datagram_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
     ) -> None:
+        # `expected_remote` is the only source heard; `offered_remote` (an SDP offer's address)
+        # only gets our audio until the first valid packet latches whoever sends it.
         self.codec = codec
         self.payload_type = _default_payload_type(codec) if payload_type is None else payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        self.relatch_after_ns = int(relatch_after_s * _NS_PER_S)
+        self.relatch_any_source = relatch_any_source
         self.host = host
         self.media_timeout_s = media_timeout_s
         self.max_datagram_bytes = max_datagram_bytes
@@ -84,6 +97,7 @@ class RtpCallerTransport:
         self._ports = ports
         self._clock: Clock = clock or SystemClock()
         self._expected = expected_remote
+        self._offered = offered_remote
         self._peer: tuple[Any, ...] | None = None
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +116,12 @@ class RtpCallerTransport:
         self.rtcp_in = 0
         self.unsent = 0  # send_audio calls while no peer was known, or after close
         self.send_errors = 0  # sends the kernel refused (buffer full, peer's port closed)
+        self.relatches = 0  # times a new source took over from a silent latched one
+        self.dtmf_packets_in = 0
+        self._dtmf = DtmfDetector(codec.clock_rate_hz)
         self._dropped = dict.fromkeys(DropReason, 0)
+        # Payload types received that the leg did not negotiate: how many of each (bounded).
+        self.unexpected_payload_types: dict[int, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -117,7 +136,13 @@ class RtpCallerTransport:
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._last_valid_ns = self._clock.monotonic_ns()
         self._watchdog = asyncio.create_task(self._watch_media(), name=f"rtp.watchdog.{port}")
-        log.info("rtp.leg_started", port=port, codec=self.codec.value, pt=self.payload_type)
+        log.info(
+            "rtp.leg_started",
+            port=port,
+            codec=self.codec.value,
+            pt=self.payload_type,
+            dtmf_pt=self.dtmf_payload_type,
+        )
         return port
 
     def _bind(self) -> tuple[socket.socket, int]:
@@ -188,9 +213,16 @@ class RtpCallerTransport:
             "transport": "rtp",
             "port": self.port,
             "peer": None if self._peer is None else f"{self._peer[0]}:{self._peer[1]}",
+            "local": None if self.port is None else f"{self.host}:{self.port}",
             "payload_type": self.payload_type,
+            "dtmf_payload_type": self.dtmf_payload_type,
             "kernel_timestamps": self._kernel_timestamps,
             "packets_in": self.packets_in,
+            "dtmf_packets_in": self.dtmf_packets_in,
+            "relatches": self.relatches,
+            "unexpected_payload_types": {
+                str(pt): count for pt, count in sorted(self.unexpected_payload_types.items())
+            },
             "bytes_in": self.bytes_in,
             "packets_out": self.packets_out,
             "bytes_out": self.bytes_out,
@@ -240,7 +272,7 @@ class RtpCallerTransport:
 
     def handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
         """One datagram as read from the socket: valid RTP of the peer to the sink, else counted."""
-        if addr != self._peer and not self._may_be_peer(addr):
+        if addr != self._peer and not self._may_be_peer(data, addr, arrival_ns):
             self._dropped[DropReason.WRONG_SOURCE] += 1
             return
         if self._ended:
@@ -254,25 +286,60 @@ class RtpCallerTransport:
         except RtpParseError:
             self._dropped[DropReason.MALFORMED] += 1
             return
-        if header.payload_type != self.payload_type:
-            self._dropped[DropReason.WRONG_PAYLOAD_TYPE] += 1
+        payload_type = header.payload_type
+        if payload_type == self.payload_type:
+            packet = MediaPacket(
+                arrival_ns,
+                header.timestamp,
+                header.sequence,
+                header.ssrc,
+                payload_type,
+                header.marker,
+                data[header.payload_offset : header.payload_end],
+            )
+        elif payload_type == self.dtmf_payload_type:
+            packet = None
+        else:
+            self._note_unexpected_payload_type(payload_type)
             return
-        if self._peer is None:
+        if addr != self._peer:
             self._latch_peer(addr)
         self._last_valid_ns = arrival_ns
         self._last_ssrc = header.ssrc
         self.packets_in += 1
         self.bytes_in += len(data)
-        self._sink.on_caller_packet(
-            MediaPacket(
-                arrival_ns,
-                header.timestamp,
-                header.sequence,
-                header.ssrc,
-                header.payload_type,
-                header.marker,
-                data[header.payload_offset : header.payload_end],
+        if packet is not None:
+            self._sink.on_caller_packet(packet)
+        else:
+            self._on_telephone_event(
+                data[header.payload_offset : header.payload_end], header, arrival_ns
             )
+
+    def _on_telephone_event(self, payload: bytes, header: RtpHeader, arrival_ns: int) -> None:
+        """Feed an RFC 4733 packet to the DTMF detector; completed digits go to the sink."""
+        self.dtmf_packets_in += 1
+        try:
+            digits = self._dtmf.add(header.timestamp, header.marker, payload)
+        except RtpParseError:
+            self._dropped[DropReason.MALFORMED] += 1
+            return
+        for digit in digits:
+            self._sink.on_caller_dtmf(digit, header.ssrc, arrival_ns)
+
+    def _note_unexpected_payload_type(self, payload_type: int) -> None:
+        """Count a packet of a payload type the leg did not negotiate; log each type once."""
+        self._dropped[DropReason.WRONG_PAYLOAD_TYPE] += 1
+        seen = self.unexpected_payload_types
+        if payload_type in seen:
+            seen[payload_type] += 1
+            return
+        seen[payload_type] = 1
+        log.warning(
+            "rtp.unexpected_payload_type",
+            port=self.port,
+            payload_type=payload_type,
+            negotiated=self.payload_type,
+            dtmf_payload_type=self.dtmf_payload_type,
         )
 
     def _note_kernel_drops(self, cumulative: int) -> None:
@@ -314,21 +381,44 @@ class RtpCallerTransport:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _may_be_peer(self, addr: tuple[Any, ...]) -> bool:
-        """Whether a datagram from a source other than the latched peer may come from the peer."""
-        if self._peer is not None:
+    def _may_be_peer(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> bool:
+        """Whether a datagram from another source than the latched peer may be the peer's."""
+        if self._peer is None:
+            # IPv6 sources carry flow info and scope id too: the expectation names host and port.
+            return self._expected is None or addr[:2] == self._expected
+        if self._expected is not None or arrival_ns - self._last_valid_ns < self.relatch_after_ns:
+            return False  # never while the latched source is alive
+        # The latched source has gone quiet: a NAT may have rebound the caller to a new port.
+        if is_rtcp(data):
             return False
-        # IPv6 sources carry flow info and scope id too: the expectation names host and port.
-        return self._expected is None or addr[:2] == self._expected
+        try:
+            header = parse_rtp_header(data)
+        except RtpParseError:
+            return False
+        if header.payload_type not in (self.payload_type, self.dtmf_payload_type):
+            return False
+        return self.relatch_any_source or header.ssrc == self._last_ssrc
 
     def _latch_peer(self, addr: tuple[Any, ...]) -> None:
         """Symmetric RTP (RFC 4961): only this source is heard, and replies go to it."""
-        self._peer = addr
-        log.info("rtp.peer_latched", port=self.port, peer=f"{addr[0]}:{addr[1]}")
+        previous, self._peer = self._peer, addr
+        if previous is None:
+            log.info("rtp.peer_latched", port=self.port, peer=f"{addr[0]}:{addr[1]}")
+            return
+        self.relatches += 1
+        log.warning(
+            "rtp.peer_relatched",
+            port=self.port,
+            previous=f"{previous[0]}:{previous[1]}",
+            peer=f"{addr[0]}:{addr[1]}",
+            relatches=self.relatches,
+        )
 
     def _destination(self) -> tuple[Any, ...] | None:
-        """Where to send: the latched peer, or the expected one before its first packet."""
-        return self._peer if self._peer is not None else self._expected
+        """Where to send: the latched peer, else the expected or offered one."""
+        if self._peer is not None:
+            return self._peer
+        return self._expected if self._expected is not None else self._offered
 
     def _on_rtcp(self, data: bytes) -> None:
         """Count an RTCP packet of the peer; a BYE for the source being heard ends the leg."""
@@ -354,6 +444,8 @@ class RtpCallerTransport:
             return
         self._ended = True
         log.info("rtp.leg_ended", port=self.port, reason=reason.value)
+        for digit in self._dtmf.flush():  # a digit whose end packets never came
+            self._sink.on_caller_dtmf(digit, self._last_ssrc or 0, self._last_valid_ns)
         self._sink.on_caller_ended(reason)
 
     async def _watch_media(self) -> None:

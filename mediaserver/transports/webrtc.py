@@ -38,6 +38,7 @@ from mediaserver.errors import (
     UnsupportedSdpError,
     WebRtcSetupError,
 )
+from mediaserver.excerpt import excerpt
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
 from mediaserver.rtp.media_packet import MediaPacket
@@ -96,7 +97,9 @@ def parse_offered_audio(offer_sdp: str) -> OfferedAudio:
             # RFC 8866 §5.14: m=<media> <port> <proto> <fmt> ...
             fields = line[2:].split()
             if len(fields) < 4:
-                raise MalformedSdpError(f"SDP media line {line!r} has fewer than four fields")
+                raise MalformedSdpError(
+                    f"SDP media line {excerpt(line)} has fewer than four fields"
+                )
             if fields[0] == "audio":
                 audio_lines = []
         elif audio_lines is not None:
@@ -113,7 +116,7 @@ def parse_offered_audio(offer_sdp: str) -> OfferedAudio:
         payload_type, _, encoding = line[len("a=rtpmap:") :].partition(" ")
         if encoding.strip().lower() == "opus/48000/2":
             if not payload_type.isdigit():
-                raise MalformedSdpError(f"SDP rtpmap {line!r} has no numeric payload type")
+                raise MalformedSdpError(f"SDP rtpmap {excerpt(line)} has no numeric payload type")
             opus_payload_type = int(payload_type)
             break
     if opus_payload_type is None:
@@ -312,7 +315,8 @@ class WebRtcCallerTransport:
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             except (ValueError, KeyError, IndexError, AssertionError) as error:
-                raise MalformedSdpError(f"SDP offer was rejected: {error!r}") from None
+                detail = str(error) or "its descriptions do not fit together"
+                raise MalformedSdpError(f"SDP offer was rejected: {detail}") from None
             except OperationError as error:
                 # aiortc found no codec it shares with the offer's audio m-line.
                 raise UnsupportedSdpError(f"SDP offer was rejected: {error}") from None
@@ -378,7 +382,9 @@ class WebRtcCallerTransport:
                 try:
                     candidate = candidate_from_sdp(line[len("a=candidate:") :])
                 except (ValueError, IndexError, AssertionError):
-                    raise MalformedSdpError(f"SDP fragment has a bad candidate: {line!r}") from None
+                    raise MalformedSdpError(
+                        f"SDP fragment has a bad candidate: {excerpt(line)}"
+                    ) from None
                 candidate.sdpMid = mid
                 candidate.sdpMLineIndex = 0 if mid is None else None
                 await self._pc.addIceCandidate(candidate)

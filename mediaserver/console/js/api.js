@@ -39,6 +39,17 @@ export async function api(path, { method = "GET", body, accept = [] } = {}) {
   return { status: response.status, body: data };
 }
 
+// The signed-in token's name and scopes, asked once per page: pages show only what it may do.
+let identity = null;
+export function whoami() {
+  if (!identity) identity = api("/v1/whoami").then((response) => response.body);
+  return identity;
+}
+
+export async function can(scope) {
+  return (await whoami()).scopes.includes(scope);
+}
+
 // Runs `task` now and again every `intervalS` seconds (one at a time) until `stop()` is called.
 export function repeat(task, intervalS) {
   let timer = null;

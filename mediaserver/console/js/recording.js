@@ -1,7 +1,7 @@
 // The recording page: waveform and player, transcript, analysis, technical record, downloads,
 // delete. A recording still being made, and jobs still running, are refreshed until done.
 
-import { api, repeat } from "./api.js";
+import { api, can, repeat } from "./api.js";
 import { byId, el, showNotice } from "./dom.js";
 import { formatClock, formatDuration, formatLocalTime } from "./format.js";
 import { fetchJob, isPending } from "./jobs.js";
@@ -44,11 +44,24 @@ async function start() {
     byId("player").hidden = true;
     return;
   }
+  if (manifest.status === "empty") {
+    showEmpty(manifest);
+    return;
+  }
   if (!isStored(manifest)) {
     waitUntilStored(manifest);
     return;
   }
   show(manifest);
+}
+
+// A call that carried no media: its record is all there is (no audio, no analysis).
+function showEmpty(manifest) {
+  showNotice(notice, "This call carried no media: there is no audio, only the record of the call.");
+  byId("player").hidden = true;
+  renderSummary(manifest);
+  renderRecord(byId("record"), manifest);
+  setUpDelete();
 }
 
 // A call still recording or finalizing: say so and look again every few seconds.
@@ -63,7 +76,10 @@ function waitUntilStored(first) {
   const poll = repeat(async () => {
     try {
       const manifest = (await api(base)).body;
-      if (isStored(manifest)) {
+      if (manifest.status === "empty") {
+        poll.stop();
+        showEmpty(manifest);
+      } else if (isStored(manifest)) {
         poll.stop();
         showNotice(notice, "");
         show(manifest);
@@ -281,7 +297,10 @@ function renderDownloads(manifest, withTranscript) {
   byId("downloads").replaceChildren(...links);
 }
 
-function setUpDelete() {
+async function setUpDelete() {
+  // Without recordings:delete the token cannot delete: no button at all.
+  if (!(await can("recordings:delete"))) return;
+  byId("delete-zone").hidden = false;
   const button = byId("delete");
   button.disabled = false;
   button.addEventListener("click", async () => {

@@ -1,6 +1,6 @@
 // The recordings page: newest first, filtered, paginated; analysis figures filled in per row.
 
-import { api } from "./api.js";
+import { api, can, whoami } from "./api.js";
 import { byId, el, showNotice } from "./dom.js";
 import { formatDuration, formatLocalTime, formatPercent, formatSeconds } from "./format.js";
 import { fetchJob, jobState } from "./jobs.js";
@@ -180,5 +180,17 @@ byId("newer").addEventListener("click", () => {
   load(cursors.pop());
 });
 
-readFilters();
-load(null);
+async function start() {
+  if (!(await can("recordings:read"))) {
+    const me = await whoami();
+    showNotice(notice, `The token ${me.name} cannot read recordings (it has: ${me.scopes.join(", ")}).`);
+    form.hidden = true;
+    byId("recordings").hidden = true;
+    byId("older").closest("nav").hidden = true;
+    return;
+  }
+  readFilters();
+  load(null);
+}
+
+start().catch((error) => showNotice(notice, error.message, { error: true }));

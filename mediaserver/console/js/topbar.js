@@ -1,6 +1,6 @@
-// The bar on every signed-in page: sign-out.
+// The bar on every signed-in page: who is signed in, the pages that token may use, sign-out.
 
-import { api } from "./api.js";
+import { api, whoami } from "./api.js";
 
 const button = document.getElementById("sign-out");
 if (button) {
@@ -14,3 +14,16 @@ if (button) {
     location.assign("/login");
   });
 }
+
+whoami()
+  .then((me) => {
+    for (const link of document.querySelectorAll(".topbar nav a[data-scope]")) {
+      link.hidden = !me.scopes.includes(link.dataset.scope);
+    }
+    const who = document.getElementById("signed-in-as");
+    if (who) {
+      who.textContent = me.name;
+      who.title = `Signed in with token ${me.name}: ${me.scopes.join(", ")}`;
+    }
+  })
+  .catch(() => {}); // the page's own requests report a lost session

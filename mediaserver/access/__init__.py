@@ -1,0 +1,1 @@
+"""Who may do what: API tokens, their scopes and the identity a request acts as (pure)."""

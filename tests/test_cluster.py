@@ -1,0 +1,310 @@
+"""Two `serve` nodes and two `worker`s on one real Redis and the GCS emulator, as deployed.
+
+The tests share one cluster and run in file order: the last one stops node-a for good.
+"""
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from mediaserver.cluster.redis_connection import open_redis
+from mediaserver.jobs.redis_queue import GROUP, STREAM_KEY
+
+from cluster_harness import BUCKET, Cluster, eventually, running_cluster, until
+from rtp_caller import open_caller
+from rtp_sender import marker_template, silence_payload
+from server_harness import auth
+from twilio_agent import TwilioTestAgent
+from webrtc_peer import ClientPeer, ToneTrack
+
+TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Redis, GCS, node-a, node-b, worker-1 and worker-2."""
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as started:
+        yield started
+
+
+async def get_json(client: aiohttp.ClientSession, url: str) -> Any:
+    """GET a JSON document (status 200)."""
+    async with client.get(url, headers=auth()) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def wait_for_job(
+    client: aiohttp.ClientSession, base: str, call_id: str, kind: str, status: str
+) -> dict[str, Any]:
+    """Poll the recording's manifest until its job of `kind` has `status`; the job's state."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            async with client.get(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
+                body = await response.json()
+            state: dict[str, Any] = body.get("jobs", {}).get(kind, {})
+            if state.get("status") == status:
+                return state
+            assert state.get("status") != "failed" or status == "failed", state
+            await asyncio.sleep(0.1)
+
+
+async def rtp_call(
+    client: aiohttp.ClientSession, create_at: str, leg_at: str, packets: int = 50
+) -> tuple[str, str]:
+    """A call created through one node, its RTP leg asked through another, `packets` sent,
+    ended; (call id, the base URL of the node that held it)."""
+    async with client.post(f"{create_at}/v1/calls", json={}, headers=auth()) as response:
+        assert response.status == 201, await response.text()
+        created = await response.json()
+    call_id = created["call_id"]
+    owner = created["links"]["self"].removesuffix(f"/v1/calls/{call_id}")
+    async with client.post(f"{leg_at}/v1/calls/{call_id}/rtp", json={}, headers=auth()) as response:
+        assert response.status == 201, await response.text()
+        leg = await response.json()
+    caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
+    tone = list(marker_template(500.0))
+    await caller.send_stream((tone * (packets // len(tone) + 1))[:packets])
+    async with client.delete(f"{leg_at}/v1/calls/{call_id}", headers=auth()) as response:
+        assert response.status == 202, await response.text()
+    assert caller.transport is not None
+    caller.transport.close()
+    return call_id, owner
+
+
+async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Cluster) -> None:
+    """A call created on node-a: its WebRTC caller offers through node-b and follows the 307,
+    its agent dials in through node-b and is relayed; both nodes list it while it is live; the
+    recording is stored and analysed by a worker, not by a node."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+        nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
+        assert [(n["node_id"], n["public_url"], n["state"]) for n in nodes] == [
+            ("node-a", node_a.base, "ready"),
+            ("node-b", node_b.base, "ready"),
+        ]
+        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
+            assert response.status == 201
+            created = await response.json()
+        call_id = created["call_id"]
+        assert response.headers["Location"] == f"{node_a.base}/v1/calls/{call_id}"
+        assert created["whip_url"] == f"{node_a.base}/whip?call_id={call_id}"
+        assert created["agent_ws_url"] == f"{node_a.ws_base}/v1/calls/{call_id}/agent"
+
+        ws = await client.ws_connect(f"{node_b.ws_base}/v1/calls/{call_id}/agent", headers=auth())
+        agent = TwilioTestAgent(ws)
+        start = await agent.wait_for("start")
+        assert start["start"]["callSid"] == call_id
+        await node_b.wait_for_log("cluster.websocket_proxied", path=f"/v1/calls/{call_id}/agent")
+
+        peer = ClientPeer(ToneTrack(440.0))
+        offer = await peer.create_offer()
+        async with client.post(
+            f"{node_b.base}/whip?call_id={call_id}",
+            data=offer,
+            headers={**auth(), "Content-Type": "application/sdp"},
+        ) as response:
+            assert response.status == 201, await response.text()
+            assert [r.status for r in response.history] == [307]
+            assert str(response.url).startswith(f"{node_a.base}/whip?call_id={call_id}")
+            whip_resource = response.headers["Location"]
+            answer = await response.text()
+        assert whip_resource == f"{node_a.base}/whip/{call_id}"
+        await peer.accept_answer(answer)
+        await agent.send_tone(700.0, 400)
+        await asyncio.wait_for(peer.wait_for_samples(48000), TIMEOUT_S)
+        await eventually(lambda: len(agent.media_messages()) > 25)
+
+        for node in (node_a, node_b):
+            listed = (await get_json(client, f"{node.base}/v1/calls"))["calls"]
+            assert [(c["call_id"], c["node_id"]) for c in listed] == [(call_id, "node-a")]
+            assert listed[0]["legs"]["agent"]["connected"] is True
+
+        async with client.delete(whip_resource, headers=auth()) as response:
+            assert response.status == 200
+        await peer.close()
+        assert await agent.wait_closed() == 1000  # the agent's close code came through node-b
+        await wait_for_job(client, node_b.base, call_id, "analysis", "completed")
+        analysis = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}/analysis")
+        assert analysis["call_id"] == call_id
+        assert analysis["channels"]["agent"]["talk_time_s"] > 0.2
+    ran = [w.name for w in cluster.workers.values() if w.events("job.completed", call_id=call_id)]
+    assert len(ran) == 1
+    assert not any(n.events("job.completed") for n in cluster.nodes.values())
+
+
+async def pending_consumer(redis: Redis) -> str:
+    """The consumer a job has been handed to, once one has."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            entries = await redis.xpending_range(STREAM_KEY, GROUP, "-", "+", 1)
+            if entries:
+                return str(entries[0]["consumer"])
+            await asyncio.sleep(0.05)
+
+
+async def test_a_worker_killed_mid_job_has_its_job_finished_by_the_other(
+    cluster: Cluster,
+) -> None:
+    """A worker SIGKILLed while it holds a job: after the visibility timeout the other worker
+    takes the job over and completes it; the killed worker is replaced."""
+    node_a = cluster.nodes["node-a"]
+    redis = open_redis(cluster.redis.url)
+    async with aiohttp.ClientSession() as client:
+        call_id, _ = await rtp_call(client, node_a.base, node_a.base)
+        await wait_for_job(client, node_a.base, call_id, "analysis", "completed")
+        workers = list(cluster.workers.values())
+        # Stop both workers, queue the job, and hold the recording's lock: the worker that
+        # takes the job is then stuck inside it, at its first step, until the test lets go.
+        for worker in workers:
+            worker.signal(signal.SIGSTOP)
+        async with client.post(
+            f"{node_a.base}/v1/recordings/{call_id}/analysis", headers=auth()
+        ) as response:
+            assert response.status == 202, await response.text()
+            job_id = (await response.json())["job_id"]
+        lock = redis.lock(f"mediaserver:lock:recording:{call_id}", timeout=60)
+        await lock.acquire()
+        for worker in workers:
+            worker.signal(signal.SIGCONT)
+        consumer = await pending_consumer(redis)
+        (holder,) = [w for w in workers if consumer == f"{w.name}-{w.process.pid}"]
+        (other,) = [w for w in workers if w is not holder]
+        holder.signal(signal.SIGKILL)
+        assert await holder.wait_exit() == -signal.SIGKILL
+        await lock.release()
+        state = await wait_for_job(client, node_a.base, call_id, "analysis", "completed")
+        assert state["job_id"] == job_id
+        await other.wait_for_log("job.reclaimed", job_id=job_id)
+        assert other.events("job.completed", job_id=job_id)
+    await redis.aclose()
+    cluster.start_worker(holder.name)
+
+
+async def test_a_job_that_keeps_failing_ends_failed_after_its_attempts(cluster: Cluster) -> None:
+    """A recording whose caller channel is gone from the bucket: the analysis is tried
+    job_max_attempts (3) times, a visibility timeout apart, and ends failed with the error."""
+    from google.cloud import storage  # noqa: PLC0415  # the emulator's host is set per test
+
+    node_b = cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+        call_id, _ = await rtp_call(client, node_b.base, node_b.base, packets=25)
+        await wait_for_job(client, node_b.base, call_id, "analysis", "completed")
+        manifest = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}")
+        (left,) = [f["key"] for f in manifest["files"] if f["role"] == "left"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", cluster.gcs.url)
+            bucket = storage.Client.create_anonymous_client().bucket(BUCKET)
+            await asyncio.to_thread(bucket.blob(left).delete)
+        async with client.post(
+            f"{node_b.base}/v1/recordings/{call_id}/analysis", headers=auth()
+        ) as response:
+            assert response.status == 202
+        state = await wait_for_job(client, node_b.base, call_id, "analysis", "failed")
+    assert state["attempts"] == 3
+    assert state["error"]["code"] == "storage_unavailable"
+    retries = [e for w in cluster.workers.values() for e in w.events("job.retry_later")]
+    assert len([e for e in retries if e["call_id"] == call_id]) == 2
+
+
+async def test_redis_restarted_during_a_call(cluster: Cluster) -> None:
+    """Redis stops, stays away for a few heartbeats and starts again while a call is live: the
+    call goes on, the registry and the call map heal, the recording is stored and analysed."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
+            call_id = (await response.json())["call_id"]
+        async with client.post(
+            f"{node_a.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
+        ) as response:
+            leg = await response.json()
+        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
+        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 400))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.redis.stop)
+        for node in (node_a, node_b):  # a heartbeat or two fails while Redis is away
+            await node.wait_for_log("cluster.registry_unavailable")
+        await asyncio.to_thread(cluster.redis.start)
+        for node in (node_a, node_b):
+            await node.wait_for_log("cluster.registry_restored")
+
+        async def healed() -> bool:
+            listed = (await get_json(client, f"{node_b.base}/v1/calls"))["calls"]
+            nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
+            return [c["call_id"] for c in listed] == [call_id] and len(nodes) == 2
+
+        await until(healed, TIMEOUT_S)
+        sent = await sending
+        async with client.delete(f"{node_b.base}/v1/calls/{call_id}", headers=auth()) as response:
+            assert response.status == 202
+        await wait_for_job(client, node_b.base, call_id, "analysis", "completed")
+        manifest = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}")
+    caller_stats = next(c["stats"] for c in manifest["channels"] if c["channel"] == "caller")
+    assert caller_stats["packets"] == len(sent) == 400
+
+
+async def test_a_load_run_spreads_calls_by_load_and_loses_none(cluster: Cluster) -> None:
+    """Twelve concurrent calls created through both addresses: each node takes half (the
+    least-loaded node gets each new call), and every call is stored and analysed."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+        started = []
+        for index in range(12):
+            entry = (node_a, node_b)[index % 2].base
+            started.append(asyncio.create_task(rtp_call(client, entry, entry, packets=100)))
+            await asyncio.sleep(0.1)
+        calls = await asyncio.gather(*started)
+        owners = [owner for _, owner in calls]
+        assert sorted({owners.count(node_a.base), owners.count(node_b.base)}) == [6]
+        for call_id, _ in calls:
+            await wait_for_job(client, node_a.base, call_id, "analysis", "completed")
+
+
+async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> None:
+    """node-a SIGTERMed with a live call: it turns draining at once, new calls go to node-b
+    (also those sent to node-a's address), the live call goes on, ends, is stored; node-a
+    leaves the registry and exits."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
+            created = await response.json()
+        call_id = created["call_id"]
+        assert created["links"]["self"].startswith(node_a.base)
+        async with client.post(
+            f"{node_b.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
+        ) as response:
+            leg = await response.json()
+        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
+        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 150))
+        await asyncio.sleep(0.5)
+        node_a.signal(signal.SIGTERM)
+
+        async def states() -> dict[str, str]:
+            nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
+            return {n["node_id"]: n["state"] for n in nodes}
+
+        async def draining() -> bool:
+            return (await states()).get("node-a") == "draining"
+
+        await until(draining, 10)
+        for entry in (node_a, node_b):
+            async with client.post(f"{entry.base}/v1/calls", json={}, headers=auth()) as response:
+                assert response.status == 201, await response.text()
+                moved = await response.json()
+            assert moved["links"]["self"].startswith(node_b.base)
+            async with client.delete(moved["links"]["self"], headers=auth()) as response:
+                assert response.status == 202
+        await sending
+        async with client.delete(f"{node_b.base}/v1/calls/{call_id}", headers=auth()) as response:
+            assert response.status == 202
+        assert await node_a.wait_exit() == 0
+        manifest = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}")
+        assert manifest["status"] == "stored"
+        assert manifest["end_reason"] == "api"
+        assert await states() == {"node-b": "ready"}
+    assert node_a.events("cluster.left", node_id="node-a")

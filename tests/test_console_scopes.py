@@ -1,0 +1,72 @@
+"""The console in real headless Chromium shows only what the signed-in token may do."""
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import cdp
+from server_harness import auth, make_settings, running_server, wait_for_recording
+from short_call import Token, run_call, write_tokens_file
+
+READER = Token("reader", "reader-secret-6b0d2f", ("recordings:read",))
+JANITOR = Token("janitor", "janitor-secret-91c3aa", ("recordings:read", "recordings:delete"))
+AUDITOR = Token("auditor", "auditor-secret-4e7f10", ("admin",))
+
+_PAGE_STATE = """(() => {
+  const visible = (e) => Boolean(e) && !e.hidden && e.offsetParent !== null;
+  const nav = [...document.querySelectorAll('.topbar nav a')].filter(visible);
+  return {
+    who: document.getElementById('signed-in-as').textContent,
+    nav: nav.map((a) => a.textContent),
+    delete_button: visible(document.querySelector('[data-testid=delete-recording]')),
+    notice: (document.getElementById('notice') || {}).textContent || '',
+    table: visible(document.getElementById('recordings')),
+  };
+})()"""
+
+
+async def _sign_in(page: cdp.Page, base: str, token: Token, path: str) -> dict[str, Any]:
+    """Sign in with a token, open `path`, and read what the page shows once it has settled."""
+    await page.goto(f"{base}/login?next={path}")
+    await page.type_into("[data-testid=login-token]", token.secret)
+    await page.click("[data-testid=login-submit]")
+    await page.wait_for(f"location.pathname === '{path}' && document.readyState === 'complete'")
+    await page.wait_for(f"document.getElementById('signed-in-as').textContent === '{token.name}'")
+    if path.startswith("/recordings/"):
+        await page.wait_for("document.getElementById('summary').textContent.length > 0")
+    else:
+        await page.wait_for(
+            "document.getElementById('notice').textContent.length > 0"
+            " || document.querySelectorAll('[data-testid=recordings-row]').length > 0"
+        )
+    state: dict[str, Any] = await page.evaluate(_PAGE_STATE)
+    return state
+
+
+@pytest.mark.timeout(240)
+async def test_each_token_sees_only_what_it_may_do(tmp_path: Path) -> None:
+    """Read-only: no delete button, no call pages; delete scope: the button; admin only: no list."""
+    tokens_path = write_tokens_file(tmp_path / "tokens.toml", [READER, JANITOR, AUDITOR])
+    settings = make_settings(tmp_path, api_tokens_path=str(tokens_path))
+    async with (
+        running_server(settings) as (_, base),
+        aiohttp.ClientSession(headers=auth()) as client,
+        cdp.launch() as browser,
+    ):
+        call_id = await run_call(client, base, auth())
+        await wait_for_recording(client, base, call_id)
+        page = await browser.new_page("console")
+        reader = await _sign_in(page, base, READER, f"/recordings/{call_id}")
+        janitor = await _sign_in(page, base, JANITOR, f"/recordings/{call_id}")
+        auditor = await _sign_in(page, base, AUDITOR, "/")
+        errors = page.errors
+
+    assert reader["nav"] == ["Recordings"]
+    assert reader["delete_button"] is False
+    assert janitor["delete_button"] is True
+    assert auditor["nav"] == []
+    assert auditor["table"] is False
+    assert "cannot read recordings" in auditor["notice"]
+    assert errors == []
