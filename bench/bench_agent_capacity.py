@@ -198,6 +198,9 @@ def start_server(
         "MEDIASERVER_ICE_HOST_ADDRESSES": HOST,
         "MEDIASERVER_FINALIZE_WORKERS": "1",
         "MEDIASERVER_DRAIN_TIMEOUT_S": "120",
+        # The load is the experiment: off unless --admission asks to see the refusals.
+        "MEDIASERVER_MAX_CPU_SHARE": "0",
+        "MEDIASERVER_MAX_LOOP_LAG_MS": "0",
         **extra_env,
     }
     command = [sys.executable, "-m", "mediaserver", "serve"]
@@ -580,6 +583,10 @@ async def run_step(
     port = free_port()
     base = f"http://{HOST}:{port}"
     extra = dict(item.split("=", 1) for item in args.server_env)
+    if args.admission:
+        # The server's own defaults (config/mediaserver.toml): refuse before the loop lags.
+        extra.setdefault("MEDIASERVER_MAX_CPU_SHARE", "0.85")
+        extra.setdefault("MEDIASERVER_MAX_LOOP_LAG_MS", "20")
     server = start_server(work, port, args.server_cpu, extra, args.nice)
     profile: dict[str, float] = {}
     try:
@@ -668,7 +675,7 @@ def row(result: StepResult, spread: str) -> list[object]:
     """One printed line."""
     return [
         f"{result.transport} x{result.calls}",
-        result.accepted,
+        f"{result.accepted} ({result.refused} refused)",
         f"{result.cpu_percent:.0f}%",
         f"{result.cpu_per_call_percent:.2f}%{spread}",
         f"{result.lag_p50_ms:.1f}/{result.lag_p99_ms:.1f}",
@@ -748,6 +755,11 @@ def main() -> None:
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the server each step")
     parser.add_argument("--keep", action="store_true", help="keep each step's server.log")
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="keep the server's load guard on: calls beyond what it can carry get 503",
+    )
     parser.add_argument(
         "--nice", type=int, default=0, help="niceness of server and load (root: -10 on a busy box)"
     )
