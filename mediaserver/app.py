@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from mediaserver.api import (
     console,
     console_session,
     health,
+    lifecycle,
     nodes,
     openapi,
     recordings,
@@ -30,7 +32,9 @@ from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     AUDIT,
+    EVENTS,
     FINALIZER,
+    GCS_MIRROR,
     HTTP_CLIENT,
     HUB,
     JOB_POOL,
@@ -41,6 +45,7 @@ from mediaserver.api.keys import (
     PORTS,
     PROCESS_POOL,
     RECORDER,
+    RECORDING_INDEX,
     REDIS,
     SETTINGS,
     STORE,
@@ -61,6 +66,9 @@ from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
+from mediaserver.lifecycle.deletion import RecordingDeleter
+from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
+from mediaserver.lifecycle.retention import RecordingRetention
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus
@@ -68,9 +76,11 @@ from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.factory import open_store
+from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
-from mediaserver.workers import create_process_pool
+from mediaserver.webhooks import CallEvents, WebhookSender, open_sender
+from mediaserver.workers import create_process_pool, start_workers
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +120,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            _webhooks,
             _audit(chosen_clock),
             redis_context,
             _job_pool,
@@ -135,6 +146,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     openapi.add_routes(app)
     audit.add_routes(app)
     whoami.add_routes(app)
+    lifecycle.add_routes(app)
     nodes.add_routes(app)
     return app
 
@@ -154,11 +166,50 @@ async def _process_pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    """The configured storage backend."""
-    store = await open_store(app[SETTINGS])
+    """The configured storage backend (on GCS, with the retention mirrored into the bucket)."""
+    settings = app[SETTINGS]
+    store = await open_store(settings)
     app[STORE] = store
+    if settings.gcs_apply_lifecycle and isinstance(store, GcsStore):
+        mirror = GcsLifecycleMirror(store)
+        await mirror.apply_bucket_rules(settings.audit_retention_days)
+        app[GCS_MIRROR] = mirror
     yield
     await store.close()
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """Signed event deliveries from a durable outbox: resumed at start, kept at stop."""
+    settings = app[SETTINGS]
+    if settings.webhook_url and not settings.webhook_secret:
+        log.warning("webhooks.unsigned", reason="webhook_secret is not set")
+    async with aiohttp.ClientSession() as session:
+        sender = open_sender(settings, session)
+        app[EVENTS] = CallEvents(sender, settings.webhook_url)
+        await sender.start()
+        app[METRICS].add_stats_source(lambda: _webhook_reports(sender))
+        yield
+        await sender.close()
+
+
+def _webhook_reports(sender: WebhookSender) -> Iterator[Report]:
+    """The deliveries' counters for Prometheus."""
+    yield (
+        "mediaserver_webhook_deliveries",
+        "counter",
+        "Webhook delivery attempts by result (failed: given up after every retry).",
+        [
+            ("", {"result": "delivered"}, sender.delivered),
+            ("", {"result": "retried"}, sender.retried),
+            ("", {"result": "failed"}, sender.failed),
+        ],
+    )
+    yield (
+        "mediaserver_webhook_pending",
+        "gauge",
+        "Webhook deliveries waiting for an attempt.",
+        [("", {}, sender.pending())],
+    )
 
 
 def _audit(clock: Clock) -> Context:
@@ -211,6 +262,7 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
         log_level=settings.log_level,
         niceness=JOB_NICENESS,
     )
+    await asyncio.to_thread(start_workers, pool, settings.job_workers)
     app[JOB_POOL] = pool
     yield
     await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
@@ -220,14 +272,16 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
     redis = app.get(REDIS)
-    states = JobStateStore(
-        app[STORE], settings.jobs_path / "scratch", locks=build_recording_locks(redis)
-    )
+    scratch = settings.jobs_path / "scratch"
+    if redis is None:  # this process alone runs jobs from jobs_path: clear what it cut short
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    states = JobStateStore(app[STORE], scratch, locks=build_recording_locks(redis))
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+        on_event=app[EVENTS].job_finished,
         max_attempts=settings.job_max_attempts,
         on_duration=app[METRICS].observe_job,
     )
@@ -269,10 +323,15 @@ async def _finalizer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
     jobs = app[JOBS]
+    events = app[EVENTS]
 
     def observe(manifest: Manifest, elapsed_s: float) -> None:
+        if manifest.status is CallStatus.UPLOAD_FAILED:
+            events.recording_failed(manifest)  # the files are kept; a retry stores them
+            return
         metrics.finalize_seconds.observe(elapsed_s)
         if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+            events.recording_stored(manifest)
             jobs.on_stored(manifest)
 
     app[FINALIZER] = Finalizer(
@@ -379,17 +438,47 @@ def _sweeper(clock: Clock) -> Context:
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
+
+        def forget(call_id: str) -> None:
+            # Looked up when called: the index is built at start-up, after this context.
+            app[RECORDING_INDEX].forget(call_id)
+
+        retention = RecordingRetention(
+            RecordingDeleter(app[JOBS].states, on_deleted=forget),
+            default_days=lambda: settings.recording_retention_days,
+            clock=clock,
+            audit=app[AUDIT],
+            mirror=app.get(GCS_MIRROR),
+        )
         sweeper = Sweeper(
             app[HUB],
             app[FINALIZER],
             clock=clock,
             retention_s=settings.retention_s,
             interval_s=settings.sweep_interval_s,
+            housekeeping=(retention.sweep, app[AUDIT].expire),
         )
+        app[METRICS].add_stats_source(lambda: _retention_reports(retention))
         async with _owned(sweeper.run(), "recorder.sweep"):
             yield
 
     return context
+
+
+def _retention_reports(retention: RecordingRetention) -> Iterator[Report]:
+    """The retention sweep's counters for Prometheus."""
+    yield (
+        "mediaserver_retention_sweeps",
+        "counter",
+        "Retention sweeps of the stored recordings.",
+        [("", {}, retention.sweeps)],
+    )
+    yield (
+        "mediaserver_recordings_expired",
+        "counter",
+        "Recordings deleted by the retention sweep.",
+        [("", {}, retention.recordings_expired)],
+    )
 
 
 @contextlib.asynccontextmanager

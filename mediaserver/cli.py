@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pcap.add_argument("--mode", choices=("encode", "lossless"), default="encode")
     pcap.add_argument(
         "--transcription",
-        choices=("pocketsphinx", "none"),
+        choices=("pocketsphinx", "openai", "none"),
         help="transcript backend (default: the transcription_backend setting)",
     )
     pcap.add_argument("--no-analysis", action="store_true", help="write no analysis document")

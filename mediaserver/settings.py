@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaserver.errors import SettingsError
+from mediaserver.lifecycle.policy import validate_retention_setting
 
 ENV_PREFIX = "MEDIASERVER_"
 DEFAULT_CONFIG_PATH = Path("config/mediaserver.toml")
@@ -26,7 +27,7 @@ _CHOICES = {
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
-    "transcription_backend": ("pocketsphinx", "none"),
+    "transcription_backend": ("pocketsphinx", "openai", "none"),
 }
 _POSITIVE = (
     "flush_interval_s",
@@ -56,6 +57,9 @@ _POSITIVE = (
     "transcription_timeout_s",
     "transcription_max_attempts",
     "transcription_max_upload_bytes",
+    "webhook_timeout_s",
+    "webhook_max_attempts",
+    "webhook_backoff_s",
     "job_visibility_timeout_s",
     "job_max_attempts",
 )
@@ -128,6 +132,11 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_s: float = 2.0
     # Several nodes (empty redis_url: one node, everything in this process)
     node_id: str = ""  # "" = this machine's host name
     public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
@@ -136,10 +145,12 @@ class Settings:
     job_visibility_timeout_s: float = 60.0  # a job unfinished this long is redone by another worker
     job_max_attempts: int = 3  # a job that keeps failing ends `failed` after this many attempts
     with_worker: bool = False  # with redis_url: `serve` runs jobs too (else only workers do)
-    # Recording lifecycle and access (README, "Access", "Audit log")
+    # Recording lifecycle and access (README, "Access", "Audit log", "Retention")
     api_tokens_path: str = ""
     audit_path: Path = Path("./data/audit")
     audit_retention_days: int = 0  # 0: keep forever
+    recording_retention_days: int = 0  # 0: keep forever; a call may set its own
+    gcs_apply_lifecycle: bool = False
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -237,6 +248,10 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
         )
+    if settings.webhook_url and not settings.webhook_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
+        )
     _validate_cluster(settings)
     _validate_lifecycle(settings)
     return settings
@@ -268,17 +283,13 @@ def resolve_node_id(settings: Settings) -> str:
     return settings.node_id or socket.gethostname()
 
 
-MAX_RETENTION_DAYS = 36500
-
-
 def _validate_lifecycle(settings: Settings) -> None:
     """Retention, encryption and GCS-only settings fit together."""
-    for name in ("audit_retention_days",):
-        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
-            raise SettingsError(
-                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
-                f" got {getattr(settings, name)}"
-            )
+    for name in ("recording_retention_days", "audit_retention_days"):
+        validate_retention_setting(getattr(settings, name), name)
+    for name in ("gcs_apply_lifecycle",):
+        if getattr(settings, name) and settings.storage_type != "gcs":
+            raise SettingsError(f"setting {name} needs storage_type = gcs")
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

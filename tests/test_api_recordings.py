@@ -115,6 +115,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for one test's server: its own spool and store, a token, one worker."""
     values: dict[str, Any] = {
         "spool_path": tmp_path / "spool",
+        "jobs_path": tmp_path / "jobs",
         "storage_path": str(tmp_path / "store"),
         "audit_path": tmp_path / "audit",
         "api_token": TOKEN,
@@ -354,6 +355,13 @@ async def test_manifest_is_served_with_status_and_links(server: Server) -> None:
     body = await server.get_json(f"/v1/recordings/{manifest.call_id}")
 
     links = body.pop("links")
+    # Computed by the API from the manifest and the settings (README, "Retention").
+    assert body.pop("retention") == {
+        "retention_days": 0,
+        "source": "default",
+        "expires_at": None,
+        "hold": None,
+    }
     # The post-call jobs write their state into the manifest meanwhile: compare the rest.
     body.pop("jobs")
     on_disk.pop("jobs")

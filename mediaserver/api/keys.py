@@ -16,16 +16,19 @@ from mediaserver.cluster.node_client import NodeClient
 from mediaserver.cluster.registry import NodeRegistry
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.store import ObjectStore
 from mediaserver.transports.port_allocator import PortAllocator
+from mediaserver.webhooks import CallEvents
 
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
 JOB_POOL = web.AppKey("job_pool", ProcessPoolExecutor)  # post-call jobs, niced
 JOBS = web.AppKey("jobs", JobScheduler)
+EVENTS = web.AppKey("events", CallEvents)  # webhook events of recordings and jobs
 STORE = web.AppKey("store", ObjectStore)
 FINALIZER = web.AppKey("finalizer", Finalizer)
 RECORDER = web.AppKey("recorder", Recorder)
@@ -37,6 +40,7 @@ LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
 AUDIT = web.AppKey("audit", AuditLog)
+GCS_MIRROR = web.AppKey("gcs_mirror", GcsLifecycleMirror)  # with gcs_apply_lifecycle only
 TOKENS = web.AppKey("tokens", TokenRegistry)
 LOCAL_NODE = web.AppKey("local_node", LocalNode)
 # Only with redis_url (several nodes):
