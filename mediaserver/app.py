@@ -23,6 +23,7 @@ from mediaserver.api import (
     nodes,
     openapi,
     recordings,
+    rtp_legs,
     whip,
     whoami,
 )
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     )
     health.add_routes(app)
     calls.add_routes(app)
+    rtp_legs.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
     analysis.add_routes(app)
@@ -424,8 +426,20 @@ def _hub(clock: Clock) -> Context:
             end_call_on_agent_exit=settings.end_call_on_agent_exit,
             agent_complexity=settings.agent_opus_complexity,
             send_silence=settings.send_silence,
+            caller_backlog_ms=settings.caller_backlog_ms,
+            partial_frame_wait_ms=settings.partial_frame_wait_ms,
         )
         app[HUB] = hub
+        app[METRICS].add_latency_histogram(
+            "mediaserver_caller_to_agent_latency_seconds",
+            "Time from a caller packet's arrival to its audio being sent to the agent.",
+            hub.latency.caller_to_agent,
+        )
+        app[METRICS].add_latency_histogram(
+            "mediaserver_agent_to_caller_latency_seconds",
+            "Time from agent audio's arrival to the frame it completed being sent to the caller.",
+            hub.latency.agent_to_caller,
+        )
         await hub.start()
         yield
         await hub.close(drain_timeout_s=settings.finalize_timeout_s)

@@ -108,6 +108,8 @@ class Settings:
     end_call_on_agent_exit: bool = False
     agent_opus_complexity: int = 0
     send_silence: bool = True
+    caller_backlog_ms: float = 60.0
+    partial_frame_wait_ms: int = 20
     signed_url_expiry_s: int = 300
     console_session_ttl_s: float = 43200.0
     echo_agent_delay_s: float = 1.0
@@ -235,6 +237,16 @@ def validate_settings(settings: Settings) -> Settings:
     if not 0 <= settings.echo_agent_delay_s <= 10:
         raise SettingsError(
             f"setting echo_agent_delay_s must be 0..10, got {settings.echo_agent_delay_s}"
+        )
+    if not 0 <= settings.caller_backlog_ms <= 10_000:
+        raise SettingsError(
+            "setting caller_backlog_ms must be 0 (no limit) to 10000,"
+            f" got {settings.caller_backlog_ms}"
+        )
+    if settings.partial_frame_wait_ms not in range(0, 201, 20):
+        raise SettingsError(
+            "setting partial_frame_wait_ms must be a multiple of 20 from 0 to 200,"
+            f" got {settings.partial_frame_wait_ms}"
         )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")

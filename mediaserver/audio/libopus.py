@@ -25,6 +25,7 @@ _SET_BITRATE_REQUEST = 4002
 _SET_COMPLEXITY_REQUEST = 4010
 _SET_INBAND_FEC_REQUEST = 4012
 _SET_SIGNAL_REQUEST = 4024
+_RESET_STATE = 4028
 _SIGNAL_VOICE = 3001
 # RFC 6716 §2: the sample rates libopus encodes from and decodes to.
 OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
@@ -185,6 +186,14 @@ class OpusFrameEncoder:
         if size < 0:
             raise OSError(f"opus_encode failed: {_error(self._lib, size)}")
         return self._out.raw[:size]
+
+    def reset(self) -> None:
+        """Forget the audio encoded so far (OPUS_RESET_STATE): the next frame starts afresh."""
+        result = self._lib.opus_encoder_ctl(
+            ctypes.c_void_p(self._state), ctypes.c_int(_RESET_STATE)
+        )
+        if result != _OPUS_OK:
+            raise OSError(f"opus_encoder_ctl(RESET_STATE) failed: {_error(self._lib, result)}")
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None
