@@ -16,7 +16,7 @@ from mediaserver.cluster.redis_connection import open_redis
 from mediaserver.jobs.redis_queue import GROUP, STREAM_KEY
 
 from cluster_harness import BUCKET, Cluster, eventually, running_cluster, until
-from rtp_caller import open_caller
+from rtp_caller import RtpCaller, open_caller
 from rtp_sender import marker_template, silence_payload
 from server_harness import auth
 from twilio_agent import TwilioTestAgent
@@ -54,22 +54,32 @@ async def wait_for_job(
             await asyncio.sleep(0.1)
 
 
-async def rtp_call(
-    client: aiohttp.ClientSession, create_at: str, leg_at: str, packets: int = 50
-) -> tuple[str, str]:
-    """A call created through one node, its RTP leg asked through another, `packets` sent,
-    ended; (call id, the base URL of the node that held it)."""
+async def streaming_call(
+    client: aiohttp.ClientSession, create_at: str, leg_at: str, payloads: list[bytes]
+) -> tuple[str, str, RtpCaller, asyncio.Task[list[int]]]:
+    """A call created through one node, its RTP leg asked through another, its caller sending
+    `payloads` in real time: (call id, its node's base URL, the caller, the sending task)."""
     async with client.post(f"{create_at}/v1/calls", json={}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         created = await response.json()
     call_id = created["call_id"]
-    owner = created["links"]["self"].removesuffix(f"/v1/calls/{call_id}")
     async with client.post(f"{leg_at}/v1/calls/{call_id}/rtp", json={}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         leg = await response.json()
     caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
+    sending = asyncio.create_task(caller.send_stream(payloads))
+    return call_id, created["links"]["self"].removesuffix(f"/v1/calls/{call_id}"), caller, sending
+
+
+async def rtp_call(
+    client: aiohttp.ClientSession, create_at: str, leg_at: str, packets: int = 50
+) -> tuple[str, str]:
+    """A call created through one node, its RTP leg asked through another, `packets` of a tone
+    sent, ended; (call id, the base URL of the node that held it)."""
     tone = list(marker_template(500.0))
-    await caller.send_stream((tone * (packets // len(tone) + 1))[:packets])
+    payloads = (tone * (packets // len(tone) + 1))[:packets]
+    call_id, owner, caller, sending = await streaming_call(client, create_at, leg_at, payloads)
+    await sending
     async with client.delete(f"{leg_at}/v1/calls/{call_id}", headers=auth()) as response:
         assert response.status == 202, await response.text()
     assert caller.transport is not None
@@ -217,14 +227,9 @@ async def test_redis_restarted_during_a_call(cluster: Cluster) -> None:
     call goes on, the registry and the call map heal, the recording is stored and analysed."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     async with aiohttp.ClientSession() as client:
-        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
-            call_id = (await response.json())["call_id"]
-        async with client.post(
-            f"{node_a.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
-        ) as response:
-            leg = await response.json()
-        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
-        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 400))
+        call_id, _, _, sending = await streaming_call(
+            client, node_a.base, node_a.base, [silence_payload()] * 400
+        )
         await asyncio.sleep(1.0)
         await asyncio.to_thread(cluster.redis.stop)
         for node in (node_a, node_b):  # a heartbeat or two fails while Redis is away
@@ -271,16 +276,10 @@ async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> Non
     leaves the registry and exits."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     async with aiohttp.ClientSession() as client:
-        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
-            created = await response.json()
-        call_id = created["call_id"]
-        assert created["links"]["self"].startswith(node_a.base)
-        async with client.post(
-            f"{node_b.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
-        ) as response:
-            leg = await response.json()
-        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
-        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 150))
+        call_id, owner, _, sending = await streaming_call(
+            client, node_a.base, node_b.base, [silence_payload()] * 150
+        )
+        assert owner == node_a.base
         await asyncio.sleep(0.5)
         node_a.signal(signal.SIGTERM)
 
