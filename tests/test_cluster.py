@@ -19,7 +19,7 @@ from cluster_harness import BUCKET, Cluster, eventually, running_cluster, until
 from rtp_caller import RtpCaller, open_caller
 from rtp_sender import marker_template, silence_payload
 from server_harness import auth
-from twilio_agent import TwilioTestAgent
+from twilio_agent import TwilioAgentServer, TwilioTestAgent
 from webrtc_peer import ClientPeer, ToneTrack
 
 TIMEOUT_S = 60.0
@@ -146,6 +146,37 @@ async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Clu
     ran = [w.name for w in cluster.workers.values() if w.events("job.completed", call_id=call_id)]
     assert len(ran) == 1
     assert not any(n.events("job.completed") for n in cluster.nodes.values())
+
+
+async def test_a_forwarded_call_dials_its_agent_from_the_node_that_holds_it(
+    cluster: Cluster,
+) -> None:
+    """Two calls created through node-b: the first stays there, the second is forwarded to the
+    less-loaded node-a, which dials its agent_url; the agent's stream is that node's."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client, TwilioAgentServer() as agents:
+        owners = []
+        for _ in range(2):
+            async with client.post(
+                f"{node_b.base}/v1/calls", json={"agent_url": agents.url}, headers=auth()
+            ) as response:
+                assert response.status == 201, await response.text()
+                created = await response.json()
+            owners.append(created["links"]["self"].removesuffix(f"/v1/calls/{created['call_id']}"))
+            agent = await agents.next_agent()
+            start = await agent.wait_for("start")
+            assert start["start"]["callSid"] == created["call_id"]
+        assert owners == [node_b.base, node_a.base]
+        await node_b.wait_for_log("cluster.call_forwarded", node_id="node-a")
+        on_a = await get_json(client, f"{node_a.base}/v1/calls/{created['call_id']}")
+        assert on_a["legs"]["agent"]["kind"] == "websocket"
+        assert on_a["legs"]["agent"]["connected"] is True
+        listed = (await get_json(client, f"{node_a.base}/v1/calls"))["calls"]
+        for call in listed:
+            async with client.delete(
+                f"{node_a.base}/v1/calls/{call['call_id']}", headers=auth()
+            ) as response:
+                assert response.status == 202
 
 
 async def pending_consumer(redis: Redis) -> str:
