@@ -18,6 +18,7 @@ from mediaserver.api import (
     console,
     console_session,
     health,
+    lifecycle,
     nodes,
     openapi,
     recordings,
@@ -31,6 +32,7 @@ from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     AUDIT,
     FINALIZER,
+    GCS_MIRROR,
     HTTP_CLIENT,
     HUB,
     JOB_POOL,
@@ -41,6 +43,7 @@ from mediaserver.api.keys import (
     PORTS,
     PROCESS_POOL,
     RECORDER,
+    RECORDING_INDEX,
     REDIS,
     SETTINGS,
     STORE,
@@ -61,6 +64,9 @@ from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
+from mediaserver.lifecycle.deletion import RecordingDeleter
+from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
+from mediaserver.lifecycle.retention import RecordingRetention
 from mediaserver.metrics import LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus
@@ -68,6 +74,7 @@ from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.factory import open_store
+from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
 from mediaserver.workers import create_process_pool
@@ -135,6 +142,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     openapi.add_routes(app)
     audit.add_routes(app)
     whoami.add_routes(app)
+    lifecycle.add_routes(app)
     nodes.add_routes(app)
     return app
 
@@ -154,9 +162,14 @@ async def _process_pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    """The configured storage backend."""
-    store = await open_store(app[SETTINGS])
+    """The configured storage backend (on GCS, with the retention mirrored into the bucket)."""
+    settings = app[SETTINGS]
+    store = await open_store(settings)
     app[STORE] = store
+    if settings.gcs_apply_lifecycle and isinstance(store, GcsStore):
+        mirror = GcsLifecycleMirror(store)
+        await mirror.apply_bucket_rules(settings.audit_retention_days)
+        app[GCS_MIRROR] = mirror
     yield
     await store.close()
 
@@ -379,17 +392,47 @@ def _sweeper(clock: Clock) -> Context:
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
+
+        def forget(call_id: str) -> None:
+            # Looked up when called: the index is built at start-up, after this context.
+            app[RECORDING_INDEX].forget(call_id)
+
+        retention = RecordingRetention(
+            RecordingDeleter(app[JOBS].states, on_deleted=forget),
+            default_days=lambda: settings.recording_retention_days,
+            clock=clock,
+            audit=app[AUDIT],
+            mirror=app.get(GCS_MIRROR),
+        )
         sweeper = Sweeper(
             app[HUB],
             app[FINALIZER],
             clock=clock,
             retention_s=settings.retention_s,
             interval_s=settings.sweep_interval_s,
+            housekeeping=(retention.sweep, app[AUDIT].expire),
         )
+        app[METRICS].add_stats_source(lambda: _retention_reports(retention))
         async with _owned(sweeper.run(), "recorder.sweep"):
             yield
 
     return context
+
+
+def _retention_reports(retention: RecordingRetention) -> Iterator[Report]:
+    """The retention sweep's counters for Prometheus."""
+    yield (
+        "mediaserver_retention_sweeps",
+        "counter",
+        "Retention sweeps of the stored recordings.",
+        [("", {}, retention.sweeps)],
+    )
+    yield (
+        "mediaserver_recordings_expired",
+        "counter",
+        "Recordings deleted by the retention sweep.",
+        [("", {}, retention.recordings_expired)],
+    )
 
 
 @contextlib.asynccontextmanager

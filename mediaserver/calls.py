@@ -106,6 +106,7 @@ class CallHub:
         *,
         caller_codec: Codec = Codec.OPUS,
         metadata: dict[str, object] | None = None,
+        retention_days: int | None = None,
     ) -> CallSession:
         """Open a call and start recording it, unless the node takes no call now."""
         if self._draining:
@@ -114,7 +115,11 @@ class CallHub:
         if call_id is not None and call_id in self._sessions:
             raise CallStateError(f"call {call_id} already exists")
         recording = self.recorder.open_call(
-            call_id, caller_codec=caller_codec, agent_codec=caller_codec, metadata=metadata
+            call_id,
+            caller_codec=caller_codec,
+            agent_codec=caller_codec,
+            metadata=metadata,
+            retention_days=retention_days,
         )
         session = CallSession(
             recording=recording,

@@ -19,6 +19,7 @@ from mediaserver.audio.opus_toc import compute_packet_samples
 from mediaserver.audio.peaks import PeaksBuilder, build_audiowaveform_json, choose_samples_per_pixel
 from mediaserver.audio.stereo_merge import merge_stereo
 from mediaserver.errors import JournalError, MergeError, OpusPacketError
+from mediaserver.lifecycle.policy import build_lifecycle
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.call_events import (
     compute_paused_spans,
@@ -249,6 +250,7 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
         end_reason=options.end_reason,
         notes=tuple(notes),
         storage={"metadata": call.metadata},
+        lifecycle=build_lifecycle(call.retention_days),
         legs={} if record is None else record.legs,
         dropped={} if record is None else record.dropped,
         events=tuple(place_dtmf_events(events, plan)) if plan.has_media else (),

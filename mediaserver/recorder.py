@@ -84,6 +84,7 @@ class Recorder:
         caller_codec: Codec = Codec.OPUS,
         agent_codec: Codec = Codec.OPUS,
         metadata: Mapping[str, Any] | None = None,
+        retention_days: int | None = None,
     ) -> CallRecording:
         """Start recording a call: create its spool and open both journals."""
         if not self._accepting:
@@ -101,6 +102,7 @@ class Recorder:
             self.clock.monotonic_ns(),
             {Channel.CALLER: caller_codec, Channel.AGENT: agent_codec},
             dict(metadata or {}),
+            retention_days,
         )
         recording = CallRecording(spool, description, keep=self.enabled, on_ended=self._ended)
         self._live[call_id] = recording

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaserver.errors import SettingsError
+from mediaserver.lifecycle.policy import validate_retention_setting
 
 ENV_PREFIX = "MEDIASERVER_"
 DEFAULT_CONFIG_PATH = Path("config/mediaserver.toml")
@@ -134,10 +135,12 @@ class Settings:
     job_visibility_timeout_s: float = 60.0  # a job unfinished this long is redone by another worker
     job_max_attempts: int = 3  # a job that keeps failing ends `failed` after this many attempts
     with_worker: bool = False  # with redis_url: `serve` runs jobs too (else only workers do)
-    # Recording lifecycle and access (README, "Access", "Audit log")
+    # Recording lifecycle and access (README, "Access", "Audit log", "Retention")
     api_tokens_path: str = ""
     audit_path: Path = Path("./data/audit")
     audit_retention_days: int = 0  # 0: keep forever
+    recording_retention_days: int = 0  # 0: keep forever; a call may set its own
+    gcs_apply_lifecycle: bool = False
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -266,17 +269,13 @@ def resolve_node_id(settings: Settings) -> str:
     return settings.node_id or socket.gethostname()
 
 
-MAX_RETENTION_DAYS = 36500
-
-
 def _validate_lifecycle(settings: Settings) -> None:
     """Retention, encryption and GCS-only settings fit together."""
-    for name in ("audit_retention_days",):
-        if not 0 <= getattr(settings, name) <= MAX_RETENTION_DAYS:
-            raise SettingsError(
-                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS},"
-                f" got {getattr(settings, name)}"
-            )
+    for name in ("recording_retention_days", "audit_retention_days"):
+        validate_retention_setting(getattr(settings, name), name)
+    for name in ("gcs_apply_lifecycle",):
+        if getattr(settings, name) and settings.storage_type != "gcs":
+            raise SettingsError(f"setting {name} needs storage_type = gcs")
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -1,5 +1,7 @@
 """The sweeper: every interval, end calls idle past the retention and retry unfinished spools."""
 
+from collections.abc import Awaitable, Callable, Sequence
+
 import structlog
 
 from mediaserver.calls import CallHub
@@ -21,13 +23,17 @@ class Sweeper:
         clock: Clock,
         retention_s: float = 1800.0,
         interval_s: float = 600.0,
+        housekeeping: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
+        # housekeeping: also run each sweep, each on its own (the recordings' and the audit
+        # log's retention, mediaserver/lifecycle/retention.py and audit/audit_log.py).
         self.hub = hub
         self.finalizer = finalizer
         self.clock = clock
         self.retention_s = retention_s
         self.interval_s = interval_s
         self.calls_expired = 0
+        self.housekeeping = tuple(housekeeping)
 
     async def sweep(self) -> list[str]:
         """One sweep; returns the ids of the calls it expired."""
@@ -35,6 +41,13 @@ class Sweeper:
         self.calls_expired += len(expired)
         await self.finalizer.recover(live=self.hub.recorder.live_ids())
         log.info("recorder.swept", expired=len(expired), live_calls=len(self.hub.sessions()))
+        for task in self.housekeeping:
+            try:
+                await task()
+            except (MediaServerError, OSError):  # one failing must not keep the others from running
+                log.exception(
+                    "recorder.housekeeping_failed", task=getattr(task, "__qualname__", "")
+                )
         return expired
 
     async def run(self) -> None:

@@ -354,6 +354,13 @@ async def test_manifest_is_served_with_status_and_links(server: Server) -> None:
     body = await server.get_json(f"/v1/recordings/{manifest.call_id}")
 
     links = body.pop("links")
+    # Computed by the API from the manifest and the settings (README, "Retention").
+    assert body.pop("retention") == {
+        "retention_days": 0,
+        "source": "default",
+        "expires_at": None,
+        "hold": None,
+    }
     # The post-call jobs write their state into the manifest meanwhile: compare the rest.
     body.pop("jobs")
     on_disk.pop("jobs")

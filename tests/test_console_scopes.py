@@ -13,6 +13,7 @@ from short_call import Token, run_call, write_tokens_file
 READER = Token("reader", "reader-secret-6b0d2f", ("recordings:read",))
 JANITOR = Token("janitor", "janitor-secret-91c3aa", ("recordings:read", "recordings:delete"))
 AUDITOR = Token("auditor", "auditor-secret-4e7f10", ("admin",))
+KEEPER = Token("keeper", "keeper-secret-a1b2c3", ("recordings:read", "admin"))
 
 _PAGE_STATE = """(() => {
   const visible = (e) => Boolean(e) && !e.hidden && e.offsetParent !== null;
@@ -21,6 +22,8 @@ _PAGE_STATE = """(() => {
     who: document.getElementById('signed-in-as').textContent,
     nav: nav.map((a) => a.textContent),
     delete_button: visible(document.querySelector('[data-testid=delete-recording]')),
+    hold_button: visible(document.querySelector('[data-testid=hold-toggle]')),
+    retention: (document.querySelector('[data-testid=retention]') || {}).textContent || '',
     notice: (document.getElementById('notice') || {}).textContent || '',
     table: visible(document.getElementById('recordings')),
   };
@@ -47,8 +50,9 @@ async def _sign_in(page: cdp.Page, base: str, token: Token, path: str) -> dict[s
 
 @pytest.mark.timeout(240)
 async def test_each_token_sees_only_what_it_may_do(tmp_path: Path) -> None:
-    """Read-only: no delete button, no call pages; delete scope: the button; admin only: no list."""
-    tokens_path = write_tokens_file(tmp_path / "tokens.toml", [READER, JANITOR, AUDITOR])
+    """Read-only: no delete or hold button, no call pages; delete scope: the delete button;
+    admin: the hold button, which holds; admin alone: no list."""
+    tokens_path = write_tokens_file(tmp_path / "tokens.toml", [READER, JANITOR, AUDITOR, KEEPER])
     settings = make_settings(tmp_path, api_tokens_path=str(tokens_path))
     async with (
         running_server(settings) as (_, base),
@@ -61,10 +65,24 @@ async def test_each_token_sees_only_what_it_may_do(tmp_path: Path) -> None:
         reader = await _sign_in(page, base, READER, f"/recordings/{call_id}")
         janitor = await _sign_in(page, base, JANITOR, f"/recordings/{call_id}")
         auditor = await _sign_in(page, base, AUDITOR, "/")
+        keeper = await _sign_in(page, base, KEEPER, f"/recordings/{call_id}")
+        await page.click("[data-testid=hold-toggle]")
+        held_text = await page.wait_for(
+            "(() => { const t = document.querySelector('[data-testid=retention]').textContent;"
+            " return t.startsWith('Under legal hold') && t; })()"
+        )
+        async with client.get(f"{base}/v1/recordings/{call_id}") as response:
+            hold = (await response.json())["retention"]["hold"]
         errors = page.errors
 
     assert reader["nav"] == ["Recordings"]
     assert reader["delete_button"] is False
+    assert reader["hold_button"] is False
+    assert reader["retention"] == "Kept forever (the server's retention)."
+    assert keeper["hold_button"] is True
+    assert keeper["delete_button"] is False
+    assert "(by keeper)" in held_text
+    assert hold["by"] == "keeper"
     assert janitor["delete_button"] is True
     assert auditor["nav"] == []
     assert auditor["table"] is False

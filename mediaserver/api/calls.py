@@ -20,6 +20,7 @@ from mediaserver.errors import (
     PortsExhaustedError,
     SdpNegotiationError,
 )
+from mediaserver.lifecycle.policy import parse_retention_days
 from mediaserver.recorder import CALL_ID_PATTERN
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
@@ -59,6 +60,16 @@ def _codec(value: Any, field: str) -> Codec:
     except ValueError:
         choices = ", ".join(c.value for c in Codec)
         raise ApiError(400, "bad_request", f"{field} must be one of {choices}") from None
+
+
+def _retention_days(value: Any) -> int | None:
+    """The call's own retention in days (0: keep forever), or None for the server's default."""
+    if value is None:
+        return None
+    try:
+        return parse_retention_days(value)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 def describe_session(session: CallSession) -> dict[str, Any]:
@@ -171,7 +182,8 @@ async def _dial_agent(
 async def create_call(request: web.Request) -> web.Response:
     """POST /v1/calls: open a call (optionally dialling out to its agent)."""
     body = await read_json_object(request)
-    unknown = set(body) - {"call_id", "caller_codec", "agent_url", "agent_format", "metadata"}
+    fields = {"call_id", "caller_codec", "agent_url", "agent_format", "metadata", "retention_days"}
+    unknown = set(body) - fields
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
     call_id = body.get("call_id")
@@ -184,6 +196,7 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(
             400, "bad_request", f"metadata must be a JSON object under {MAX_METADATA_BYTES} bytes"
         )
+    retention_days = _retention_days(body.get("retention_days"))
     codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
     agent_url = body.get("agent_url")
     audio_format = _agent_format(body.get("agent_format"))
@@ -198,7 +211,9 @@ async def create_call(request: web.Request) -> web.Response:
             400, "bad_request", "agent_url must be a ws:// or wss:// URL or builtin:echo"
         )
     hub = request.app[HUB]
-    session = hub.create(call_id, caller_codec=codec, metadata=metadata)
+    session = hub.create(
+        call_id, caller_codec=codec, metadata=metadata, retention_days=retention_days
+    )
     if isinstance(agent_url, str):
         session.note_agent_dial(agent_url)
     if echo_delay_s is not None:

@@ -16,6 +16,7 @@ from mediaserver.cluster.node_client import NodeClient
 from mediaserver.cluster.registry import NodeRegistry
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
 from mediaserver.metrics import LoopLagMonitor, Metrics
 from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
@@ -37,6 +38,7 @@ LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 LOAD = web.AppKey("load", LoadMonitor)
 RECORDING_INDEX = web.AppKey("recording_index", RecordingIndex)
 AUDIT = web.AppKey("audit", AuditLog)
+GCS_MIRROR = web.AppKey("gcs_mirror", GcsLifecycleMirror)  # with gcs_apply_lifecycle only
 TOKENS = web.AppKey("tokens", TokenRegistry)
 LOCAL_NODE = web.AppKey("local_node", LocalNode)
 # Only with redis_url (several nodes):

@@ -3,14 +3,14 @@
 # The parts that decide what to answer are pure (mediaserver.catalog); where a recording is found
 # is recording_lookup.py; these handlers only read the request and write the response.
 
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import structlog
 from aiohttp import web
 
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import JOBS, RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.keys import RECORDER, RECORDING_INDEX, SETTINGS, STORE
+from mediaserver.api.lifecycle import compute_view_retention, recording_deleter
 from mediaserver.api.recording_index import RecordingIndex
 from mediaserver.api.recording_lookup import collect_page, find_recording
 from mediaserver.catalog.byte_range import (
@@ -28,11 +28,9 @@ from mediaserver.catalog.recording_view import (
     build_detail,
     build_list_item,
 )
-from mediaserver.errors import ObjectNotFoundError
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import FileEntry, Manifest
-from mediaserver.storage_backends.keys import OGG_OPUS_CONTENT_TYPE, build_recording_keys
-from mediaserver.storage_backends.store import ObjectStore
+from mediaserver.storage_backends.keys import OGG_OPUS_CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +50,12 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     """GET /v1/recordings/{id}: the manifest with its status, or what is known of a live call."""
-    return web.json_response(build_detail(await _find(request)))
+    view = await _find(request)
+    body = build_detail(view)
+    retention = compute_view_retention(request.app, view)
+    if retention is not None:
+        body["retention"] = retention.to_dict()
+    return web.json_response(body)
 
 
 async def get_audio(request: web.Request) -> web.StreamResponse:
@@ -138,21 +141,8 @@ async def delete_recording(request: web.Request) -> web.Response:
             "conflict",
             f"recording {call_id} is {view.status.value}: only stored recordings can be deleted",
         )
-    store = request.app[STORE]
-    # Objects first, manifest last: a crash in between leaves a manifest whose files are (partly)
-    # gone, still listed and deletable again, never audio that nothing points to. The seed's
-    # names are deleted too, so files of an earlier failed upload do not stay behind.
-    standard = build_recording_keys(call_id, view.created_at)
-    keys = set(standard.by_role().values()) | set(standard.derived_keys())
-    keys |= {entry.key for entry in view.manifest.files if entry.key is not None}
-    keys.discard(view.manifest_key)
-    jobs = request.app.get(JOBS)  # an app without post-call jobs has nothing to lock out
-    async with jobs.locked(call_id) if jobs else contextlib.nullcontext():
-        for key in sorted(keys):
-            await _delete_if_present(store, key)
-        await _delete_if_present(store, view.manifest_key)
-    request.app[RECORDING_INDEX].forget(call_id)
-    log.info("recording.deleted", call_id=call_id, objects=len(keys) + 1)
+    # Every object, the manifest last, under the recording's lock; 409 while it is held.
+    await recording_deleter(request.app).delete(call_id, view.manifest_key)
     return web.Response(status=204)
 
 
@@ -209,14 +199,6 @@ async def _stream(
     finally:
         if isinstance(chunks, AsyncGenerator):
             await chunks.aclose()  # closes the file (or stops GCS reads) if the client left
-
-
-async def _delete_if_present(store: ObjectStore, key: str) -> None:
-    """Delete one object; one already gone is fine (a retried or partial delete)."""
-    try:
-        await store.delete(key)
-    except ObjectNotFoundError:
-        return
 
 
 async def _create_index(app: web.Application) -> None:

@@ -55,7 +55,9 @@ ROUTE_SCOPES: dict[tuple[str, str], RouteScope] = {
     ("GET", _RECORDING + "/transcript"): _READ,
     ("POST", _RECORDING + "/transcript"): _READ,
     ("DELETE", _RECORDING): Scope.RECORDINGS_DELETE,
-    # Administration: the audit log.
+    # Administration: legal holds and the audit log.
+    ("PUT", _RECORDING + "/hold"): Scope.ADMIN,
+    ("DELETE", _RECORDING + "/hold"): Scope.ADMIN,
     ("GET", "/v1/audit"): Scope.ADMIN,
 }
 

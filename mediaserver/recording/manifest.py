@@ -58,6 +58,9 @@ class Manifest:
     dropped: dict[str, int] = field(default_factory=dict)
     events: tuple[dict[str, Any], ...] = ()
     paused: tuple[dict[str, Any], ...] = ()
+    # Retention and legal hold: {"retention_days": N} when the call set its own (0: forever),
+    # {"hold": {"since", "by", "reason"}} while held (mediaserver.lifecycle.policy reads it).
+    lifecycle: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -98,4 +101,5 @@ def parse_manifest(text: str) -> Manifest:
         dropped=data.get("dropped", {}),
         events=tuple(data.get("events", ())),
         paused=tuple(data.get("paused", ())),
+        lifecycle=data.get("lifecycle", {}),
     )

@@ -37,30 +37,34 @@ class CallDescription:
     mono_start_ns: int
     codecs: dict[Channel, Codec]
     metadata: dict[str, Any]
+    retention_days: int | None = None  # the call's own retention (POST /v1/calls), if it set one
 
     def to_json(self) -> str:
         """JSON form."""
-        return json.dumps(
-            {
-                "call_id": self.call_id,
-                "wall_start_ns": self.wall_start_ns,
-                "mono_start_ns": self.mono_start_ns,
-                "codecs": {c.value: codec.value for c, codec in self.codecs.items()},
-                "metadata": self.metadata,
-            }
-        )
+        data = {
+            "call_id": self.call_id,
+            "wall_start_ns": self.wall_start_ns,
+            "mono_start_ns": self.mono_start_ns,
+            "codecs": {c.value: codec.value for c, codec in self.codecs.items()},
+            "metadata": self.metadata,
+        }
+        if self.retention_days is not None:
+            data["retention_days"] = self.retention_days
+        return json.dumps(data)
 
 
 def parse_call_description(text: str) -> CallDescription:
     """Read a call description back."""
     try:
         data = json.loads(text)
+        retention_days = data.get("retention_days")
         return CallDescription(
             call_id=str(data["call_id"]),
             wall_start_ns=int(data["wall_start_ns"]),
             mono_start_ns=int(data["mono_start_ns"]),
             codecs={Channel(c): Codec(v) for c, v in data["codecs"].items()},
             metadata=dict(data.get("metadata", {})),
+            retention_days=None if retention_days is None else int(retention_days),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalError(f"call description is malformed: {exc}") from None

@@ -304,6 +304,46 @@ class GcsStore:
         if self._owns_client:
             await asyncio.to_thread(self._client.close)
 
+    # GCS-only, for mirroring retention into the bucket (mediaserver/lifecycle/gcs_mirror.py).
+
+    async def read_lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's Object Lifecycle Management rules."""
+        return await self._call("lifecycle", "", self._read_lifecycle_rules)
+
+    async def write_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the bucket's lifecycle rules."""
+        await self._call("lifecycle", "", partial(self._write_lifecycle_rules, rules))
+
+    async def set_custom_time(self, key: str, when: datetime) -> None:
+        """Set an object's Custom-Time (GCS only ever moves it later: an earlier one fails)."""
+        validate_key(key)
+        await self._call("patch", key, partial(self._patch_custom_time, key, when))
+
+    async def read_custom_time(self, key: str) -> datetime | None:
+        """An object's Custom-Time, if it has one."""
+        blob = await self._call("stat", key, partial(self._reload, key))
+        custom_time: datetime | None = blob.custom_time
+        return custom_time
+
+    def _read_lifecycle_rules(self) -> list[dict[str, Any]]:
+        """Fetch the bucket and its rules."""
+        bucket = self._client.get_bucket(
+            self._bucket_name, retry=None, timeout=self._request_timeout_s
+        )
+        return [dict(rule) for rule in bucket.lifecycle_rules]
+
+    def _write_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Patch the bucket's lifecycle property."""
+        bucket = self._client.bucket(self._bucket_name)
+        bucket.lifecycle_rules = rules
+        bucket.patch(retry=None, timeout=self._request_timeout_s)
+
+    def _patch_custom_time(self, key: str, when: datetime) -> None:
+        """Patch one object's customTime."""
+        blob = self._bucket.blob(key)
+        blob.custom_time = when
+        blob.patch(retry=None, timeout=self._request_timeout_s)
+
     async def _call(self, operation: str, key: str, func: Callable[[], _T]) -> _T:
         """Run blocking `func` in a thread, retrying transient failures until the deadline."""
         policy = self._retry_policy

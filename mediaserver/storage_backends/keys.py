@@ -64,6 +64,10 @@ class RecordingKeys:
         """Return the keys of what post-call jobs derive: analysis and transcripts."""
         return (self.analysis, self.transcript, self.transcript_vtt)
 
+    def object_keys(self) -> tuple[str, ...]:
+        """Every key of the recording but its manifest: what a delete removes before it."""
+        return (*self.by_role().values(), *self.derived_keys())
+
 
 def validate_call_id(call_id: str) -> str:
     """Return `call_id` if it is 1-64 characters of [A-Za-z0-9_-], else raise InvalidKeyError."""

@@ -106,6 +106,7 @@ async function show(manifest) {
   renderSummary(manifest);
   renderRecord(byId("record"), manifest);
   renderDownloads(manifest, false);
+  renderRetention(manifest.retention);
   setUpDelete();
   await setUpPlayer(manifest);
   loadJobs(manifest);
@@ -295,6 +296,45 @@ function renderDownloads(manifest, withTranscript) {
     links.push(link(`${base}/transcript?format=json`, "Transcript (.json)", name("transcript.json")));
   }
   byId("downloads").replaceChildren(...links);
+}
+
+// How long the recording is kept, and (with the admin scope) a legal hold to place or release.
+let holdReady = false;
+async function renderRetention(retention) {
+  if (!retention) return;
+  byId("retention-zone").hidden = false;
+  const until = retention.expires_at ? `until ${formatLocalTime(retention.expires_at)}` : "forever";
+  const source = retention.source === "call" ? "this call's own retention" : "the server's retention";
+  byId("retention").textContent = retention.hold
+    ? `Under legal hold since ${formatLocalTime(retention.hold.since)} (by ${retention.hold.by})${retention.hold.reason ? ": " + retention.hold.reason : ""}.`
+    : `Kept ${until} (${source}).`;
+  const button = byId("hold");
+  const deleteButton = byId("delete");
+  deleteButton.title = retention.hold ? "Release the legal hold first" : "";
+  deleteButton.dataset.held = retention.hold ? "true" : "false";
+  if (!(await can("admin"))) return;
+  button.hidden = false;
+  button.textContent = retention.hold ? "Release legal hold" : "Place legal hold";
+  button.dataset.held = retention.hold ? "true" : "false";
+  if (holdReady) return;
+  holdReady = true;
+  button.addEventListener("click", async () => {
+    const held = button.dataset.held === "true";
+    let reason;
+    if (!held) {
+      reason = prompt("Reason for the legal hold (kept in the manifest and the audit log):", "");
+      if (reason === null) return;
+    }
+    button.disabled = true;
+    try {
+      const { body } = await api(`${base}/hold`, held ? { method: "DELETE" } : { method: "PUT", body: { reason: reason || null } });
+      renderRetention(body.retention);
+    } catch (error) {
+      showNotice(notice, `The hold could not be changed: ${error.message}`, { error: true });
+    } finally {
+      button.disabled = false;
+    }
+  });
 }
 
 async function setUpDelete() {

@@ -1,0 +1,1 @@
+"""A recording's life after it is stored: retention, legal holds, deletion."""
