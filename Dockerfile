@@ -57,6 +57,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MEDIASERVER_SPOOL_PATH=/var/lib/mediaserver/spool \
+    MEDIASERVER_JOBS_PATH=/var/lib/mediaserver/spool/.jobs \
     AUDIO_STORAGE_PATH=/var/lib/mediaserver \
     MEDIASERVER_LOG_FORMAT=json \
     MEDIASERVER_RTP_PORT_MIN=40000 \
@@ -67,7 +68,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 WORKDIR /var/lib/mediaserver
 USER 10001:10001
-# The spool holds live calls' journals: keep it on a volume so a restarted container recovers them.
+# The spool holds live calls' journals and the queue of post-call jobs (spool/.jobs, no call id):
+# keep it on a volume so a restarted container recovers them.
 VOLUME ["/var/lib/mediaserver/spool"]
 # HTTP (signalling, API, health, metrics) and the plain-RTP port range (MEDIASERVER_RTP_PORT_*).
 EXPOSE 8080/tcp 40000-40999/udp

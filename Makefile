@@ -36,6 +36,7 @@ bench: setup-dev
 	$(BIN)/python bench/bench_agent_capacity.py
 	$(BIN)/python bench/bench_peaks.py --minutes 60
 	$(BIN)/python bench/bench_console.py --minutes 60
+	$(BIN)/python bench/bench_analysis.py --minutes 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

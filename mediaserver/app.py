@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mediaserver.api import (
     nodes,
     openapi,
     recordings,
+    rtp_legs,
     whip,
     whoami,
 )
@@ -31,6 +33,7 @@ from mediaserver.api.console_session import CONSOLE_SESSIONS, ConsoleSessions
 from mediaserver.api.errors import error_middleware
 from mediaserver.api.keys import (
     AUDIT,
+    EVENTS,
     FINALIZER,
     GCS_MIRROR,
     HTTP_CLIENT,
@@ -77,7 +80,8 @@ from mediaserver.storage_backends.factory import open_store
 from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
-from mediaserver.workers import create_process_pool
+from mediaserver.webhooks import CallEvents, WebhookSender, open_sender
+from mediaserver.workers import create_process_pool, start_workers
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +121,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         [
             _process_pool,
             _store,
+            _webhooks,
             _audit(chosen_clock),
             redis_context,
             _job_pool,
@@ -134,6 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     )
     health.add_routes(app)
     calls.add_routes(app)
+    rtp_legs.add_routes(app)
     whip.add_routes(app)
     recordings.add_routes(app)
     analysis.add_routes(app)
@@ -172,6 +178,40 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         app[GCS_MIRROR] = mirror
     yield
     await store.close()
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """Signed event deliveries from a durable outbox: resumed at start, kept at stop."""
+    settings = app[SETTINGS]
+    if settings.webhook_url and not settings.webhook_secret:
+        log.warning("webhooks.unsigned", reason="webhook_secret is not set")
+    async with aiohttp.ClientSession() as session:
+        sender = open_sender(settings, session)
+        app[EVENTS] = CallEvents(sender, settings.webhook_url)
+        await sender.start()
+        app[METRICS].add_stats_source(lambda: _webhook_reports(sender))
+        yield
+        await sender.close()
+
+
+def _webhook_reports(sender: WebhookSender) -> Iterator[Report]:
+    """The deliveries' counters for Prometheus."""
+    yield (
+        "mediaserver_webhook_deliveries",
+        "counter",
+        "Webhook delivery attempts by result (failed: given up after every retry).",
+        [
+            ("", {"result": "delivered"}, sender.delivered),
+            ("", {"result": "retried"}, sender.retried),
+            ("", {"result": "failed"}, sender.failed),
+        ],
+    )
+    yield (
+        "mediaserver_webhook_pending",
+        "gauge",
+        "Webhook deliveries waiting for an attempt.",
+        [("", {}, sender.pending())],
+    )
 
 
 def _audit(clock: Clock) -> Context:
@@ -224,6 +264,7 @@ async def _job_pool(app: web.Application) -> AsyncIterator[None]:
         log_level=settings.log_level,
         niceness=JOB_NICENESS,
     )
+    await asyncio.to_thread(start_workers, pool, settings.job_workers)
     app[JOB_POOL] = pool
     yield
     await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
@@ -233,14 +274,16 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     """The job queue and the jobs it runs: resumed at start, left queued at stop."""
     settings = app[SETTINGS]
     redis = app.get(REDIS)
-    states = JobStateStore(
-        app[STORE], settings.jobs_path / "scratch", locks=build_recording_locks(redis)
-    )
+    scratch = settings.jobs_path / "scratch"
+    if redis is None:  # this process alone runs jobs from jobs_path: clear what it cut short
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    states = JobStateStore(app[STORE], scratch, locks=build_recording_locks(redis))
     runner = JobRunner(
         states=states,
         executor=app[JOB_POOL],
         analysis=build_analysis_config(settings),
         transcribers=build_transcriber_factory(settings, app[JOB_POOL]),
+        on_event=app[EVENTS].job_finished,
         max_attempts=settings.job_max_attempts,
         on_duration=app[METRICS].observe_job,
     )
@@ -282,10 +325,15 @@ async def _finalizer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
     jobs = app[JOBS]
+    events = app[EVENTS]
 
     def observe(manifest: Manifest, elapsed_s: float) -> None:
+        if manifest.status is CallStatus.UPLOAD_FAILED:
+            events.recording_failed(manifest)  # the files are kept; a retry stores them
+            return
         metrics.finalize_seconds.observe(elapsed_s)
         if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+            events.recording_stored(manifest)
             jobs.on_stored(manifest)
 
     app[FINALIZER] = Finalizer(
@@ -378,8 +426,20 @@ def _hub(clock: Clock) -> Context:
             end_call_on_agent_exit=settings.end_call_on_agent_exit,
             agent_complexity=settings.agent_opus_complexity,
             send_silence=settings.send_silence,
+            caller_backlog_ms=settings.caller_backlog_ms,
+            partial_frame_wait_ms=settings.partial_frame_wait_ms,
         )
         app[HUB] = hub
+        app[METRICS].add_latency_histogram(
+            "mediaserver_caller_to_agent_latency_seconds",
+            "Time from a caller packet's arrival to its audio being sent to the agent.",
+            hub.latency.caller_to_agent,
+        )
+        app[METRICS].add_latency_histogram(
+            "mediaserver_agent_to_caller_latency_seconds",
+            "Time from agent audio's arrival to the frame it completed being sent to the caller.",
+            hub.latency.agent_to_caller,
+        )
         await hub.start()
         yield
         await hub.close(drain_timeout_s=settings.finalize_timeout_s)

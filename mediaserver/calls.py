@@ -7,9 +7,11 @@ from typing import Any
 
 import structlog
 
+from mediaserver.agent_bridge import DEFAULT_CALLER_BACKLOG_MS, DEFAULT_PARTIAL_FRAME_WAIT_MS
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError, DrainingError, UnknownCallError
+from mediaserver.latency_histogram import RelayLatency
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Codec
@@ -42,9 +44,14 @@ class CallHub:
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
     ) -> None:
         self.recorder = recorder
         self.send_silence = send_silence
+        self.caller_backlog_ms = caller_backlog_ms
+        self.partial_frame_wait_ms = partial_frame_wait_ms
+        self.latency = RelayLatency()  # every call's, since start: what /metrics shows
         self.clock: Clock = clock or SystemClock()
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -129,6 +136,9 @@ class CallHub:
             end_call_on_agent_exit=self.end_call_on_agent_exit,
             agent_complexity=self.agent_complexity,
             send_silence=self.send_silence,
+            caller_backlog_ms=self.caller_backlog_ms,
+            partial_frame_wait_ms=self.partial_frame_wait_ms,
+            latency=RelayLatency(self.latency),
             metadata=metadata,
             clock=self.clock,
         )

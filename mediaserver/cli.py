@@ -37,6 +37,7 @@ from mediaserver.recording.spool import Spool
 from mediaserver.server import serve
 from mediaserver.settings import Settings, find_unknown_env, load_settings
 from mediaserver.storage_backends.factory import open_store
+from mediaserver.terminal_progress import TerminalProgress
 from mediaserver.workers import create_process_pool
 
 EXIT_USAGE = 2
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pcap.add_argument("--mode", choices=("encode", "lossless"), default="encode")
     pcap.add_argument(
         "--transcription",
-        choices=("pocketsphinx", "none"),
+        choices=("pocketsphinx", "openai", "none"),
         help="transcript backend (default: the transcription_backend setting)",
     )
     pcap.add_argument("--no-analysis", action="store_true", help="write no analysis document")
@@ -285,14 +286,21 @@ def _run_import(args: argparse.Namespace) -> int:
     call_id = args.call_id or new_call_id()
     if not CALL_ID_PATTERN.fullmatch(call_id):
         raise MediaServerError(f"--call-id must match {CALL_ID_PATTERN.pattern}")
-    manifest = import_pcap(
-        args.capture,
-        args.output,
-        call_id=call_id,
-        caller=parse_address(args.caller) if args.caller else None,
-        agent=parse_address(args.agent) if args.agent else None,
-        options=FinalizeOptions(stereo_mode=args.mode),
-    )
+    # Progress only where a person watches: piped or logged output stays as it was.
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        manifest = import_pcap(
+            args.capture,
+            args.output,
+            call_id=call_id,
+            caller=parse_address(args.caller) if args.caller else None,
+            agent=parse_address(args.agent) if args.agent else None,
+            options=FinalizeOptions(stereo_mode=args.mode),
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.finish()
     print(f"call {call_id}: {manifest.duration_ms / 1000:.2f} s")
     for entry in manifest.files:
         print(f"  {entry.role:7} {args.output / entry.name}")

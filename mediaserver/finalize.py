@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from mediaserver.recording.call_events import (
     place_dtmf_events,
 )
 from mediaserver.recording.channel import Channel, Codec
-from mediaserver.recording.journal import JournalHeader, parse_journal
+from mediaserver.recording.journal import JournalHeader, read_journal_columns
 from mediaserver.recording.manifest import ChannelReport, FileEntry, Manifest, format_utc
 from mediaserver.recording.plan import (
     LOSSLESS_GRANULARITY,
@@ -66,20 +67,21 @@ DEFAULT_OPTIONS = FinalizeOptions()
 def read_channel(spool: CallSpool, channel: Channel, codec: Codec) -> ChannelInput:
     """Read a channel's journal; a missing journal is a channel that sent nothing."""
     path = spool.journal_path(channel)
-    records: list[MediaPacket] = []
-    if path.exists() and path.stat().st_size > 0:
-        header, records = parse_journal(path.read_bytes())
-        _check_header(header, channel, codec)
-    packets: list[MediaPacket] = []
-    durations: list[int] = []
-    malformed = 0
-    for record in records:
+    if not path.exists() or path.stat().st_size == 0:
+        return ChannelInput(channel, codec, [], [], 0)
+    header, records = read_journal_columns(path.read_bytes())
+    _check_header(header, channel, codec)
+    # Compact columns, not one tuple per packet: a long call's packets all sit in memory here.
+    durations = array("l")
+    kept = array("l")
+    for index in range(len(records)):
         try:
-            durations.append(_packet_duration(codec, record.payload))
+            durations.append(_packet_duration(codec, records.payload(index)))
         except OpusPacketError:
-            malformed += 1
             continue
-        packets.append(record)
+        kept.append(index)
+    malformed = len(records) - len(kept)
+    packets = records if not malformed else records.select(kept)
     return ChannelInput(channel, codec, packets, durations, malformed)
 
 
@@ -253,6 +255,7 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
         lifecycle=build_lifecycle(call.retention_days),
         legs={} if record is None else record.legs,
         dropped={} if record is None else record.dropped,
+        latency_ms={} if record is None else record.latency_ms,
         events=tuple(place_dtmf_events(events, plan)) if plan.has_media else (),
         paused=tuple(describe_paused_spans(paused, plan)) if plan.has_media else (),
     )

@@ -5,6 +5,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.metrics import Metrics, Report
 from mediaserver.settings import Settings, resolve_node_id
 from mediaserver.storage_backends.factory import open_store
+from mediaserver.webhooks import CallEvents, open_sender
 from mediaserver.workers import create_process_pool
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,12 @@ async def run_worker(settings: Settings, *, host: str, port: int) -> None:
             )
         )
         metrics = Metrics()
+        # Job events (analysis.completed, transcript.failed, ...) leave from the worker that ran
+        # the job, through its own durable outbox, as they do from `serve`.
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        sender = open_sender(settings, session)
+        await sender.start()
+        stack.push_async_callback(sender.close)
         runner = JobRunner(
             states=JobStateStore(
                 store, settings.jobs_path / "scratch", locks=RedisRecordingLocks(redis)
@@ -55,6 +63,7 @@ async def run_worker(settings: Settings, *, host: str, port: int) -> None:
             executor=pool,
             analysis=build_analysis_config(settings),
             transcribers=build_transcriber_factory(settings, pool),
+            on_event=CallEvents(sender, settings.webhook_url).job_finished,
             max_attempts=settings.job_max_attempts,
             on_duration=metrics.observe_job,
         )

@@ -1,17 +1,23 @@
 """Turn a capture of a call's two RTP streams into the same files and manifest as a live call."""
 
+# A capture is read twice, packet by packet, so memory stays flat however long it is: a first
+# pass finds the streams (counts, payload types, a few payloads to tell the codec), a second
+# writes the chosen two straight into journals, as a live call would have. The recording is then
+# built from the journals exactly as the server builds a live call's.
+
 import ipaddress
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeVar
 
 import dpkt
 
 from mediaserver.audio.opus_toc import compute_packet_samples
 from mediaserver.errors import OpusPacketError, PcapImportError, RtpParseError
+from mediaserver.excerpt import excerpt
 from mediaserver.finalize import DEFAULT_OPTIONS, FinalizeOptions, build_recording
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.channel import Channel, Codec
@@ -23,9 +29,26 @@ from mediaserver.rtp.packet import is_rtcp, parse_rtp_header
 from mediaserver.storage_backends.keys import build_file_name
 
 MIN_STREAM_PACKETS = 5  # fewer valid RTP packets than this from one source is noise, not a stream
+SAMPLE_PAYLOADS = 20  # payloads kept per stream to tell its codec
+PROGRESS_EVERY_PACKETS = 5000
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 Address = tuple[str, int]
+StreamKey = tuple[Address, Address]
+# Told how far a pass has read: its name, bytes read so far, and the capture's size.
+Progress = Callable[[str, int, int], None]
+
+
+class _Sourced(Protocol):
+    """A stream that knows its source address."""
+
+    @property
+    def source(self) -> Address:
+        """Who sent it."""
+        ...
+
+
+_Stream = TypeVar("_Stream", bound=_Sourced)
 
 
 @dataclass(slots=True)
@@ -45,6 +68,39 @@ class RtpStream:
         return max(counts, key=counts.__getitem__)
 
 
+@dataclass(slots=True)
+class StreamSummary:
+    """What the first pass learns of one stream: no packets kept but a few payloads."""
+
+    source: Address
+    destination: Address
+    packet_count: int = 0
+    first_arrival_ns: int = 0
+    payload_type_counts: dict[int, int] = field(default_factory=dict)
+    sample_payloads: list[bytes] = field(default_factory=list)
+
+    @property
+    def payload_type(self) -> int:
+        """The most common payload type of the stream."""
+        counts = self.payload_type_counts
+        return max(counts, key=counts.__getitem__)
+
+    @property
+    def key(self) -> StreamKey:
+        """Source and destination."""
+        return self.source, self.destination
+
+    def add(self, packet: MediaPacket) -> None:
+        """Count one packet of the stream."""
+        if not self.packet_count:
+            self.first_arrival_ns = packet.arrival_ns
+        self.packet_count += 1
+        counts = self.payload_type_counts
+        counts[packet.payload_type] = counts.get(packet.payload_type, 0) + 1
+        if len(self.sample_payloads) < SAMPLE_PAYLOADS:
+            self.sample_payloads.append(packet.payload)
+
+
 def parse_address(text: str) -> Address:
     """Parse `IP:PORT` (IPv6 as `[addr]:port`)."""
     host, sep, port = text.rpartition(":")
@@ -53,9 +109,9 @@ def parse_address(text: str) -> Address:
         ipaddress.ip_address(host)
         number = int(port)
     except ValueError:
-        raise PcapImportError(f"address {text!r} is not IP:PORT") from None
+        raise PcapImportError(f"address {excerpt(text)} is not IP:PORT") from None
     if not sep or not 0 < number < 65536:
-        raise PcapImportError(f"address {text!r} is not IP:PORT")
+        raise PcapImportError(f"address {excerpt(text)} is not IP:PORT")
     return host, number
 
 
@@ -90,62 +146,96 @@ def _ip_layer(link_type: int, frame: bytes) -> dpkt.Packet | None:
     return inner if isinstance(inner, dpkt.ip.IP | dpkt.ip6.IP6) else None
 
 
-def read_rtp_streams(path: Path) -> list[RtpStream]:
-    """Group a capture's RTP packets by source and destination, in order of first appearance."""
-    streams: dict[tuple[Address, Address], RtpStream] = {}
+def iter_rtp_packets(
+    path: Path, progress: Progress | None = None, phase: str = "reading"
+) -> Iterator[tuple[StreamKey, MediaPacket]]:
+    """Every valid RTP packet over UDP in a capture, with its stream, one at a time."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise PcapImportError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
+        total = path.stat().st_size
         reader = _open_reader(handle, str(path))
         link_type = reader.datalink()  # type: ignore[attr-defined]
+        count = 0
         try:
             for timestamp, frame in reader:
-                _add_frame(streams, link_type, timestamp, frame)
+                found = _rtp_packet(link_type, timestamp, frame)
+                if found is not None:
+                    yield found
+                count += 1
+                if progress is not None and count % PROGRESS_EVERY_PACKETS == 0:
+                    progress(phase, handle.tell(), total)
         except (dpkt.dpkt.NeedData, dpkt.dpkt.UnpackError, ValueError) as exc:
             raise PcapImportError(f"{path} is truncated or corrupt ({exc})") from None
+        if progress is not None:
+            progress(phase, total, total)
+
+
+def read_rtp_streams(path: Path) -> list[RtpStream]:
+    """Group a capture's RTP packets by stream, in order of first appearance (all in memory)."""
+    streams: dict[StreamKey, RtpStream] = {}
+    for key, packet in iter_rtp_packets(path):
+        stream = streams.get(key)
+        if stream is None:
+            stream = streams[key] = RtpStream(*key)
+        stream.packets.append(packet)
     return [s for s in streams.values() if len(s.packets) >= MIN_STREAM_PACKETS]
 
 
-def _add_frame(
-    streams: dict[tuple[Address, Address], RtpStream],
-    link_type: int,
-    timestamp: float,
-    frame: bytes,
-) -> None:
-    """Add one captured frame to its stream if it is a valid RTP packet over UDP."""
+def scan_rtp_streams(path: Path, progress: Progress | None = None) -> list[StreamSummary]:
+    """The capture's streams in order of first appearance, without keeping their packets."""
+    streams: dict[StreamKey, StreamSummary] = {}
+    for key, packet in iter_rtp_packets(path, progress, "scanning"):
+        summary = streams.get(key)
+        if summary is None:
+            summary = streams[key] = StreamSummary(*key)
+        summary.add(packet)
+    return [s for s in streams.values() if s.packet_count >= MIN_STREAM_PACKETS]
+
+
+def _rtp_packet(
+    link_type: int, timestamp: float, frame: bytes
+) -> tuple[StreamKey, MediaPacket] | None:
+    """One captured frame's RTP packet over UDP and its stream, or None if it carries none."""
     try:
         ip = _ip_layer(link_type, frame)
     except (dpkt.dpkt.UnpackError, dpkt.dpkt.NeedData, ValueError):
-        return
+        return None
     if ip is None or not isinstance(ip.data, dpkt.udp.UDP):
-        return
+        return None
     udp = ip.data
     data = bytes(udp.data)
     if is_rtcp(data):
-        return
+        return None
     try:
         header = parse_rtp_header(data)
     except RtpParseError:
-        return
+        return None
     source = (str(ipaddress.ip_address(ip.src)), udp.sport)
     destination = (str(ipaddress.ip_address(ip.dst)), udp.dport)
-    stream = streams.setdefault((source, destination), RtpStream(source, destination))
-    stream.packets.append(
-        MediaPacket(
-            round(timestamp * 1e9),
-            header.timestamp,
-            header.sequence,
-            header.ssrc,
-            header.payload_type,
-            header.marker,
-            data[header.payload_offset : header.payload_end],
-        )
+    packet = MediaPacket(
+        round(timestamp * 1e9),
+        header.timestamp,
+        header.sequence,
+        header.ssrc,
+        header.payload_type,
+        header.marker,
+        data[header.payload_offset : header.payload_end],
     )
+    return (source, destination), packet
 
 
-def detect_codec(stream: RtpStream) -> Codec:
+def summarize(stream: RtpStream) -> StreamSummary:
+    """What the first pass would have learnt of a stream held in memory."""
+    summary = StreamSummary(stream.source, stream.destination)
+    for packet in stream.packets:
+        summary.add(packet)
+    return summary
+
+
+def detect_codec(stream: StreamSummary) -> Codec:
     """The stream's codec: G.711 by static payload type, else Opus if its payloads parse."""
     payload_type = stream.payload_type
     for codec in Codec:
@@ -153,8 +243,8 @@ def detect_codec(stream: RtpStream) -> Codec:
             return codec
     if 96 <= payload_type <= 127:  # dynamic (RFC 3551 §6); Opus is always dynamic (RFC 7587 §6.1)
         try:
-            for packet in stream.packets[:20]:
-                compute_packet_samples(packet.payload)
+            for payload in stream.sample_payloads:
+                compute_packet_samples(payload)
         except OpusPacketError:
             pass
         else:
@@ -166,11 +256,11 @@ def detect_codec(stream: RtpStream) -> Codec:
 
 
 def select_streams(
-    streams: list[RtpStream], caller: Address | None, agent: Address | None
-) -> tuple[RtpStream, RtpStream | None]:
+    streams: Sequence[_Stream], caller: Address | None, agent: Address | None
+) -> tuple[_Stream, _Stream | None]:
     """Pick the caller's and the agent's stream: by source address, else by order of appearance."""
 
-    def by_source(address: Address, role: str) -> RtpStream:
+    def by_source(address: Address, role: str) -> _Stream:
         for stream in streams:
             if stream.source == address:
                 return stream
@@ -201,16 +291,17 @@ def import_pcap(
     caller: Address | None = None,
     agent: Address | None = None,
     options: FinalizeOptions = DEFAULT_OPTIONS,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Build a recording from a capture into `out_dir`, with the seed's file names."""
-    caller_stream, agent_stream = select_streams(read_rtp_streams(capture), caller, agent)
+    caller_stream, agent_stream = select_streams(scan_rtp_streams(capture, progress), caller, agent)
     chosen = {Channel.CALLER: caller_stream, Channel.AGENT: agent_stream}
     caller_codec = detect_codec(caller_stream)
     codecs = {
         Channel.CALLER: caller_codec,
         Channel.AGENT: detect_codec(agent_stream) if agent_stream else caller_codec,
     }
-    start_ns = min(s.packets[0].arrival_ns for s in chosen.values() if s is not None)
+    start_ns = min(s.first_arrival_ns for s in chosen.values() if s is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as work_name:
         spool = CallSpool(Path(work_name) / call_id)
@@ -220,13 +311,9 @@ def import_pcap(
                 call_id, start_ns, start_ns, codecs, {"source": "pcap", "capture": capture.name}
             )
         )
-        for channel, stream in chosen.items():
-            with spool.journal_path(channel).open("wb") as handle:
-                writer = JournalWriter(
-                    handle, JournalHeader(channel, codecs[channel], start_ns, start_ns)
-                )
-                for packet in stream.packets if stream else ():
-                    writer.append(packet)
+        _write_journals(capture, spool, chosen, codecs, start_ns, progress)
+        if progress is not None:
+            progress("building", 0, 0)
         manifest = build_recording(spool, options)
         files = []
         for entry in manifest.files:
@@ -238,3 +325,31 @@ def import_pcap(
             manifest = replace(manifest, notes=(*manifest.notes, "capture has no agent stream"))
         (out_dir / f"conversation_{call_id}_manifest.json").write_text(manifest.to_json())
     return manifest
+
+
+def _write_journals(
+    capture: Path,
+    spool: CallSpool,
+    chosen: dict[Channel, StreamSummary | None],
+    codecs: dict[Channel, Codec],
+    start_ns: int,
+    progress: Progress | None,
+) -> None:
+    """The second pass: the chosen streams' packets straight into the channels' journals."""
+    with (
+        spool.journal_path(Channel.CALLER).open("wb") as caller_file,
+        spool.journal_path(Channel.AGENT).open("wb") as agent_file,
+    ):
+        writers = {
+            channel: JournalWriter(
+                handle, JournalHeader(channel, codecs[channel], start_ns, start_ns)
+            )
+            for channel, handle in ((Channel.CALLER, caller_file), (Channel.AGENT, agent_file))
+        }
+        by_key = {
+            stream.key: writers[channel] for channel, stream in chosen.items() if stream is not None
+        }
+        for key, packet in iter_rtp_packets(capture, progress, "journalling"):
+            writer = by_key.get(key)
+            if writer is not None:
+                writer.append(packet)

@@ -193,6 +193,7 @@ class Recorder:
                     legs=dict(summary.get("legs", {})),
                     dropped=dict(summary.get("dropped", {})),
                     notes=tuple(notes),
+                    latency_ms=dict(summary.get("latency_ms", {})),
                 )
             )
         else:

@@ -1,27 +1,35 @@
 """One live call: its caller leg, its agent leg, and the recording both directions go to."""
 
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from mediaserver.agent_bridge import FRAME_MS, AgentBridge
+from mediaserver.agent_bridge import (
+    DEFAULT_CALLER_BACKLOG_MS,
+    DEFAULT_PARTIAL_FRAME_WAIT_MS,
+    FRAME_MS,
+    AgentBridge,
+)
 from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
+from mediaserver.call_record_keeper import CallRecordKeeper
 from mediaserver.call_recording import CallRecording, PauseBehavior
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError
+from mediaserver.latency_histogram import RelayLatency
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
-from mediaserver.recording.manifest import format_utc
 from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.sequencer import RtpSequencer
-from mediaserver.transports.agent import compute_close_code
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
+
+_FRAME_NS = FRAME_MS * 1_000_000
 
 
 @dataclass(slots=True)
@@ -48,11 +56,22 @@ class CallSession:
         end_call_on_agent_exit: bool = False,
         agent_complexity: int = DEFAULT_LIVE_COMPLEXITY,
         send_silence: bool = True,
+        caller_backlog_ms: float = DEFAULT_CALLER_BACKLOG_MS,
+        partial_frame_wait_ms: int = DEFAULT_PARTIAL_FRAME_WAIT_MS,
+        latency: RelayLatency | None = None,
         metadata: dict[str, object] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.recording = recording
         self.clock: Clock = clock or SystemClock()
+        self.caller_backlog_ms = caller_backlog_ms
+        self.partial_frame_wait_ms = partial_frame_wait_ms
+        # What the server adds to this call's audio, each way (counted into the node's too).
+        self.latency = latency or RelayLatency()
+        # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
+        # when their audio arrived). A few at most: a transport sends or drops each in order.
+        self._agent_in_flight: deque[tuple[int, int]] = deque()
+        self._last_agent_sent_ns = -_FRAME_NS
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -70,10 +89,7 @@ class CallSession:
         self._silence = _silence_payload(caller_codec) if send_silence else None
         self._ended_caller_drops: dict[str, int] = {}
         # The call's record of its legs: filled as they connect and end, written at the end.
-        self._legs: dict[str, dict[str, Any]] = {"caller": {}, "agent": {}}
-        self._notes: list[str] = []
-        self.agent_url: str | None = None  # what the server dials (or builtin:echo)
-        self.agent_error: str | None = None  # why the dial-out failed
+        self.record = CallRecordKeeper(recording, self.clock)
         self.stats = SessionStats()
         self.log = log.bind(call_id=recording.call_id)
 
@@ -106,10 +122,14 @@ class CallSession:
         if self.bridge is not None:
             stats = self.bridge.stats
             counts["late_for_agent"] = stats.caller_late_for_agent
+            counts["backlog_for_agent"] = stats.caller_backlog_for_agent
             counts["undecodable_for_agent"] = stats.caller_undecodable
             counts["agent_late_frames"] = stats.agent_frames_late
-            counts["playout_overflow_frames"] = (
-                self.bridge.playout.overflow_samples // self.bridge.playout.frame_samples
+            playout = self.bridge.playout
+            counts["playout_overflow_frames"] = playout.overflow_samples // playout.frame_samples
+            # Not lost speech: silence skipped to catch up after the agent's audio came late.
+            counts["agent_silence_skipped_frames"] = (
+                playout.skipped_samples // playout.frame_samples
             )
         counts["after_end"] = self.recording.packets_after_end
         caller_drops = (
@@ -128,35 +148,21 @@ class CallSession:
         if link.codec is not self.caller_codec:
             raise CallStateError(f"call {self.call_id} records {self.caller_codec.value}")
         self.caller = link
-        self._legs["caller"] = {
-            "codec": link.codec.value,
-            "connected_at": self._utc(self.clock.monotonic_ns()),
-        }
+        self.record.caller_connected(link.codec)
 
     def attach_agent(self, link: AgentLink) -> None:
         """Connect the agent; caller audio is decoded at the agent's sample rate from now on."""
         if self.bridge is not None or not self.recording.is_open(Channel.AGENT):
             raise CallStateError(f"call {self.call_id} already has an agent")
         self.bridge = AgentBridge(
-            link, caller_codec=self.caller_codec, complexity=self.agent_complexity
+            link,
+            caller_codec=self.caller_codec,
+            complexity=self.agent_complexity,
+            caller_backlog_ms=self.caller_backlog_ms,
+            partial_frame_wait_ms=self.partial_frame_wait_ms,
         )
-        self._legs["agent"].update(connected_at=self._utc(self.clock.monotonic_ns()))
+        self.record.agent_connected()
         self.log.info("call.agent_attached", sample_rate_hz=link.sample_rate_hz)
-
-    def note_agent_dial(self, url: str) -> None:
-        """The server dials (or runs) the call's agent at `url`."""
-        self.agent_url = url
-        self._legs["agent"]["url"] = url
-
-    def note_agent_dial_failed(self, error: str) -> None:
-        """The agent could not be dialled: shown by the API and kept in the call's record."""
-        self.agent_error = error
-        self._legs["agent"]["error"] = error
-        self._notes.append(f"the agent could not be dialled: {error}")
-
-    def note(self, text: str) -> None:
-        """Add a note to the call's record (shown in its manifest)."""
-        self._notes.append(text)
 
     # -- recording control ---------------------------------------------------------------------
 
@@ -184,7 +190,19 @@ class CallSession:
         """Journal an agent packet exactly as the transport sent it, when it sent it."""
         if packet.payload is self._silence:  # the very object tick() sent: not the agent's
             self.stats.silence_frames_sent += 1
-        elif self.recording.record(Channel.AGENT, packet):
+            return
+        in_flight = self._agent_in_flight
+        while in_flight:  # the packets a transport dropped unsent are passed over
+            sequence, arrival_ns = in_flight.popleft()
+            if sequence == packet.sequence:
+                # What the server added: from when the frame could first have left (its audio
+                # had arrived, and the agent's frame before it had played), not the time it
+                # spent queued behind audio the agent sent ahead of real time.
+                ready_ns = max(arrival_ns, self._last_agent_sent_ns + _FRAME_NS)
+                self.latency.agent_to_caller.observe(packet.arrival_ns - ready_ns)
+                self._last_agent_sent_ns = packet.arrival_ns
+                break
+        if self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
 
     def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
@@ -217,10 +235,14 @@ class CallSession:
 
     # -- agent side (AgentMediaSink) -----------------------------------------------------------
 
-    def on_agent_audio(self, pcm: Pcm) -> None:
+    def on_agent_audio(self, pcm: Pcm, arrival_ns: int) -> None:
         """Queue agent speech for playout."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            self.bridge.queue_audio(pcm)
+            self.bridge.queue_audio(pcm, arrival_ns)
+
+    def on_caller_audio_sent(self, arrival_ns: int, sent_ns: int) -> None:
+        """Caller audio reached the agent: how long the server held it."""
+        self.latency.caller_to_agent.observe(sent_ns - arrival_ns)
 
     def on_agent_mark(self, name: str) -> None:
         """Queue a mark behind the agent's audio."""
@@ -250,14 +272,19 @@ class CallSession:
         caller = self.caller
         if caller is None:
             return
-        payload = None
+        played = None
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            payload = self.bridge.next_payload()
-        if payload is None:
-            payload = self._silence
-            if payload is None or not caller.can_send:
+            played = self.bridge.next_payload()
+        if played is None:
+            if self._silence is None or not caller.can_send:
                 return
-        caller.send_audio(self.sequencer.number(tick, payload, caller.payload_type))
+            caller.send_audio(self.sequencer.number(tick, self._silence, caller.payload_type))
+            return
+        payload, arrival_ns = played
+        packet = self.sequencer.number(tick, payload, caller.payload_type)
+        # Before sending: a plain-RTP leg reports the packet sent from inside send_audio.
+        self._agent_in_flight.append((packet.sequence, arrival_ns))
+        caller.send_audio(packet)
 
     def skip(self, ticks: int) -> None:
         """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
@@ -277,80 +304,29 @@ class CallSession:
             return
         self.stats.legs_ended[channel.value] = reason.value
         self.log.info("call.leg_ended", channel=channel.value, reason=reason.value, detail=detail)
-        now = self._utc(self.clock.monotonic_ns())
-        ended = {"end_reason": reason.value, "disconnected_at": now}
         if channel is Channel.AGENT:
             bridge = self.bridge
-            leg = self._legs["agent"]
             if bridge is not None:
                 bridge.finish()  # pending marks are echoed before `stop`
-                leg.update(_describe_agent(bridge.agent, reason), **_bridge_counts(bridge))
+            self.record.agent_ended(bridge, reason)
+            if bridge is not None:
                 self._spawn(bridge.agent.close(reason.value))
-            leg.update(ended)
         else:
             caller, self.caller = self.caller, None
+            self.record.caller_ended(caller, reason)
             if caller is not None:
                 self._ended_caller_drops = dict(caller.drop_counts())
-                self._legs["caller"].update(caller.describe())
                 self._spawn(caller.close())
-            self._legs["caller"].update(ended)
         last = self.recording.open_channels == {channel}
-        summary = self._summary() if last else None
+        summary = None
+        if last:
+            summary = {
+                **self.record.summary(self.drop_counts()),
+                "latency_ms": self.latency.summary_ms(),
+            }
         self.recording.end(channel, reason, summary=summary)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
-
-    def _summary(self) -> dict[str, Any]:
-        """The call's record of itself, as its legs saw it: written when the call ends."""
-        notes = list(self._notes)
-        unexpected = self._legs["caller"].get("unexpected_payload_types") or {}
-        for payload_type, count in unexpected.items():
-            notes.append(
-                f"{count} caller packets with payload type {payload_type} were dropped:"
-                f" the leg negotiated {self._legs['caller'].get('payload_type')}"
-                + (
-                    f" (telephone-event {dtmf})"
-                    if (dtmf := self._legs["caller"].get("dtmf_payload_type")) is not None
-                    else ""
-                )
-            )
-        return {
-            "legs": {name: dict(leg) for name, leg in self._legs.items()},
-            "dropped": {reason: count for reason, count in self.drop_counts().items() if count},
-            "notes": notes,
-        }
-
-    def describe_agent(self) -> dict[str, Any]:
-        """The agent leg's record so far (url, error, times), for the API."""
-        return dict(self._legs["agent"])
-
-    def _utc(self, monotonic_ns: int) -> str:
-        """A monotonic time of this call as a UTC time people read."""
-        recording = self.recording
-        return format_utc(recording.wall_start_ns + monotonic_ns - recording.mono_start_ns)
-
-
-def _describe_agent(agent: AgentLink, reason: EndReason) -> dict[str, Any]:
-    """The agent connection as it is when its leg ends; the close the server is about to send."""
-    described = agent.describe()
-    if "close_code" in described and described.get("closed_by") is None:
-        described.update(
-            close_code=compute_close_code(reason.value),
-            close_reason=reason.value,
-            closed_by="server",
-        )
-    return described
-
-
-def _bridge_counts(bridge: AgentBridge) -> dict[str, int]:
-    """What the bridge moved between the caller and the agent."""
-    stats = bridge.stats
-    return {
-        "caller_frames_sent": stats.caller_frames_to_agent,
-        "agent_frames_encoded": stats.agent_frames_encoded,
-        "marks_echoed": stats.marks_echoed,
-        "clears": stats.clears,
-    }
 
 
 def _silence_payload(codec: Codec) -> bytes:

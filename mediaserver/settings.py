@@ -26,7 +26,7 @@ _CHOICES = {
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
-    "transcription_backend": ("pocketsphinx", "none"),
+    "transcription_backend": ("pocketsphinx", "openai", "none"),
 }
 _POSITIVE = (
     "flush_interval_s",
@@ -56,6 +56,9 @@ _POSITIVE = (
     "transcription_timeout_s",
     "transcription_max_attempts",
     "transcription_max_upload_bytes",
+    "webhook_timeout_s",
+    "webhook_max_attempts",
+    "webhook_backoff_s",
     "job_visibility_timeout_s",
     "job_max_attempts",
 )
@@ -104,6 +107,8 @@ class Settings:
     end_call_on_agent_exit: bool = False
     agent_opus_complexity: int = 0
     send_silence: bool = True
+    caller_backlog_ms: float = 60.0
+    partial_frame_wait_ms: int = 20
     signed_url_expiry_s: int = 300
     console_session_ttl_s: float = 43200.0
     echo_agent_delay_s: float = 1.0
@@ -127,6 +132,11 @@ class Settings:
     transcription_timeout_s: float = 300.0
     transcription_max_attempts: int = 5
     transcription_max_upload_bytes: int = 25_000_000
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_s: float = 2.0
     # Several nodes (empty redis_url: one node, everything in this process)
     node_id: str = ""  # "" = this machine's host name
     public_url: str = ""  # this node's externally reachable base URL (https://node-3.example.com)
@@ -226,6 +236,16 @@ def validate_settings(settings: Settings) -> Settings:
         raise SettingsError(
             f"setting echo_agent_delay_s must be 0..10, got {settings.echo_agent_delay_s}"
         )
+    if not 0 <= settings.caller_backlog_ms <= 10_000:
+        raise SettingsError(
+            "setting caller_backlog_ms must be 0 (no limit) to 10000,"
+            f" got {settings.caller_backlog_ms}"
+        )
+    if settings.partial_frame_wait_ms not in range(0, 201, 20):
+        raise SettingsError(
+            "setting partial_frame_wait_ms must be a multiple of 20 from 0 to 200,"
+            f" got {settings.partial_frame_wait_ms}"
+        )
     if not settings.storage_path:
         raise SettingsError("setting storage_path must not be empty")
     if settings.vad_mode not in (0, 1, 2, 3):
@@ -237,6 +257,10 @@ def validate_settings(settings: Settings) -> Settings:
     if settings.vad_min_speech_ms < 0 or settings.vad_min_silence_ms < 0:
         raise SettingsError(
             "settings vad_min_speech_ms and vad_min_silence_ms must not be negative"
+        )
+    if settings.webhook_url and not settings.webhook_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"setting webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}"
         )
     _validate_cluster(settings)
     _validate_lifecycle(settings)

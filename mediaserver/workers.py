@@ -2,9 +2,12 @@
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from mediaserver.log import configure_logging
+
+WARM_UP_SLEEP_S = 0.05  # long enough that each warm-up task needs a process of its own
 
 
 def create_process_pool(
@@ -17,6 +20,14 @@ def create_process_pool(
         initializer=_start_worker,  # workers log like the server (JSON lines to stderr)
         initargs=(log_format, log_level, niceness),
     )
+
+
+def start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Start every worker process now (blocking: run it in a thread, not on the event loop)."""
+    # The pool starts a process on a submit that finds none idle; that start talks to the fork
+    # server synchronously. Done here, no later submit made on the event loop pays for it.
+    for future in [pool.submit(time.sleep, WARM_UP_SLEEP_S) for _ in range(workers)]:
+        future.result()
 
 
 def _start_worker(log_format: str, log_level: str, niceness: int) -> None:

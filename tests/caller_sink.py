@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Callable
 
 from mediaserver.recording.call import EndReason
+from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
 
 WAIT_S = 5.0
@@ -16,6 +17,7 @@ class CollectingSink:
         self.packets: list[MediaPacket] = []
         self.sent: list[MediaPacket] = []
         self.ended: list[str] = []
+        self.digits: list[str] = []
         self._changed = asyncio.Event()
 
     def on_caller_packet(self, packet: MediaPacket) -> None:
@@ -26,6 +28,11 @@ class CollectingSink:
     def on_audio_sent(self, packet: MediaPacket) -> None:
         """Keep what the transport reports it sent."""
         self.sent.append(packet)
+        self._changed.set()
+
+    def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
+        """Keep the key."""
+        self.digits.append(digit.digit)
         self._changed.set()
 
     def on_caller_ended(self, reason: EndReason) -> None:

@@ -20,6 +20,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test server: loopback only, its own spool and storage."""
     base = Settings(
         spool_path=tmp_path / "spool",
+        jobs_path=tmp_path / "jobs",
         storage_path=str(tmp_path / "recordings"),
         audit_path=tmp_path / "audit",
         port=0,

@@ -12,18 +12,23 @@ from server_harness import auth, wait_for_recording
 from spoken_dialogue import RATE_HZ, encode_opus, speak
 
 
+def caller_packets(text: str) -> list[bytes]:
+    """Opus packets of 0.5 s of silence, `text` spoken, 0.5 s of silence (espeak-ng, libopus)."""
+    silence = np.zeros(RATE_HZ // 2, np.int16)
+    return encode_opus(np.concatenate([silence, speak(text, "caller"), silence]))
+
+
 async def record_speech_call(
     client: aiohttp.ClientSession,
     base: str,
     text: str = "Hello, I would like to check my order.",
     *,
     call_body: dict[str, object] | None = None,
+    packets: list[bytes] | None = None,
 ) -> str:
     """A caller-only call: 0.5 s of silence, `text`, 0.5 s of silence; returns its call id."""
-    speech = speak(text, "caller")
-    pcm = np.concatenate(
-        [np.zeros(RATE_HZ // 2, np.int16), speech, np.zeros(RATE_HZ // 2, np.int16)]
-    )
+    if packets is None:  # espeak-ng and libopus, off the loop the server shares
+        packets = await asyncio.to_thread(caller_packets, text)
     async with client.post(f"{base}/v1/calls", json=call_body or {}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         call_id: str = (await response.json())["call_id"]
@@ -31,7 +36,7 @@ async def record_speech_call(
         leg = await response.json()
     caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
     try:
-        await caller.send_stream(encode_opus(pcm))
+        await caller.send_stream(packets)
     finally:
         assert caller.transport is not None
         caller.transport.close()

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import aiohttp
-from test_e2e_analysis import wait_for_document
+import pytest
 
+from gcs_emulator import GcsEmulator, find_free_port
 from server_harness import auth, make_settings, running_server
-from speech_call import record_speech_call
+from speech_call import record_speech_call, wait_for_document
 
 
 async def test_documents_status_codes_and_a_requested_transcript(tmp_path: Path) -> None:
@@ -90,3 +91,33 @@ async def test_a_live_call_answers_queued(tmp_path: Path) -> None:
             assert response.status == 409
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
+
+
+async def test_jobs_read_and_write_through_gcs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the GCS emulator with the real client: the jobs fetch the channels from the bucket and
+    store the analysis, the transcript and the job states there."""
+    with GcsEmulator(find_free_port()) as emulator:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        settings = make_settings(
+            tmp_path, storage_type="gcs", storage_path="jobs-bucket", gcs_create_bucket=True
+        )
+        async with (
+            running_server(settings) as (_, base),
+            aiohttp.ClientSession(headers=auth()) as client,
+        ):
+            call_id = await record_speech_call(client, base)
+            url = f"{base}/v1/recordings/{call_id}"
+            status, analysis = await wait_for_document(client, f"{url}/analysis")
+            assert status == 200
+            assert len(analysis["channels"]["caller"]["speech"]) == 1
+            status, webvtt = await wait_for_document(client, f"{url}/transcript?format=vtt")
+            assert status == 200
+            assert "<v caller>" in webvtt
+            async with client.get(f"{base}/v1/recordings") as response:
+                [item] = (await response.json())["items"]
+        keys = emulator.read_log()
+    assert item["jobs"] == {"analysis": "completed", "transcript": "completed"}
+    assert f"conversation_{call_id}_analysis.json" in keys
+    assert f"conversation_{call_id}_transcript.vtt" in keys

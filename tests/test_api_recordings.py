@@ -115,6 +115,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for one test's server: its own spool and store, a token, one worker."""
     values: dict[str, Any] = {
         "spool_path": tmp_path / "spool",
+        "jobs_path": tmp_path / "jobs",
         "storage_path": str(tmp_path / "store"),
         "audit_path": tmp_path / "audit",
         "api_token": TOKEN,

@@ -20,6 +20,7 @@ from rtp_caller import RtpCaller, open_caller
 from rtp_sender import marker_template, silence_payload
 from server_harness import auth
 from twilio_agent import TwilioAgentServer, TwilioTestAgent
+from webhook_receiver import SECRET, WebhookReceiver, free_port
 from webrtc_peer import ClientPeer, ToneTrack
 
 TIMEOUT_S = 60.0
@@ -27,8 +28,14 @@ TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Redis, GCS, node-a, node-b, worker-1 and worker-2."""
-    with running_cluster(tmp_path_factory.mktemp("cluster")) as started:
+    """Redis, GCS, node-a, node-b, worker-1 and worker-2, sending signed webhooks."""
+    hooks = f"http://127.0.0.1:{free_port()}/hooks"  # listened on by the test that wants them
+    with running_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        MEDIASERVER_WEBHOOK_URL=hooks,
+        MEDIASERVER_WEBHOOK_SECRET=SECRET,
+        MEDIASERVER_WEBHOOK_BACKOFF_S="0.5",
+    ) as started:
         yield started
 
 
@@ -90,8 +97,12 @@ async def rtp_call(
 async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Cluster) -> None:
     """A call created on node-a: its WebRTC caller offers through node-b and follows the 307,
     its agent dials in through node-b and is relayed; both nodes list it while it is live; the
-    recording is stored and analysed by a worker, not by a node."""
+    recording is stored and analysed by a worker, not by a node, and the worker signs and
+    sends the analysis.completed webhook."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    port = int(cluster.settings["MEDIASERVER_WEBHOOK_URL"].split(":")[-1].split("/")[0])
+    hooks = WebhookReceiver(port=port)
+    await hooks.start()
     async with aiohttp.ClientSession() as client:
         nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
         assert [(n["node_id"], n["public_url"], n["state"]) for n in nodes] == [
@@ -143,8 +154,13 @@ async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Clu
         analysis = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}/analysis")
         assert analysis["call_id"] == call_id
         assert analysis["channels"]["agent"]["talk_time_s"] > 0.2
+        completed = await hooks.wait_for("analysis.completed", call_id)
+        assert completed.signature_ok
+        await hooks.wait_for("recording.stored", call_id)
+    await hooks.stop()
     ran = [w.name for w in cluster.workers.values() if w.events("job.completed", call_id=call_id)]
     assert len(ran) == 1
+    assert cluster.workers[ran[0]].events("webhook.delivered", call_id=call_id)  # its event
     assert not any(n.events("job.completed") for n in cluster.nodes.values())
 
 

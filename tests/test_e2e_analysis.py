@@ -32,19 +32,24 @@ from twilio_agent import TwilioTestAgent, dial_in
 
 AGENT_RATE_HZ = 16000
 CHUNK_MS = 20
+FRAME_NS = 20_000_000
 RUN_GAP_NS = 200_000_000  # agent packets more than this apart belong to different lines
 # pocketsphinx finds 50-65 % of these words (see the printed figures); far less means it was
 # given the wrong audio or the wrong times.
 MIN_RECALL = 0.35
 
 
-async def _play_agent(agent: TwilioTestAgent, script: list[Utterance], started: float) -> None:
+def _agent_audio(script: list[Utterance]) -> list[tuple[Utterance, np.ndarray]]:
+    """Each agent line with its audio at the agent's stream rate."""
+    return [(u, to_rate(u.audio, AGENT_RATE_HZ)) for u in script if u.speaker == "agent"]
+
+
+async def _play_agent(
+    agent: TwilioTestAgent, lines: list[tuple[Utterance, np.ndarray]], started: float
+) -> None:
     """Send each agent line at its planned time (as TTS does: all at once), clear a cut one."""
-    for u in script:
-        if u.speaker != "agent":
-            continue
+    for u, pcm in lines:
         await asyncio.sleep(max(0.0, started + u.start_s - time.monotonic()))
-        pcm = to_rate(u.audio, AGENT_RATE_HZ)
         step = AGENT_RATE_HZ * CHUNK_MS // 1000
         for first in range(0, pcm.size, step):
             await agent.send_payload(pcm[first : first + step].astype("<i2").tobytes())
@@ -72,8 +77,11 @@ def heard_dialogue(script: list[Utterance], caller: RtpCaller, sent_ns: list[int
             heard.append(place(u, u.start_s))
             continue
         run = played[id(u)]
-        start_s = (run[0] - origin_ns) / 1e9
-        end_s = (run[-1] - origin_ns) / 1e9 + CHUNK_MS / 1000
+        # The pacer sends a frame every 20 ms; a packet that arrives late (this test's loop was
+        # busy) only looks later, so the earliest arrival minus its place in the run is the start.
+        first_ns = min(arrival - index * FRAME_NS for index, arrival in enumerate(run))
+        start_s = (first_ns - origin_ns) / 1e9
+        end_s = start_s + len(run) * CHUNK_MS / 1000
         heard.append(place(u, start_s, end_s if u.cut_after_s is not None else None))
     return heard
 
@@ -83,6 +91,7 @@ async def test_live_call_of_real_speech_is_analysed_and_transcribed(tmp_path: Pa
     words come out of the analysis and the default (pocketsphinx) transcript."""
     script = build_script()
     caller_packets = encode_opus(caller_timeline(script))
+    agent_lines = _agent_audio(script)
     async with (
         running_server(make_settings(tmp_path)) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,
@@ -98,7 +107,7 @@ async def test_live_call_of_real_speech_is_analysed_and_transcribed(tmp_path: Pa
             caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
             started = time.monotonic()
             sending = asyncio.create_task(caller.send_stream(caller_packets))
-            await _play_agent(agent, script, started)
+            await _play_agent(agent, agent_lines, started)
             sent_ns = await sending
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -19,7 +20,14 @@ import pytest
 
 from mediaserver.pcap_import import RtpStream, read_rtp_streams
 
-from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
+from audio_oracle import (
+    RATE_HZ,
+    assert_valid_opus,
+    decode_ogg,
+    encode_tone_packets,
+    find_onset,
+    tone_amplitude,
+)
 
 CALLER_HZ, AGENT_HZ = 500.0, 1300.0
 CALLER_MARKERS_S = (1.0, 3.5)
@@ -316,3 +324,75 @@ def test_demo_records_the_bundled_capture(tmp_path: Path) -> None:
         if path.suffix == ".opus":
             assert_valid_opus(path)
     assert not any((tmp_path / "spool").iterdir())
+
+
+def _write_call_capture(path: Path, seconds: float) -> None:
+    """Two RTP streams of real Opus packets (a caller tone, an agent tone), both ways, as pcap."""
+    streams = (
+        (encode_tone_packets(500.0, 1.0), ("10.0.0.1", 40000), ("10.0.0.2", 40002), 0x1111),
+        (encode_tone_packets(1300.0, 1.0), ("10.0.0.2", 40002), ("10.0.0.1", 40000), 0x2222),
+    )
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle, linktype=dpkt.pcap.DLT_EN10MB)
+        for index in range(int(seconds * 50)):
+            for payloads, source, destination, ssrc in streams:
+                rtp = dpkt.rtp.RTP(
+                    version=2, pt=111, seq=index, ts=index * 960, ssrc=ssrc,
+                    data=payloads[index % len(payloads)],
+                )  # fmt: skip
+                udp = dpkt.udp.UDP(sport=source[1], dport=destination[1], data=bytes(rtp))
+                udp.ulen = len(udp)
+                ip = dpkt.ip.IP(
+                    src=socket.inet_aton(source[0]),
+                    dst=socket.inet_aton(destination[0]),
+                    p=17,
+                    data=udp,
+                )
+                ip.len = len(ip)
+                frame = dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip)
+                writer.writepkt(bytes(frame), ts=1_790_000_000 + index * 0.02)
+
+
+def test_import_pcap_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal stderr shows each pass's progress; piped, it stays quiet."""
+    capture = tmp_path / "call.pcap"
+    _write_call_capture(capture, 12.0)
+    command = [*CLI, "import-pcap", str(capture), "--no-analysis", "--transcription", "none"]
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [*command, "-o", str(tmp_path / "tty"), "--call-id", "tty"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            check=False,
+            timeout=120,
+        )
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert process.returncode == 0
+    screen = shown.decode()
+    print(screen.replace("\r", "\n"))
+    assert "finding the streams: 100% of" in screen
+    assert "reading the chosen streams: 100% of" in screen
+    assert "building the recording..." in screen
+    piped = subprocess.run(
+        [*command, "-o", str(tmp_path / "piped"), "--call-id", "piped"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+    manifest = json.loads((tmp_path / "piped" / "conversation_piped_manifest.json").read_text())
+    assert abs(manifest["duration_ms"] - 12_000) <= 100

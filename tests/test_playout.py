@@ -126,3 +126,82 @@ def test_everything_pushed_comes_out_once_in_order(items: list[int | str]) -> No
     expected = np.concatenate(expected_audio) if expected_audio else np.zeros(0, np.int16)
     nonzero = audio[audio != 0]
     assert np.array_equal(nonzero, expected[expected != 0])  # padding is silence only
+
+
+def _tone(count: int, level: int = 8000) -> np.ndarray:
+    return (level * np.sin(np.arange(count) * 0.3)).astype(np.int16)
+
+
+def test_frame_carries_the_arrival_of_its_newest_audio() -> None:
+    """A frame drawn from two chunks is as old as the later one: it was complete only then."""
+    playout = Playout(RATE)
+    playout.push_audio(_ramp(1, 100), arrival_ns=1_000)
+    playout.push_audio(_ramp(101, 200), arrival_ns=2_000)
+    first = playout.next_frame()
+    assert first.arrival_ns == 2_000
+    assert playout.next_frame().pcm is None  # the partial rest waits a tick
+    rest = playout.next_frame()
+    assert rest.pcm is not None
+    assert rest.arrival_ns == 2_000
+
+
+def test_a_late_frame_puts_the_playout_behind_until_silence_lets_it_catch_up() -> None:
+    """An underrun mid-stream is made up by skipping silence queued later, never speech."""
+    playout = Playout(RATE)
+    playout.push_audio(_tone(FRAME))
+    assert playout.next_frame().pcm is not None
+    assert playout.next_frame().pcm is None  # the agent's next frame is late for this tick
+    playout.push_audio(_tone(FRAME))
+    playout.push_audio(_tone(FRAME))  # and the one after it, on time: one frame now stands
+    assert playout.next_frame().pcm is not None
+    assert playout.behind_ticks == 1
+    assert playout.buffered_ms == 20
+    playout.push_audio(np.zeros(FRAME, np.int16))  # the agent pauses...
+    playout.push_audio(_tone(FRAME))  # ...briefly
+    speech = playout.next_frame().pcm
+    assert speech is not None
+    assert speech.any()
+    frame = playout.next_frame().pcm
+    assert frame is not None
+    assert frame.any()
+    assert playout.skipped_samples == FRAME
+    assert playout.behind_ticks == 0
+    assert playout.buffered_ms == 0
+
+
+def test_silence_is_kept_when_nothing_follows_it() -> None:
+    """Skipping needs audio behind the silence: an underrun must not be traded for another."""
+    playout = Playout(RATE)
+    playout.push_audio(_tone(FRAME))
+    playout.next_frame()
+    playout.next_frame()
+    playout.push_audio(np.zeros(FRAME, np.int16))
+    frame = playout.next_frame().pcm
+    assert frame is not None
+    assert not frame.any()
+    assert playout.skipped_samples == 0
+
+
+def test_a_pause_leaves_nothing_standing() -> None:
+    """Once the queue has been dry for a pause, later silence is played, not skipped."""
+    playout = Playout(RATE)
+    playout.push_audio(_tone(FRAME))
+    playout.next_frame()
+    for _ in range(5):
+        assert playout.next_frame().pcm is None
+    playout.push_audio(np.zeros(FRAME * 2, np.int16))
+    playout.push_audio(_tone(FRAME))
+    assert playout.behind_ticks == 0
+    frames = [playout.next_frame().pcm for _ in range(3)]
+    assert all(f is not None for f in frames)
+    assert playout.skipped_samples == 0
+
+
+def test_partial_hold_can_be_turned_off() -> None:
+    """With no hold a partial frame plays padded at the next tick."""
+    playout = Playout(RATE, partial_hold_ticks=0)
+    playout.push_audio(_ramp(1, 100))
+    frame = playout.next_frame().pcm
+    assert frame is not None
+    assert frame[:100].any()
+    assert not frame[100:].any()

@@ -23,6 +23,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "MEDIASERVER_SPOOL_PATH": str(tmp_path / "spool"),
+        "MEDIASERVER_JOBS_PATH": str(tmp_path / "jobs"),
         "MEDIASERVER_STORAGE_PATH": str(tmp_path / "recordings"),
         "MEDIASERVER_LOG_FORMAT": "json",
         **extra,

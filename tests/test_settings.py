@@ -86,6 +86,7 @@ def test_every_numeric_setting_can_come_from_the_environment(field: Field[object
         "max_cpu_share": 0.5,
         "vad_mode": 2,
         "vad_frame_ms": 20,
+        "partial_frame_wait_ms": 40,
     }
     value = {**special, "rtp_port_max": 40500}.get(field.name, 7)
     env = {f"MEDIASERVER_{field.name.upper()}": str(value)}

@@ -31,6 +31,7 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         **os.environ,
         "MEDIASERVER_API_TOKEN": TOKEN,
         "MEDIASERVER_SPOOL_PATH": str(tmp_path / "spool"),
+        "MEDIASERVER_JOBS_PATH": str(tmp_path / "jobs"),
         "MEDIASERVER_STORAGE_PATH": str(tmp_path / "recordings"),
         "MEDIASERVER_LOG_FORMAT": "json",
         "MEDIASERVER_MAX_CPU_SHARE": "0",

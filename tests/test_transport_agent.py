@@ -41,16 +41,23 @@ class CollectingSink:
 
     def __init__(self) -> None:
         self.audio: list[Pcm] = []
+        self.arrivals_ns: list[int] = []
+        self.delivered: list[tuple[int, int]] = []
         self.marks: list[str] = []
         self.clears = 0
         self.ended: list[str] = []
         self.link: AgentLink | None = None
         self.events: asyncio.Queue[str] = asyncio.Queue()
 
-    def on_agent_audio(self, pcm: Pcm) -> None:
-        """Keep agent audio."""
+    def on_agent_audio(self, pcm: Pcm, arrival_ns: int) -> None:
+        """Keep agent audio and when it arrived."""
         self.audio.append(pcm.copy())
+        self.arrivals_ns.append(arrival_ns)
         self.events.put_nowait("audio")
+
+    def on_caller_audio_sent(self, arrival_ns: int, sent_ns: int) -> None:
+        """Keep how long caller audio waited for the agent's socket."""
+        self.delivered.append((arrival_ns, sent_ns))
 
     def on_agent_mark(self, name: str) -> None:
         """Nothing queued to play: the mark is reached at once."""
@@ -292,6 +299,25 @@ async def test_agent_media_reaches_the_sink(
     assert np.array_equal(sink.received_audio(), np.concatenate(expected))
     assert dominant_frequency_hz(sink.audio[0], 8000) == pytest.approx(440, abs=10)
     assert dominant_frequency_hz(sink.audio[1], 8000) == pytest.approx(880, abs=10)
+
+
+async def test_the_sink_learns_when_audio_arrived_and_left(
+    endpoint: AgentEndpoint, client: aiohttp.ClientSession
+) -> None:
+    """Caller audio is reported written with its arrival; agent audio comes with its own."""
+    async with dial_in(client, endpoint.url()) as agent:
+        connection, sink = await endpoint.next_connection()
+        await started(agent)
+        now_ns = endpoint.clock.monotonic_ns()
+        connection.send_caller_audio(make_tone(700, 20, 8000), arrival_ns=now_ns - 3_000_000)
+        connection.send_caller_audio(make_tone(700, 20, 8000))  # no arrival given: not reported
+        await agent.expect("media")
+        await agent.expect("media")
+        endpoint.clock.advance(0.5)
+        await agent.send_tone(440, 20)
+        await sink.wait("audio")
+    assert sink.delivered == [(now_ns - 3_000_000, now_ns)]
+    assert sink.arrivals_ns == [now_ns + 500_000_000]
 
 
 async def test_marks_are_delivered_and_echoed(

@@ -561,3 +561,25 @@ async def test_fuzzed_datagrams_never_disturb_valid_traffic(datagrams: list[byte
     assert delivered == wanted
     counted = stats["packets_in"] + stats["rtcp_in"] + sum(stats["dropped_in"].values())
     assert counted == 2 * len(datagrams) + 1
+
+
+@pytest.mark.parametrize("any_source", [False, True])
+async def test_a_new_source_with_another_ssrc_takes_over_only_by_setting(any_source: bool) -> None:
+    """After the peer falls silent, a new SSRC from a new source is heard only with any_source."""
+    sink = CollectingSink()
+    with peers(2) as (first, second):
+        async with started(sink, relatch_after_s=0.2, relatch_any_source=any_source) as (
+            transport,
+            port,
+        ):
+            first.send(build_rtp(1, 0, 0xA, OPUS_PAYLOADS[0]), port)
+            await sink.wait_for_packets(1)
+            await asyncio.sleep(0.3)  # the peer has been silent longer than relatch_after_s
+            second.send(build_rtp(1, 0, 0xB, OPUS_PAYLOADS[1]), port)
+            first.send(build_rtp(2, 960, 0xA, OPUS_PAYLOADS[2]), port)
+            await sink.wait_for_packets(2)
+            relatches, peer_address = transport.relatches, transport.peer
+    assert relatches == (1 if any_source else 0)
+    assert peer_address == (second.address if any_source else first.address)
+    expected = [(0xA, 1), (0xB, 1)] if any_source else [(0xA, 1), (0xA, 2)]
+    assert [(p.ssrc, p.sequence) for p in sink.packets][:2] == expected

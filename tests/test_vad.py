@@ -6,15 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mediaserver.analysis.channel_speech import detect_file_speech
+from mediaserver.analysis.channel_speech import (
+    compute_channel_spans,
+    detect_file_speech,
+    extract_file_features,
+)
 from mediaserver.analysis.vad import Span, VadConfig, compute_speech_spans, detect_speech
+from mediaserver.audio.libopus import OpusDecoder, load_libopus
+from mediaserver.audio.ogg_opus_decode import decode_ogg_opus, decode_ogg_opus_file
 from mediaserver.audio.ogg_opus_writer import OggOpusWriter
-from mediaserver.audio.opus_decoder import OpusDecoder, decode_ogg_opus, load_libopus
 from mediaserver.audio.opus_silence import build_silence_packets
 from mediaserver.audio.opus_toc import compute_packet_samples
+from mediaserver.jobs.analysis_job import plan_parts
 
 from audio_oracle import encode_tone_packets
-from spoken_dialogue import RATE_HZ, encode_opus, speak
+from spoken_dialogue import RATE_HZ, build_script, caller_timeline, encode_opus, speak
 
 RATE_16K = 16000
 
@@ -29,11 +35,18 @@ def _ogg(packets: list[bytes], pre_skip: int = 312) -> bytes:
 
 
 def test_libopus_is_found_and_decodes_at_16k() -> None:
-    """A 20 ms packet decodes to 320 samples at 16 kHz."""
+    """A 20 ms packet decodes to 320 samples at 16 kHz, into a block at an offset too; after a
+    reset the decoder decodes as a new one."""
     assert load_libopus() is not None
     [packet, *_] = encode_tone_packets(440.0, 0.1)
-    with OpusDecoder(RATE_16K) as decoder:
-        assert decoder.decode(packet).size == 320
+    decoder = OpusDecoder(RATE_16K)
+    fresh = decoder.decode(packet)
+    assert fresh.size == 320
+    block = np.zeros(2000, np.int16)
+    assert OpusDecoder(RATE_16K).decode_into(packet, block, 10) == 320
+    assert np.array_equal(block[10:330], fresh)
+    decoder.reset()
+    assert np.array_equal(decoder.decode(packet), fresh)
 
 
 def test_decoded_tone_keeps_its_time_and_frequency() -> None:
@@ -120,3 +133,28 @@ def test_invalid_vad_settings_are_refused(config: VadConfig) -> None:
     """What webrtcvad cannot do is a ValueError naming it."""
     with pytest.raises(ValueError, match="vad"):
         config.validate()
+
+
+def test_a_part_of_the_time_line_decodes_as_the_same_samples(tmp_path: Path) -> None:
+    """Samples [0.5 s, 1.2 s) decoded alone (80 ms warm-up) match the whole file's decode."""
+    path = tmp_path / "tone.opus"
+    path.write_bytes(_ogg(encode_tone_packets(300.0, 2.0, flush=False), 960))
+    whole = np.concatenate(list(decode_ogg_opus_file(path, RATE_16K))).astype(np.int32)
+    part = np.concatenate(
+        list(decode_ogg_opus_file(path, RATE_16K, first_sample=8000, end_sample=19200))
+    ).astype(np.int32)
+    assert part.size == 11200
+    assert np.abs(part - whole[8000:19200]).max() <= 2  # the decoder converged in the warm-up
+
+
+def test_a_channel_analysed_in_parts_gives_the_spans_of_the_whole(tmp_path: Path) -> None:
+    """The dialogue's caller channel cut in three parts: the same spans as in one piece."""
+    script = build_script()
+    path = tmp_path / "caller.opus"
+    path.write_bytes(_ogg(encode_opus(caller_timeline(script))))
+    config = VadConfig()
+    whole, duration_s = detect_file_speech(path, config)
+    parts = plan_parts(duration_s, config.frame_ms, 3)
+    assert len(parts) == 3
+    features = [extract_file_features(path, config, a, b) for a, b in parts]
+    assert compute_channel_spans(features, config) == whole

@@ -115,3 +115,34 @@ class ClientPeer:
                 self._chunks.append((interleaved[:, 0] / 32768).astype(np.float32))
                 self.received_samples += frame.samples
                 self._new_audio.set()
+
+
+class TickTrack(AudioStreamTrack):
+    """A live 48 kHz tone of `tick_s` every `interval_s`, silence between, paced by the clock."""
+
+    def __init__(self, freq_hz: float, interval_s: float, tick_s: float) -> None:
+        super().__init__()
+        self._freq_hz = freq_hz
+        self._interval = round(interval_s * RATE_HZ)
+        self._tick = round(tick_s * RATE_HZ)
+        self._pts = 0
+        self._start_s: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        """The next 20 ms, no earlier than its time."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start_s is None:
+            self._start_s = time.monotonic()
+        else:
+            await asyncio.sleep(self._start_s + self._pts / RATE_HZ - time.monotonic())
+        index = self._pts + np.arange(FRAME_SAMPLES)
+        ticking = index % self._interval < self._tick
+        tone = 0.4 * 32767 * np.sin(2 * np.pi * self._freq_hz * index / RATE_HZ)
+        samples = np.where(ticking, tone, 0).astype(np.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE_HZ
+        frame.time_base = fractions.Fraction(1, RATE_HZ)
+        frame.pts = self._pts
+        self._pts += FRAME_SAMPLES
+        return frame

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,6 +30,24 @@ class Span(NamedTuple):
 
     start_s: float
     end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechFeatures:
+    """What the spans are computed from: a decision per VAD frame and an energy per 10 ms."""
+
+    decisions: npt.NDArray[np.bool_]
+    energies_db: npt.NDArray[np.float32]
+    samples: int  # PCM samples fed (the partial frame at the end included)
+
+
+def join_features(parts: Sequence[SpeechFeatures]) -> SpeechFeatures:
+    """The features of consecutive stretches (each but the last a whole number of frames)."""
+    return SpeechFeatures(
+        np.concatenate([p.decisions for p in parts]) if parts else np.zeros(0, bool),
+        np.concatenate([p.energies_db for p in parts]) if parts else np.zeros(0, np.float32),
+        sum(p.samples for p in parts),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +112,15 @@ class SpeechDetector:
             (10 * np.log10(np.mean(slices * slices, axis=1) + 1.0)).astype(np.float32)
         )
 
+    def features(self) -> SpeechFeatures:
+        """webrtcvad's decisions and the 10 ms energies of every whole frame fed so far."""
+        energies = np.concatenate(self._energies) if self._energies else np.zeros(0, np.float32)
+        return SpeechFeatures(np.array(self._decisions, bool), energies, self.samples)
+
     def finish(self) -> list[Span]:
         """The speech spans of everything fed (a trailing partial frame counts as silence)."""
-        energies = np.concatenate(self._energies) if self._energies else np.zeros(0, np.float32)
-        return compute_speech_spans(np.array(self._decisions, bool), energies, self.config)
+        features = self.features()
+        return compute_speech_spans(features.decisions, features.energies_db, self.config)
 
 
 def detect_speech(blocks: Iterable[Pcm], config: VadConfig) -> list[Span]:

@@ -17,7 +17,7 @@ from mediaserver.api.recording_lookup import find_recording
 from mediaserver.catalog.recording_view import RECORDINGS_PATH, RecordingView
 from mediaserver.errors import ObjectNotFoundError
 from mediaserver.excerpt import excerpt
-from mediaserver.jobs.plan import DEFAULT_MODELS, build_transcript_params
+from mediaserver.jobs.plan import DEFAULT_MODELS, build_job_plan, build_transcript_params
 from mediaserver.jobs.runner import build_keys
 from mediaserver.jobs.state import JobKind, JobState, JobStatus, parse_job_states
 from mediaserver.recording.call import CallStatus
@@ -25,7 +25,7 @@ from mediaserver.settings import Settings
 from mediaserver.storage_backends.keys import JSON_CONTENT_TYPE, WEBVTT_CONTENT_TYPE
 
 TRANSCRIPT_FORMATS = ("json", "vtt")
-REQUESTABLE_BACKENDS = ("pocketsphinx",)
+REQUESTABLE_BACKENDS = ("pocketsphinx", "openai")
 _LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}(-[A-Za-z]{2,4})?")
 _MODEL_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,100}")
 _NOT_STORED_YET = frozenset({CallStatus.RECORDING, CallStatus.FINALIZING, CallStatus.UPLOAD_FAILED})
@@ -56,9 +56,7 @@ def build_job_params(settings: Settings, body: dict[str, Any]) -> dict[str, str]
 
 def is_planned(settings: Settings, kind: JobKind) -> bool:
     """True if every stored recording gets a job of this kind."""
-    if kind is JobKind.ANALYSIS:
-        return settings.analysis_enabled
-    return settings.transcription_backend != "none"
+    return any(planned is kind for planned, _ in build_job_plan(settings))
 
 
 async def get_analysis(request: web.Request) -> web.StreamResponse:

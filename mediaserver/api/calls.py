@@ -1,38 +1,25 @@
 """Calls API: create, list and end calls; plain-RTP caller legs; the agent's WebSocket."""
 
 import json
-import secrets
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from mediaserver.api.body import read_json_object, read_text
+from mediaserver.api.body import read_json_object
 from mediaserver.api.errors import ApiError
-from mediaserver.api.keys import HTTP_CLIENT, HUB, PORTS, SETTINGS
+from mediaserver.api.keys import HTTP_CLIENT, HUB, SETTINGS
 from mediaserver.api.links import absolute_base, public_base, websocket_base
-from mediaserver.call_recording import PauseBehavior
-from mediaserver.calls import CallHub
 from mediaserver.errors import (
     AgentDialError,
     CallStateError,
-    PortsExhaustedError,
-    SdpNegotiationError,
 )
 from mediaserver.lifecycle.policy import parse_retention_days
 from mediaserver.recorder import CALL_ID_PATTERN
 from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
-from mediaserver.rtp.offer_answer import (
-    Negotiation,
-    build_answer,
-    negotiate,
-    read_audio_offer,
-)
-from mediaserver.rtp.sdp import SessionDescription, build_sdp, parse_sdp
 from mediaserver.session import CallSession
-from mediaserver.settings import Settings
 from mediaserver.transports.agent import AgentConnection, accept, dial_out
 from mediaserver.transports.echo_agent import EchoAgent, is_builtin_agent_url, parse_echo_delay_s
 from mediaserver.transports.rtp import RtpCallerTransport
@@ -43,6 +30,7 @@ from mediaserver.transports.twilio_protocol import (
     parse_audio_format_query,
 )
 from mediaserver.transports.webrtc import WebRtcCallerTransport
+from mediaserver.webhooks import with_status_callback
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +41,7 @@ _RTCP_CONFLICT_PAYLOAD_TYPES = range(64, 96)
 _UNSPECIFIED_ADDRESSES = frozenset({"0.0.0.0", "::"})  # RFC 3264 §8.4: put on hold
 
 
-def _codec(value: Any, field: str) -> Codec:
+def parse_codec(value: Any, field: str) -> Codec:
     """A codec name from a request."""
     try:
         return Codec(value)
@@ -75,13 +63,13 @@ def _retention_days(value: Any) -> int | None:
 def describe_session(session: CallSession) -> dict[str, Any]:
     """A live call as the API shows it."""
     bridge = session.bridge
-    record = session.describe_agent()
+    record = session.record.agent()
     agent: dict[str, Any] = {
         "kind": _link_kind(session.agent),
         "connected": bridge is not None and session.leg_open(Channel.AGENT),
         "open": session.leg_open(Channel.AGENT),
-        "url": session.agent_url,
-        "error": session.agent_error,
+        "url": session.record.agent_url,
+        "error": session.record.agent_error,
         "connected_at": record.get("connected_at"),
         "frames_played": session.stats.agent_frames_played,
         "buffered_ms": bridge.buffered_ms if bridge is not None else 0.0,
@@ -105,6 +93,7 @@ def describe_session(session: CallSession) -> dict[str, Any]:
             ),
         },
         "dtmf_digits": session.stats.dtmf_digits,
+        "latency_ms": session.latency.summary_ms(),
         "legs": {
             "caller": {
                 "kind": _link_kind(session.caller),
@@ -169,7 +158,7 @@ async def _dial_agent(
         )
     except AgentDialError as exc:
         log.warning("call.agent_dial_failed", call_id=session.call_id, error=str(exc))
-        session.note_agent_dial_failed(str(exc))
+        session.record.agent_dial_failed(str(exc))
         session.end_agent_leg(EndReason.DIAL_FAILED, detail=str(exc))
         return
     if session.closed or not session.leg_open(Channel.AGENT):
@@ -182,7 +171,15 @@ async def _dial_agent(
 async def create_call(request: web.Request) -> web.Response:
     """POST /v1/calls: open a call (optionally dialling out to its agent)."""
     body = await read_json_object(request)
-    fields = {"call_id", "caller_codec", "agent_url", "agent_format", "metadata", "retention_days"}
+    fields = {
+        "call_id",
+        "caller_codec",
+        "agent_url",
+        "agent_format",
+        "metadata",
+        "retention_days",
+        "status_callback",
+    }
     unknown = set(body) - fields
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -196,8 +193,10 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(
             400, "bad_request", f"metadata must be a JSON object under {MAX_METADATA_BYTES} bytes"
         )
+    # The call's own webhook receiver travels with its metadata into the recording's manifest.
+    metadata = with_status_callback(metadata, body.get("status_callback"))
     retention_days = _retention_days(body.get("retention_days"))
-    codec = _codec(body.get("caller_codec", "opus"), "caller_codec")
+    codec = parse_codec(body.get("caller_codec", "opus"), "caller_codec")
     agent_url = body.get("agent_url")
     audio_format = _agent_format(body.get("agent_format"))
     settings = request.app[SETTINGS]
@@ -215,12 +214,16 @@ async def create_call(request: web.Request) -> web.Response:
         call_id, caller_codec=codec, metadata=metadata, retention_days=retention_days
     )
     if isinstance(agent_url, str):
-        session.note_agent_dial(agent_url)
+        session.record.agent_dialled(agent_url)
     if echo_delay_s is not None:
         # Caller audio is decoded at the rate the caller's codec carries, so the echo loses nothing.
         rate_hz = 48000 if codec is Codec.OPUS else codec.clock_rate_hz
         echo = EchoAgent(
-            session, call_id=session.call_id, sample_rate_hz=rate_hz, delay_s=echo_delay_s
+            session,
+            call_id=session.call_id,
+            sample_rate_hz=rate_hz,
+            delay_s=echo_delay_s,
+            clock=hub.clock,
         )
         session.attach_agent(echo)
     elif agent_url is not None:
@@ -275,167 +278,6 @@ async def end_call(request: web.Request) -> web.Response:
     )
 
 
-async def create_rtp_leg(request: web.Request) -> web.Response:
-    """POST /v1/calls/{id}/rtp: a UDP port for the caller's plain RTP (JSON, or an SDP offer)."""
-    hub: CallHub = request.app[HUB]
-    session = hub.get(request.match_info["call_id"])
-    offer: SessionDescription | None = None
-    payload_type: int | None
-    if request.content_type == SDP:
-        offer = parse_sdp(await read_text(request, SDP, "SDP"))
-        negotiation = _negotiate(offer, session.caller_codec)
-        codec = session.caller_codec
-        payload_type = negotiation.audio.payload_type
-        event = negotiation.telephone_event
-        dtmf_payload_type = None if event is None else event.payload_type
-        remote = _offered_remote(negotiation)
-    else:
-        body = await read_json_object(request)
-        unknown = set(body) - {"codec", "payload_type", "dtmf_payload_type"}
-        if unknown:
-            raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-        codec = _codec(body.get("codec", session.caller_codec.value), "codec")
-        if codec is not session.caller_codec:
-            raise ApiError(
-                409,
-                "conflict",
-                f"call {session.call_id} was created for {session.caller_codec.value}",
-            )
-        payload_type = _payload_type(body.get("payload_type"), "payload_type")
-        dtmf_payload_type = _payload_type(body.get("dtmf_payload_type"), "dtmf_payload_type")
-        if dtmf_payload_type is not None and dtmf_payload_type == payload_type:
-            raise ApiError(400, "bad_request", "dtmf_payload_type must differ from payload_type")
-        remote = None
-    if session.caller is not None or not session.leg_open(Channel.CALLER):
-        raise CallStateError(f"call {session.call_id} already has a caller leg")
-    settings = request.app[SETTINGS]
-    transport = RtpCallerTransport(
-        codec=codec,
-        sink=session,
-        host=settings.rtp_host,
-        ports=request.app[PORTS],
-        media_timeout_s=settings.rtp_media_timeout_s,
-        offered_remote=remote,
-        payload_type=payload_type,
-        dtmf_payload_type=dtmf_payload_type,
-        relatch_after_s=settings.rtp_relatch_after_s,
-        relatch_any_source=settings.rtp_relatch_any_source,
-        clock=hub.clock,
-    )
-    try:
-        port = await transport.start()
-    except PortsExhaustedError as exc:
-        # The call cannot get its caller: release it rather than leave it alive with no legs.
-        session.note(f"no caller leg could be set up: {exc}")
-        session.end(EndReason.SETUP_FAILED)
-        raise
-    try:
-        session.attach_caller(transport)
-    except CallStateError:
-        await transport.close()
-        raise
-    host = _public_host(settings)
-    if offer is not None:
-        answer = build_answer(
-            offer,
-            negotiation,
-            address=host,
-            port=port,
-            session_id=secrets.randbits(62),
-        )
-        return web.Response(
-            status=201,
-            text=build_sdp(answer),
-            content_type=SDP,
-            headers={"Location": f"/v1/calls/{session.call_id}"},
-        )
-    return web.json_response(
-        {
-            "call_id": session.call_id,
-            "host": host,
-            "port": port,
-            "codec": codec.value,
-            "payload_type": transport.payload_type,
-            "dtmf_payload_type": transport.dtmf_payload_type,
-            "clock_rate_hz": codec.clock_rate_hz,
-        },
-        status=201,
-    )
-
-
-def _negotiate(offer: SessionDescription, codec: Codec) -> Negotiation:
-    """Negotiate the call's codec; name the codec to create the call with if it is not offered."""
-    audio = read_audio_offer(offer)
-    try:
-        return negotiate(audio, preferences=(codec.value,))
-    except SdpNegotiationError:
-        try:
-            other = negotiate(audio).codec
-        except SdpNegotiationError:
-            raise  # nothing usable at all: the first message says what was offered
-        raise SdpNegotiationError(
-            f"SDP offer has no {codec.value}, which this call records; it offers {other}:"
-            f" create the call with caller_codec {other}"
-        ) from None
-
-
-def _offered_remote(negotiation: Negotiation) -> tuple[str, int] | None:
-    """Where the offer asks for our audio, until the caller's own packets say where it is."""
-    address, port = negotiation.remote_address, negotiation.remote_port
-    if address in _UNSPECIFIED_ADDRESSES or not 0 < port <= 0xFFFF:
-        return None
-    return address, port
-
-
-def _payload_type(value: Any, field: str) -> int | None:
-    """An RTP payload type from a request: 0-127, outside 64-95 (RTCP shares the port)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
-        raise ApiError(400, "bad_request", f"{field} must be an integer from 0 to 127")
-    if value in _RTCP_CONFLICT_PAYLOAD_TYPES:
-        raise ApiError(
-            400,
-            "bad_request",
-            f"{field} {value} reads as RTCP on a port RTCP shares (RFC 5761 §4): use 96-127",
-        )
-    return value
-
-
-def _public_host(settings: Settings) -> str:
-    """The address callers send RTP to."""
-    return settings.rtp_public_host or settings.rtp_host
-
-
-async def set_recording(request: web.Request) -> web.Response:
-    """POST /v1/calls/{id}/recording: pause or resume recording (both channels)."""
-    session = request.app[HUB].get(request.match_info["call_id"])
-    body = await read_json_object(request)
-    unknown = set(body) - {"status", "pause_behavior"}
-    if unknown:
-        raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    status = body.get("status")
-    if status not in ("paused", "recording"):
-        raise ApiError(400, "bad_request", "status must be paused or recording")
-    behavior_name = body.get("pause_behavior", PauseBehavior.SILENCE.value)
-    try:
-        behavior = PauseBehavior(behavior_name)
-    except ValueError:
-        raise ApiError(400, "bad_request", "pause_behavior must be silence or skip") from None
-    if status == "paused":
-        session.pause_recording(behavior)
-    else:
-        session.resume_recording()
-    paused = session.recording.paused
-    return web.json_response(
-        {
-            "call_id": session.call_id,
-            "status": "recording" if paused is None else "paused",
-            "pause_behavior": None if paused is None else paused.value,
-        }
-    )
-
-
 async def agent_socket(request: web.Request) -> web.StreamResponse:
     """GET /v1/calls/{id}/agent: the agent dials in (Twilio Media Streams messages)."""
     session = request.app[HUB].get(request.match_info["call_id"])
@@ -457,6 +299,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/calls", list_calls)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", end_call)
-    app.router.add_post("/v1/calls/{call_id}/rtp", create_rtp_leg)
-    app.router.add_post("/v1/calls/{call_id}/recording", set_recording)
     app.router.add_get("/v1/calls/{call_id}/agent", agent_socket)

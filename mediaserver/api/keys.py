@@ -22,11 +22,13 @@ from mediaserver.recorder import Recorder
 from mediaserver.settings import Settings
 from mediaserver.storage_backends.store import ObjectStore
 from mediaserver.transports.port_allocator import PortAllocator
+from mediaserver.webhooks import CallEvents
 
 SETTINGS = web.AppKey("settings", Settings)
 PROCESS_POOL = web.AppKey("process_pool", ProcessPoolExecutor)
 JOB_POOL = web.AppKey("job_pool", ProcessPoolExecutor)  # post-call jobs, niced
 JOBS = web.AppKey("jobs", JobScheduler)
+EVENTS = web.AppKey("events", CallEvents)  # webhook events of recordings and jobs
 STORE = web.AppKey("store", ObjectStore)
 FINALIZER = web.AppKey("finalizer", Finalizer)
 RECORDER = web.AppKey("recorder", Recorder)

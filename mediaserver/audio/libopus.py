@@ -19,11 +19,13 @@ from mediaserver.errors import OpusPacketError
 
 # opus_defines.h
 _OPUS_OK = 0
+_RESET_STATE = 4028  # the decoder ctl that forgets all history
 _APPLICATION_VOIP = 2048
 _SET_BITRATE_REQUEST = 4002
 _SET_COMPLEXITY_REQUEST = 4010
 _SET_INBAND_FEC_REQUEST = 4012
 _SET_SIGNAL_REQUEST = 4024
+_RESET_STATE = 4028
 _SIGNAL_VOICE = 3001
 # RFC 6716 §2: the sample rates libopus encodes from and decodes to.
 OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
@@ -59,6 +61,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, c_int_p]
     lib.opus_decoder_create.restype = ctypes.c_void_p
     lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_decoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.opus_decoder_ctl.restype = ctypes.c_int
     lib.opus_decode.argtypes = [
         ctypes.c_void_p,
         ctypes.c_char_p,
@@ -99,9 +103,15 @@ class OpusDecoder:
         self._state = self._lib.opus_decoder_create(rate_hz, 1, ctypes.byref(error))
         if error.value != _OPUS_OK or not self._state:
             raise OSError(f"opus_decoder_create failed: {_error(self._lib, error.value)}")
+        self.rate_hz = rate_hz
         self._max_samples = rate_hz * _MAX_PACKET_MS // 1000
         self._out = np.zeros(self._max_samples, np.int16)
         self._out_pointer = self._out.ctypes.data
+
+    @property
+    def max_packet_samples(self) -> int:
+        """Samples of the longest packet (120 ms) at this rate."""
+        return self._max_samples
 
     def decode(self, payload: bytes) -> Pcm:
         """Decode one packet; a packet libopus rejects is an OpusPacketError."""
@@ -111,6 +121,22 @@ class OpusDecoder:
         if count < 0:
             raise OpusPacketError(f"Opus payload does not decode: {_error(self._lib, count)}")
         return self._out[:count].copy()
+
+    def decode_into(self, payload: bytes, out: Pcm, offset: int) -> int:
+        """Decode one packet into `out[offset:]` (room for max_packet_samples); samples written."""
+        if out.size - offset < self._max_samples or not out.flags.c_contiguous:
+            raise ValueError("the output has no room for the longest packet")
+        address = out.ctypes.data + offset * out.itemsize
+        count: int = self._lib.opus_decode(
+            self._state, payload, len(payload), address, self._max_samples, 0
+        )
+        if count < 0:
+            raise OpusPacketError(f"Opus payload does not decode: {_error(self._lib, count)}")
+        return count
+
+    def reset(self) -> None:
+        """Forget the decoder's history, as after a stream restart."""
+        self._lib.opus_decoder_ctl(self._state, _RESET_STATE)
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None
@@ -160,6 +186,14 @@ class OpusFrameEncoder:
         if size < 0:
             raise OSError(f"opus_encode failed: {_error(self._lib, size)}")
         return self._out.raw[:size]
+
+    def reset(self) -> None:
+        """Forget the audio encoded so far (OPUS_RESET_STATE): the next frame starts afresh."""
+        result = self._lib.opus_encoder_ctl(
+            ctypes.c_void_p(self._state), ctypes.c_int(_RESET_STATE)
+        )
+        if result != _OPUS_OK:
+            raise OSError(f"opus_encoder_ctl(RESET_STATE) failed: {_error(self._lib, result)}")
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None

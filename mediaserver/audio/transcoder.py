@@ -78,6 +78,15 @@ class AgentAudioEncoder:
         )
         self._g711_pending = np.zeros(0, np.int16)
 
+    def start_utterance(self) -> None:
+        """The frames to come follow a pause the caller heard as silence: encode them afresh."""
+        # An Opus encoder that kept its state through the pause codes the first frames as if
+        # the last utterance went on: the caller's decoder, which played silence meanwhile,
+        # ramps them in over ~60 ms (-8 dB in the first frame), and the encoder's lookahead
+        # brings back the last 6.5 ms of the previous utterance. Reset, it starts as new.
+        if self._opus is not None:
+            self._opus.reset()
+
     def encode_frame(self, pcm: Pcm) -> bytes:
         """Encode exactly one 20 ms frame."""
         if pcm.size != self.frame_samples:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from mediaserver.durable_file import write_file_durably
 from mediaserver.jobs.queue import Job, JobHandler, parse_job
 
 log = structlog.get_logger(__name__)
@@ -66,7 +65,7 @@ class LocalJobQueue:
         self._last_sequence = max(time.time_ns(), self._last_sequence + 1)
         name = f"{self._last_sequence:020d}-{job.call_id}-{job.kind.value}{_SUFFIX}"
         path = self.directory / name
-        await asyncio.to_thread(_write_durably, path, job.to_json())
+        await asyncio.to_thread(write_file_durably, path, job.to_json())
         replaced = [
             e for e in self._waiting if e.job.call_id == job.call_id and e.job.kind is job.kind
         ]
@@ -86,7 +85,9 @@ class LocalJobQueue:
             for index in range(self.concurrency)
         ]
         try:
-            await asyncio.gather(*workers)
+            # wait(), unlike gather(), does not cancel the workers itself: each is cancelled
+            # exactly once below, so its clean-up after the cancellation is not cut short.
+            await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for worker in workers:
                 worker.cancel()
@@ -163,23 +164,3 @@ def _load_entries(directory: Path) -> list[_Entry]:
         except (ValueError, OSError) as exc:
             log.warning("jobs.unreadable_file", path=str(path), error=str(exc))
     return entries
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write a file so that it is whole or absent after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)

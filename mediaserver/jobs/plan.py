@@ -12,9 +12,10 @@ from mediaserver.jobs.scheduler import JobPlan
 from mediaserver.jobs.state import JobKind
 from mediaserver.settings import Settings
 from mediaserver.transcription.backend import Transcriber
+from mediaserver.transcription.openai import OpenAITranscriber
 from mediaserver.transcription.pocketsphinx import PocketsphinxTranscriber
 
-DEFAULT_MODELS = {"pocketsphinx": "en-us"}
+DEFAULT_MODELS = {"pocketsphinx": "en-us", "openai": "whisper-1"}
 
 
 def build_analysis_config(settings: Settings) -> AnalysisConfig:
@@ -61,6 +62,15 @@ def build_transcriber_factory(settings: Settings, executor: Executor | None) -> 
         model = params.get("model") or DEFAULT_MODELS.get(backend, "")
         if backend == "pocketsphinx":
             return PocketsphinxTranscriber(executor, model=model, turn_gap_s=settings.turn_gap_s)
+        if backend == "openai":
+            return OpenAITranscriber(
+                executor,
+                model=model,
+                timeout_s=settings.transcription_timeout_s,
+                max_attempts=settings.transcription_max_attempts,
+                max_upload_bytes=settings.transcription_max_upload_bytes,
+                turn_gap_s=settings.turn_gap_s,
+            )
         raise TranscriptionError(
             f"transcription backend {backend!r} is not available", code="unknown_backend"
         )

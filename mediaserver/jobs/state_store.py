@@ -18,7 +18,7 @@ from typing import Protocol
 import structlog
 
 from mediaserver.clock import Clock, SystemClock
-from mediaserver.errors import ObjectNotFoundError, StorageError
+from mediaserver.errors import StorageError
 from mediaserver.jobs.objects import read_text_object, write_text_object
 from mediaserver.jobs.state import JobKind, JobState, parse_job_states
 from mediaserver.recording.manifest import Manifest, format_utc, parse_manifest
@@ -103,16 +103,13 @@ class JobStateStore:
         if manifest is None:
             return None
         updated = replace(manifest, jobs={**manifest.jobs, state.kind.value: state.to_dict()})
-        try:
-            await write_text_object(
-                self.store,
-                manifest_key,
-                updated.to_json(),
-                content_type=MANIFEST_CONTENT_TYPE,
-                scratch_dir=self.scratch_dir,
-            )
-        except ObjectNotFoundError:
-            return None
+        await write_text_object(
+            self.store,
+            manifest_key,
+            updated.to_json(),
+            content_type=MANIFEST_CONTENT_TYPE,
+            scratch_dir=self.scratch_dir,
+        )
         log.info(
             "job.state",
             call_id=manifest.call_id,

@@ -28,7 +28,7 @@ async def transcribe_files(
 ) -> tuple[dict[str, Any], str]:
     """The transcript document and its WebVTT; speech spans are detected if not given."""
     if speech is None:
-        speech = await detect_channels_speech(files, config, executor)
+        speech = await detect_channels_speech(files, config, executor, duration_s)
     channels = [
         ChannelAudio(
             speaker=side,

@@ -24,6 +24,9 @@ class CallRecord:
     legs: dict[str, Any] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # What the server added to the call's audio each way: {"caller_to_agent": {"p50", "p99",
+    # "count"}, "agent_to_caller": {...}}, in milliseconds.
+    latency_ms: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """JSON form."""
@@ -35,6 +38,7 @@ class CallRecord:
                 "legs": self.legs,
                 "dropped": self.dropped,
                 "notes": list(self.notes),
+                "latency_ms": self.latency_ms,
             },
             sort_keys=True,
         )
@@ -51,6 +55,7 @@ def parse_call_record(text: str) -> CallRecord:
             legs=dict(data.get("legs", {})),
             dropped={str(k): int(v) for k, v in dict(data.get("dropped", {})).items()},
             notes=tuple(str(note) for note in data.get("notes", ())),
+            latency_ms=dict(data.get("latency_ms", {})),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise JournalError(f"call record is malformed: {exc}") from None

@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from mediaserver.errors import JournalError
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.packet_columns import PacketColumns
 from mediaserver.rtp.media_packet import MediaPacket
 
 MAGIC = b"MSJ1"
@@ -154,3 +155,32 @@ def parse_journal(data: bytes) -> tuple[JournalHeader, list[MediaPacket]]:
     """Decode a whole journal file's bytes into its header and records."""
     header = parse_journal_header(data)
     return header, list(iter_journal_records(data))
+
+
+def read_journal_columns(data: bytes) -> tuple[JournalHeader, PacketColumns]:
+    """Decode a journal into its header and its records as columns over `data` (compact)."""
+    header = parse_journal_header(data)
+    columns = PacketColumns(data)
+    offset = HEADER_SIZE
+    end = len(data)
+    unpack_from = _RECORD.unpack_from
+    append = columns.append
+    while offset + RECORD_HEADER_SIZE <= end:
+        arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(
+            data, offset
+        )
+        start = offset + RECORD_HEADER_SIZE
+        if start + length > end:
+            break  # a record cut short by a crash: everything before it is whole
+        append(
+            arrival_ns,
+            timestamp,
+            sequence,
+            ssrc,
+            payload_type,
+            bool(flags & _FLAG_MARKER),
+            start,
+            length,
+        )
+        offset = start + length
+    return header, columns

@@ -58,6 +58,9 @@ class Manifest:
     dropped: dict[str, int] = field(default_factory=dict)
     events: tuple[dict[str, Any], ...] = ()
     paused: tuple[dict[str, Any], ...] = ()
+    # What the server added to the call's audio, each way: p50/p99 in ms and how many frames
+    # ({"caller_to_agent": {...}, "agent_to_caller": {...}}; empty when the call never ended).
+    latency_ms: dict[str, Any] = field(default_factory=dict)
     # Retention and legal hold: {"retention_days": N} when the call set its own (0: forever),
     # {"hold": {"since", "by", "reason"}} while held (mediaserver.lifecycle.policy reads it).
     lifecycle: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +102,7 @@ def parse_manifest(text: str) -> Manifest:
         jobs=data.get("jobs", {}),
         legs=data.get("legs", {}),
         dropped=data.get("dropped", {}),
+        latency_ms=data.get("latency_ms", {}),
         events=tuple(data.get("events", ())),
         paused=tuple(data.get("paused", ())),
         lifecycle=data.get("lifecycle", {}),

@@ -22,7 +22,7 @@ from pocketsphinx import Decoder
 
 from mediaserver.analysis.turns import Speaker, compute_turns
 from mediaserver.analysis.vad import Span
-from mediaserver.audio.opus_decoder import decode_ogg_opus_file
+from mediaserver.audio.ogg_opus_decode import decode_ogg_opus_file
 from mediaserver.errors import TranscriptionError
 from mediaserver.transcription.backend import ChannelAudio, Segment, Word
 
@@ -34,6 +34,7 @@ FRAMES_PER_S = 100  # pocketsphinx's default frame rate (-frate)
 PAD_S = 0.15  # a little context around each turn helps the decoder find the first phoneme
 MAX_CHUNK_S = 20.0
 MAX_TASK_S = 30.0  # speech per worker task
+TASKS_IN_FLIGHT = 2  # per channel: both job workers busy, the pool's queue stays short
 _NOT_WORDS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "to(3)": the dictionary's third pronunciation
 
@@ -87,12 +88,19 @@ class PocketsphinxTranscriber:
         try:
             pcm_path = scratch / "channel.s16"
             await loop.run_in_executor(self._executor, write_pcm_file, channel.path, pcm_path)
+            slots = asyncio.Semaphore(TASKS_IN_FLIGHT)
+
+            async def recognize(batch: list[Span]) -> list[list[Word]]:
+                async with slots:
+                    return await loop.run_in_executor(
+                        self._executor, recognize_chunks, pcm_path, batch
+                    )
+
+            batches = _batches(chunks)
+            results = await asyncio.gather(*(recognize(batch) for batch in batches))
             segments = []
-            for batch in _batches(chunks):
-                results = await loop.run_in_executor(
-                    self._executor, recognize_chunks, pcm_path, batch
-                )
-                for chunk, words in zip(batch, results, strict=True):
+            for batch, words_per_chunk in zip(batches, results, strict=True):
+                for chunk, words in zip(batch, words_per_chunk, strict=True):
                     segment = _segment(channel.speaker, chunk, words, channel.offset_s)
                     if segment is not None:
                         segments.append(segment)

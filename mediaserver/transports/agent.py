@@ -54,6 +54,7 @@ DEFAULT_SEND_QUEUE_MESSAGES = 250
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
 
 AgentWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+_UNTIMED = -1  # a queued message whose latency is not measured
 
 
 def compute_close_code(reason: str) -> int:
@@ -129,8 +130,9 @@ class AgentConnection:
         self._sequence_number = START_SEQUENCE_NUMBER
         self._chunk = 0
         self._next_timestamp_ms = 0
-        # (is_media, text): only media may be dropped; a lost mark echo would stall the agent.
-        self._outgoing: deque[tuple[bool, str]] = deque()
+        # (is_media, text, when the caller audio arrived or _UNTIMED): only media may be
+        # dropped; a lost mark echo would stall the agent.
+        self._outgoing: deque[tuple[bool, str, int]] = deque()
         self._queued_media = 0
         self._wakeup = asyncio.Event()
         self._closed = asyncio.Event()
@@ -168,8 +170,10 @@ class AgentConnection:
 
     # -- sending (called by the session on the packet path: never blocks) ----------------------
 
-    def send_caller_audio(self, pcm: Pcm) -> None:
+    def send_caller_audio(self, pcm: Pcm, arrival_ns: int | None = None) -> None:
         """Queue caller speech as one `media` message; the oldest queued media goes on overflow."""
+        # `arrival_ns`: when the caller's packet reached the server, reported back to the sink
+        # with the time the message was written (the caller-to-agent latency).
         if self.state is not ConnectionState.OPEN or pcm.size == 0:
             return
         elapsed_ms = (self._clock.monotonic_ns() - self._started_ns) // 1_000_000
@@ -187,7 +191,7 @@ class AgentConnection:
         )
         if self._queued_media >= self.max_queued_messages:
             self._drop_oldest_media()
-        self._outgoing.append((True, text))
+        self._outgoing.append((True, text, _UNTIMED if arrival_ns is None else arrival_ns))
         self._queued_media += 1
         self._wakeup.set()
 
@@ -203,6 +207,7 @@ class AgentConnection:
                     stream_sid=self.stream_sid,
                     name=name,
                 ),
+                _UNTIMED,
             )
         )
         self._wakeup.set()
@@ -214,7 +219,7 @@ class AgentConnection:
         text = build_dtmf(
             sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, digit=digit
         )
-        self._outgoing.append((False, text))
+        self._outgoing.append((False, text, _UNTIMED))
         self.stats.dtmf_sent += 1
         self._wakeup.set()
 
@@ -239,7 +244,7 @@ class AgentConnection:
 
     def _drop_oldest_media(self) -> None:
         """Make room by dropping the oldest queued caller audio, never a mark."""
-        for index, (is_media, _) in enumerate(self._outgoing):
+        for index, (is_media, _, _) in enumerate(self._outgoing):
             if is_media:
                 del self._outgoing[index]
                 self._queued_media -= 1
@@ -251,12 +256,14 @@ class AgentConnection:
         try:
             while True:
                 while self._outgoing:
-                    is_media, text = self._outgoing.popleft()
+                    is_media, text, arrival_ns = self._outgoing.popleft()
                     if is_media:
                         self._queued_media -= 1
                     await self.ws.send_str(text)
                     if is_media:
                         self.stats.media_sent += 1
+                        if arrival_ns != _UNTIMED:
+                            self.sink.on_caller_audio_sent(arrival_ns, self._clock.monotonic_ns())
                     else:
                         self.stats.marks_sent += 1
                 if self.state is not ConnectionState.OPEN:
@@ -277,7 +284,7 @@ class AgentConnection:
                 msg = await self.ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     try:
-                        self._deliver(msg.data)
+                        self._deliver(msg.data, self._clock.monotonic_ns())
                     except AgentProtocolError as exc:
                         reason = "protocol_error"
                         await self._fail(exc.close_code, str(exc))
@@ -307,7 +314,7 @@ class AgentConnection:
         finally:
             await self._end_from_reader(reason)
 
-    def _deliver(self, text: str) -> None:
+    def _deliver(self, text: str, received_ns: int) -> None:
         """Parse one text frame and hand it to the sink."""
         message = parse_agent_message(
             text,
@@ -318,7 +325,8 @@ class AgentConnection:
         if isinstance(message, AgentMedia):
             self.stats.media_received += 1
             if message.payload:
-                self.sink.on_agent_audio(decode_payload(message.payload, self.audio_format))
+                audio = decode_payload(message.payload, self.audio_format)
+                self.sink.on_agent_audio(audio, received_ns)
         elif isinstance(message, AgentMark):
             self.stats.marks_received += 1
             self.sink.on_agent_mark(message.name)
@@ -384,6 +392,7 @@ class AgentConnection:
                     call_sid=self.call_id,
                     account_sid=self.account_sid,
                 ),
+                _UNTIMED,
             )
         )
         self._wakeup.set()

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
+from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import AgentUrlError
 from mediaserver.excerpt import excerpt
 from mediaserver.transports.link import AgentMediaSink, Pcm
@@ -45,10 +46,17 @@ class EchoAgent:
     """An AgentLink that hands the caller's audio back to the call, `delay_s` later."""
 
     def __init__(
-        self, sink: AgentMediaSink, *, call_id: str, sample_rate_hz: int, delay_s: float
+        self,
+        sink: AgentMediaSink,
+        *,
+        call_id: str,
+        sample_rate_hz: int,
+        delay_s: float,
+        clock: Clock | None = None,
     ) -> None:
         """Echo into `sink` (the call session) at the rate the session decodes caller audio to."""
         self.sample_rate_hz = sample_rate_hz
+        self._clock: Clock = clock or SystemClock()
         self._log = log.bind(call_id=call_id)
         self._sink = sink
         self._delay_s = delay_s
@@ -58,10 +66,12 @@ class EchoAgent:
         self._closed = False
         self.dtmf_received = 0
 
-    def send_caller_audio(self, pcm: Pcm) -> None:
+    def send_caller_audio(self, pcm: Pcm, arrival_ns: int | None = None) -> None:
         """Schedule the chunk to come back as agent speech."""
         if self._closed:
             return
+        if arrival_ns is not None:  # handed over at once: that is this agent's "received"
+            self._sink.on_caller_audio_sent(arrival_ns, self._clock.monotonic_ns())
         self._pending.append(self._loop.call_later(self._delay_s, self._play, pcm))
 
     def send_mark(self, name: str) -> None:
@@ -88,4 +98,4 @@ class EchoAgent:
         if self._pending:
             self._pending.popleft()
         if not self._closed:
-            self._sink.on_agent_audio(pcm)
+            self._sink.on_agent_audio(pcm, self._clock.monotonic_ns())

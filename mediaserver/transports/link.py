@@ -65,8 +65,12 @@ class CallerLink(Protocol):
 class AgentMediaSink(Protocol):
     """Where an agent connection delivers what the agent sends (implemented by the call session)."""
 
-    def on_agent_audio(self, pcm: Pcm) -> None:
-        """Agent speech as mono int16 PCM at the connection's sample rate, to be played out."""
+    def on_agent_audio(self, pcm: Pcm, arrival_ns: int) -> None:
+        """Agent speech (mono int16 PCM at the connection's rate) that reached the server then."""
+        ...
+
+    def on_caller_audio_sent(self, arrival_ns: int, sent_ns: int) -> None:
+        """Caller audio that reached the server at `arrival_ns` went to the agent at `sent_ns`."""
         ...
 
     def on_agent_mark(self, name: str) -> None:
@@ -87,8 +91,8 @@ class AgentLink(Protocol):
 
     sample_rate_hz: int
 
-    def send_caller_audio(self, pcm: Pcm) -> None:
-        """Send caller speech (mono int16 PCM at `sample_rate_hz`) to the agent."""
+    def send_caller_audio(self, pcm: Pcm, arrival_ns: int | None = None) -> None:
+        """Send caller speech (mono int16 PCM at `sample_rate_hz`) that arrived at `arrival_ns`."""
         ...
 
     def send_mark(self, name: str) -> None:

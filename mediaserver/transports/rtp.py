@@ -44,10 +44,10 @@ SO_RXQ_OVFL = 40
 _TIMESPEC = struct.Struct("@qq")
 _OVERFLOW_COUNT = struct.Struct("@I")
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_OVERFLOW_COUNT.size)
-# Datagrams read per wake-up before other callbacks get the loop again.
 # RFC 4961 §4 has a symmetric-RTP endpoint follow its peer; a NAT that rebinds moves the peer to
 # a new source port. The old source must be silent this long before a new one takes over.
 DEFAULT_RELATCH_AFTER_S = 2.0
+# Datagrams read per wake-up before other callbacks get the loop again.
 _READS_PER_WAKEUP = 64
 # The kernel's receive buffer: ~2.5 s of one caller at 50 packets/s of up to 2 KiB, so a stalled
 # loop loses nothing before the stall is long enough to show in every other metric.
