@@ -123,6 +123,7 @@ class Snapshot:
     wall_s: float
     lag_buckets: dict[float, float]
     rcvbuf_errors: int
+    dropped: dict[str, float]
 
 
 @dataclass(slots=True)
@@ -145,6 +146,7 @@ class StepResult:
     duration_error_ms: float  # worst |stored duration - call length|
     drift_corrections: int
     refused: int
+    server_drops: dict[str, float] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -181,7 +183,9 @@ def build_agent_chunk() -> bytes:
 # -- server process ------------------------------------------------------------------------------
 
 
-def start_server(work: Path, port: int, cpu: int | None, extra_env: dict[str, str]) -> Any:
+def start_server(
+    work: Path, port: int, cpu: int | None, extra_env: dict[str, str], nice: int = 0
+) -> Any:
     """`mediaserver serve` in its own process group, pinned to `cpu`."""
     env = {
         **os.environ,
@@ -194,11 +198,16 @@ def start_server(work: Path, port: int, cpu: int | None, extra_env: dict[str, st
         "MEDIASERVER_ICE_HOST_ADDRESSES": HOST,
         "MEDIASERVER_FINALIZE_WORKERS": "1",
         "MEDIASERVER_DRAIN_TIMEOUT_S": "120",
+        # The load is the experiment: off unless --admission asks to see the refusals.
+        "MEDIASERVER_MAX_CPU_SHARE": "0",
+        "MEDIASERVER_MAX_LOOP_LAG_MS": "0",
         **extra_env,
     }
     command = [sys.executable, "-m", "mediaserver", "serve"]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
     log = (work / "server.log").open("wb")
     return subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -257,6 +266,14 @@ def parse_lag_buckets(text: str) -> dict[float, float]:
             bound = float("inf") if match[1] == "+Inf" else float(match[1])
             buckets[bound] = float(match[2])
     return buckets
+
+
+_DROPPED = re.compile(r'^mediaserver_packets_dropped_total\{reason="([^"]+)"\} (\S+)$')
+
+
+def parse_drops(text: str) -> dict[str, float]:
+    """The server's own drop counters, by reason."""
+    return {m[1]: float(m[2]) for line in text.splitlines() if (m := _DROPPED.match(line))}
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -388,6 +405,7 @@ class Load:
                     rtp.sock.sendto(header + payload, rtp.destination)
                 except BlockingIOError:
                     continue
+                rtp.ended_s = time.monotonic() + FRAME_S  # the packet's audio ends 20 ms later
                 rtp.sequence = (rtp.sequence + 1) & 0xFFFF
                 rtp.timestamp = (rtp.timestamp + OPUS_FRAME_SAMPLES) & 0xFFFFFFFF
                 rtp.packets_sent += 1
@@ -487,7 +505,11 @@ async def snapshot(client: aiohttp.ClientSession, base: str, pid: int) -> Snapsh
     async with client.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
         text = await r.text()
     return Snapshot(
-        read_process_cpu_s(pid), time.monotonic(), parse_lag_buckets(text), read_rcvbuf_errors()
+        read_process_cpu_s(pid),
+        time.monotonic(),
+        parse_lag_buckets(text),
+        read_rcvbuf_errors(),
+        parse_drops(text),
     )
 
 
@@ -502,20 +524,30 @@ def channel_stats(manifest: dict[str, Any], channel: str) -> dict[str, Any]:
 # -- profile -------------------------------------------------------------------------------------
 
 CATEGORIES = (
-    ("opus encode", ("opus_encoder", "encode_frame", "libopus")),
-    ("opus decode + resample", ("transcoder.py:decode", "resample", "CallerAudioDecoder")),
-    ("g711", ("g711",)),
-    ("base64", ("b64", "base64")),
-    ("json", ("json",)),
+    ("opus decode (libopus)", ("decode (mediaserver/audio/libopus.py",)),
+    ("opus encode (libopus)", ("encode (mediaserver/audio/libopus.py", "opus_encoder")),
+    ("g711", ("g711.py",)),
+    ("base64", ("base64",)),
+    ("json", ("json/",)),
     (
-        "websocket (aiohttp)",
-        ("aiohttp/_websocket", "aiohttp/client_ws", "aiohttp/web_ws", "websocket"),
+        "agent websocket (aiohttp)",
+        (
+            "aiohttp/_websocket",
+            "aiohttp/client_ws",
+            "aiohttp/web_ws",
+            "agent.py",
+            "twilio_protocol.py",
+        ),
     ),
-    ("journal", ("journal.py",)),
+    ("journal", ("journal.py", "call_recording.py")),
     ("aiortc/srtp/ice", ("aiortc", "aioice", "pylibsrtp")),
-    ("udp receive", ("datagram_received", "selector_events", "recvmsg", "_on_readable")),
-    ("pacer/playout", ("playout.py", "calls.py:_pace", "pacer", "session.py:tick")),
-    ("event loop", ("base_events", "selectors.py", "events.py")),
+    ("rtp leg (recvmsg, parse, send)", ("transports/rtp.py", "rtp/packet.py")),
+    (
+        "pacer/playout/session",
+        ("playout.py", "calls.py", "session.py", "agent_bridge.py", "sequencer.py"),
+    ),
+    ("metrics/admission", ("metrics.py", "admission.py", "prometheus")),
+    ("event loop", ("base_events", "selectors.py", "events.py", "selector_events")),
 )
 
 
@@ -551,7 +583,11 @@ async def run_step(
     port = free_port()
     base = f"http://{HOST}:{port}"
     extra = dict(item.split("=", 1) for item in args.server_env)
-    server = start_server(work, port, args.server_cpu, extra)
+    if args.admission:
+        # The server's own defaults (config/mediaserver.toml): refuse before the loop lags.
+        extra.setdefault("MEDIASERVER_MAX_CPU_SHARE", "0.85")
+        extra.setdefault("MEDIASERVER_MAX_LOOP_LAG_MS", "20")
+    server = start_server(work, port, args.server_cpu, extra, args.nice)
     profile: dict[str, float] = {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
@@ -580,13 +616,17 @@ async def run_step(
                     profile = summarize_profile(raw)
             await load.end(client)
             manifests = await load.manifests(client)
+            final = await snapshot(client, base, server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work} (server.log)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     cpu_share = (after.cpu_s - before.cpu_s) / (after.wall_s - before.wall_s)
     accepted = len(load.calls)
     caller_recorded = sum(int(channel_stats(m, "caller").get("packets", 0)) for m in manifests)
@@ -598,8 +638,10 @@ async def run_step(
     )
     errors = []
     for call, manifest in zip(load.calls, manifests, strict=True):
-        first = call.rtp.started_s if call.rtp is not None else call.started_s
-        length_ms = (call.ended_s - first) * 1000
+        if call.rtp is not None:  # the caller's stream spans the call; the agent's lies within
+            length_ms = (call.rtp.ended_s - call.rtp.started_s) * 1000
+        else:
+            length_ms = (call.ended_s - call.started_s) * 1000
         errors.append(abs(float(manifest.get("duration_ms", 0.0)) - length_ms))
     return StepResult(
         transport=transport,
@@ -618,6 +660,7 @@ async def run_step(
         duration_error_ms=max(errors, default=0.0),
         drift_corrections=drift,
         refused=load.refused,
+        server_drops={k: v for k, v in final.dropped.items() if v},
         profile=profile,
     )
 
@@ -632,7 +675,7 @@ def row(result: StepResult, spread: str) -> list[object]:
     """One printed line."""
     return [
         f"{result.transport} x{result.calls}",
-        result.accepted,
+        f"{result.accepted} ({result.refused} refused)",
         f"{result.cpu_percent:.0f}%",
         f"{result.cpu_per_call_percent:.2f}%{spread}",
         f"{result.lag_p50_ms:.1f}/{result.lag_p99_ms:.1f}",
@@ -652,6 +695,8 @@ async def main_async(args: argparse.Namespace) -> None:
     chunk = build_agent_chunk()
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {args.load_cpu})
+    if args.nice:
+        os.nice(args.nice)  # the load too: other work on the machine must not starve it
     rows = []
     best: dict[str, int] = {}
     for transport in args.transports:
@@ -666,6 +711,8 @@ async def main_async(args: argparse.Namespace) -> None:
             passes = sum(r.passed for r in runs)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
+            if result.server_drops:
+                print(f"server drop counters {transport} x{count}: {result.server_drops}")
             if result.profile:
                 print(f"profile {transport} x{count} (share of server samples):")
                 for name, share in result.profile.items():
@@ -707,6 +754,15 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the server each step")
+    parser.add_argument("--keep", action="store_true", help="keep each step's server.log")
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="keep the server's load guard on: calls beyond what it can carry get 503",
+    )
+    parser.add_argument(
+        "--nice", type=int, default=0, help="niceness of server and load (root: -10 on a busy box)"
+    )
     parser.add_argument(
         "--server-env",
         action="append",

@@ -1,4 +1,4 @@
-"""Packets per second on one core for the live ingest path: parse each RTP header, journal it."""
+"""Packets per second on one core for the live ingest path transports use, datagram to journal."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from common import (
     time_repeats,
 )
 
-from mediaserver.recorder import JOURNAL_BUFFER_BYTES, Recorder
+from mediaserver.call_recording import JOURNAL_BUFFER_BYTES
+from mediaserver.calls import CallHub
+from mediaserver.recorder import Recorder
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import (
     HEADER_SIZE,
@@ -30,16 +32,20 @@ from mediaserver.recording.journal import (
     JournalHeader,
     JournalWriter,
 )
-from mediaserver.recording.spool import journal_path
+from mediaserver.recording.spool import Spool
+from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import parse_rtp_header
-from mediaserver.storage_backends.local import LocalStore
+from mediaserver.session import CallSession
+from mediaserver.transports.port_allocator import PortAllocator
+from mediaserver.transports.rtp import RtpCallerTransport
 
 TARGET_PACKETS_PER_S = 150_000
-RECORDER_ROW = "Recorder.record_rtp + flush/s"
+RECORDER_ROW = "transport + session + journal, flush/s"
 REFERENCE_ROW = "reference: aiortc parse + list"
 # The agent's packets reach the server a little after the caller's in the same 20 ms slot.
 _AGENT_ARRIVAL_OFFSET_NS = 300_000
 
+_PEER = ("127.0.0.1", 40000)
 # One arriving datagram: (call id, channel, RTP bytes, arrival_ns).
 Arrival = tuple[str, Channel, bytes, int]
 
@@ -81,58 +87,83 @@ def expected_journal_bytes(seconds: list[list[Arrival]], calls: int) -> int:
     return 2 * calls * HEADER_SIZE + records * RECORD_HEADER_SIZE + payload_bytes
 
 
-def open_recorder(calls: int, spool_root: Path) -> Recorder:
-    """A recorder (never started: the benchmark flushes itself) with `calls` calls open."""
-    recorder = Recorder(
-        spool_root=spool_root, store=LocalStore(spool_root.parent / "store"), executor=None
-    )
-    for call_index in range(calls):
-        recorder.open_call(f"bench-call-{call_index:04d}")
-    return recorder
+class Calls:
+    """`calls` live calls as the server holds them: a session each, its RTP leg attached."""
+
+    def __init__(self, calls: int, spool_root: Path) -> None:
+        # Never started: no socket, no pacer, no flush loop; the benchmark flushes itself.
+        self.recorder = Recorder(spool=Spool(spool_root), on_call_ended=lambda *_: None)
+        hub = CallHub(self.recorder, send_silence=False)
+        ports = PortAllocator(30000, 30000 + 2 * calls)
+        self.sessions: dict[str, CallSession] = {}
+        self.legs: dict[str, RtpCallerTransport] = {}
+        for call_index in range(calls):
+            session = hub.create(f"bench-call-{call_index:04d}", caller_codec=Codec.OPUS)
+            leg = RtpCallerTransport(codec=Codec.OPUS, sink=session, host="127.0.0.1", ports=ports)
+            session.attach_caller(leg)
+            self.sessions[session.call_id] = session
+            self.legs[session.call_id] = leg
 
 
-def feed_recorder(recorder: Recorder, seconds: list[list[Arrival]]) -> None:
-    """The measured live path: record_rtp for each datagram, flush once per simulated second."""
-    record_rtp = recorder.record_rtp
+def feed_calls(calls: Calls, seconds: list[list[Arrival]]) -> None:
+    """The measured live path, once per packet, and one flush per simulated second.
+
+    Caller datagrams go through the RTP leg's datagram handler (header parse, source and payload
+    type checks, MediaPacket) into the session and its recording's journal, as the socket reader
+    hands them over; agent packets go in as the leg reports them sent (`on_audio_sent`).
+    """
+    legs, sessions = calls.legs, calls.sessions
     for batch in seconds:
         for call_id, channel, data, arrival_ns in batch:
-            record_rtp(call_id, channel, data, arrival_ns)
-        recorder.flush()
+            if channel is Channel.CALLER:
+                legs[call_id].handle_datagram(data, _PEER, arrival_ns)
+            else:
+                header = parse_rtp_header(data)
+                sessions[call_id].on_audio_sent(
+                    MediaPacket(
+                        arrival_ns,
+                        header.timestamp,
+                        header.sequence,
+                        header.ssrc,
+                        header.payload_type,
+                        header.marker,
+                        data[header.payload_offset : header.payload_end],
+                    )
+                )
+        calls.recorder.flush()
 
 
 def time_recorder(
     seconds: list[list[Arrival]], calls: int, work_root: Path, repeats: int
 ) -> list[float]:
-    """Time `feed_recorder` on a fresh recorder and spool per repetition; check the first spool."""
+    """Time `feed_calls` on fresh calls and spool per repetition; check the first spool."""
     timings: list[float] = []
     for repeat in range(repeats):
         spool_root = work_root / f"spool-{repeat}"
-        recorder = open_recorder(calls, spool_root)
+        live = Calls(calls, spool_root)
         gc.collect()
-        timings += time_repeats(partial(feed_recorder, recorder, seconds), 1)
+        timings += time_repeats(partial(feed_calls, live, seconds), 1)
         if repeat == 0:
-            check_spool(recorder, seconds, calls, spool_root)
-        del recorder  # closes the journal files
+            check_spool(live, seconds, calls)
+        del live  # closes the journal files
         gc.collect()
         shutil.rmtree(spool_root)
     return timings
 
 
-def check_spool(
-    recorder: Recorder, seconds: list[list[Arrival]], calls: int, spool_root: Path
-) -> None:
+def check_spool(calls: Calls, seconds: list[list[Arrival]], count: int) -> None:
     """Fail loudly unless every packet was recorded and reached the journal files."""
-    recorder.flush()
+    calls.recorder.flush()
     arrivals = sum(len(batch) for batch in seconds)
-    stats = recorder.stats()
-    if stats.packets_recorded != arrivals or stats.packets_malformed:
+    stats = calls.recorder.stats()
+    if stats.packets_recorded != arrivals:
         raise RuntimeError(f"recorder counted {stats} for {arrivals} arrivals")
     on_disk = sum(
-        journal_path(spool_root / call.call_id, channel).stat().st_size
-        for call in recorder.live_calls()
+        recording.spool.journal_path(channel).stat().st_size
+        for recording in calls.recorder.live_calls()
         for channel in Channel
     )
-    expected = expected_journal_bytes(seconds, calls)
+    expected = expected_journal_bytes(seconds, count)
     if on_disk != expected:
         raise RuntimeError(f"journals hold {on_disk} bytes, expected {expected}")
 
@@ -153,10 +184,17 @@ def time_journal_append(packets: list[bytes], work_root: Path, repeats: int) -> 
     records = []
     for index, data in enumerate(packets):
         header = parse_rtp_header(data)
-        payload = memoryview(data)[header.payload_offset : header.payload_end]
-        arrival_ns = index * PACKET_DURATION_NS
-        fields = (header.timestamp, header.ssrc, header.sequence, header.payload_type)
-        records.append((arrival_ns, *fields, header.marker, payload))
+        records.append(
+            MediaPacket(
+                index * PACKET_DURATION_NS,
+                header.timestamp,
+                header.sequence,
+                header.ssrc,
+                header.payload_type,
+                header.marker,
+                data[header.payload_offset : header.payload_end],
+            )
+        )
     flush_every = PACKETS_PER_SECOND  # one channel's second, as the recorder flushes a journal
     path = work_root / "append.journal"
     timings = []
@@ -167,8 +205,8 @@ def time_journal_append(packets: list[bytes], work_root: Path, repeats: int) -> 
             gc.collect()
 
             def run(append: Callable[..., None] = append, writer: JournalWriter = writer) -> None:
-                for index, (a, t, s, q, pt, m, p) in enumerate(records):
-                    append(a, t, s, q, pt, m, p)
+                for index, record in enumerate(records):
+                    append(record)
                     if index % flush_every == 0:
                         writer.flush()
 

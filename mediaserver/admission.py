@@ -12,6 +12,9 @@ from mediaserver.errors import OverloadedError
 
 log = structlog.get_logger(__name__)
 
+# Fewer calls than this say too little about what one costs (the node's own work dominates).
+MIN_CALLS_TO_MEASURE = 5
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionLimits:
@@ -103,10 +106,11 @@ class LoadMonitor:
             (t0, cpu0, _), (t1, cpu1, _) = self._samples[0], self._samples[-1]
             if t1 > t0:
                 cpu_share = (cpu1 - cpu0) / ((t1 - t0) / 1e9)
-            calls = [calls for _, _, calls in self._samples]
-            # A per-call cost is only read off a window in which the number of calls held.
-            if min(calls) == max(calls) and calls[0] >= 5:
-                per_call = cpu_share / calls[0]
+            # The cost of a call, read off the calls the window held on average: with the node's
+            # fixed cost in it, an overestimate at low counts, which errs on the safe side.
+            mean_calls = sum(calls for _, _, calls in self._samples) / len(self._samples)
+            if mean_calls >= MIN_CALLS_TO_MEASURE:
+                per_call = cpu_share / mean_calls
         return LoadSample(live_calls, cpu_share, self._lag_ms(), per_call)
 
     def admit(self, live_calls: int) -> None:

@@ -21,9 +21,11 @@ log = structlog.get_logger(__name__)
 
 FRAME_NS = 20_000_000
 TICKS_PER_SLICE = 8  # sessions ticked between two yields to the event loop
-# A late pacer plays the ticks it missed back to back up to this many (a receiver's jitter
-# buffer absorbs 60 ms); beyond, their audio is dropped and counted rather than queued behind.
-MAX_CATCH_UP_TICKS = 3
+# A late pacer plays the ticks it missed back to back, up to this many (200 ms: a preempted
+# process or a slow callback; the caller's jitter buffer absorbs the burst and real time is
+# restored at once). Beyond, the missed audio is dropped and counted: a stalled loop must not
+# leave the agent permanently behind the caller.
+MAX_CATCH_UP_TICKS = 10
 
 Admission = Callable[[int], None]  # raises OverloadedError to refuse a call; given live calls
 

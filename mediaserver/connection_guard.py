@@ -2,9 +2,10 @@
 
 import asyncio
 import errno
+import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -25,14 +26,54 @@ class ConnectionGuard:
     """Counts open connections; refuses beyond a cap; closes ones that never send headers."""
 
     # aiohttp waits for a request's headers as long as the client likes (a slow client holds a
-    # connection and a file descriptor forever), and takes any number of connections.
+    # connection and a file descriptor forever), and takes any number of connections. Calls need
+    # descriptors too (a socket per RTP leg, files per journal): a connection whose descriptor
+    # lands within `fd_reserve` of the process's limit is refused, so HTTP can never take the
+    # last ones (Linux hands out the lowest free number, so it says how many are in use).
 
-    def __init__(self, *, max_connections: int, header_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        header_timeout_s: float,
+        fd_limit: int | None = None,
+        fd_reserve: int = 64,
+        log_interval_s: float = _FD_LOG_INTERVAL_S,
+    ) -> None:
         self.max_connections = max_connections
         self.header_timeout_s = header_timeout_s
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fd_limit = fd_limit if fd_limit is not None else soft_limit
+        self.fd_reserve = fd_reserve
         self.open = 0
         self.refused = 0
+        self.refused_for_descriptors = 0
         self.header_timeouts = 0
+        self._log_interval_s = log_interval_s
+        self._last_logged = -log_interval_s
+
+    def admits(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether a new connection may be served; counts and logs a refusal."""
+        sock = transport.get_extra_info("socket")
+        descriptor = sock.fileno() if sock is not None else -1
+        if descriptor >= self.fd_limit - self.fd_reserve:
+            self.refused += 1
+            self.refused_for_descriptors += 1
+            now = time.monotonic()
+            if now - self._last_logged >= self._log_interval_s:
+                self._last_logged = now
+                log.error(
+                    "server.out_of_file_descriptors",
+                    descriptor=descriptor,
+                    limit=self.fd_limit,
+                    refused=self.refused_for_descriptors,
+                    hint="raise the open-files limit (ulimit -n) or lower max_connections",
+                )
+            return False
+        if self.open >= self.max_connections:
+            self.refused += 1
+            return False
+        return True
 
     def wrap(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory that guards each connection `inner` would serve."""
@@ -58,10 +99,9 @@ class _GuardedProtocol(asyncio.Protocol):
         """Admit the connection under the cap, or answer 503 and close it."""
         self._transport = transport
         guard = self._guard
-        if guard.open >= guard.max_connections:
-            guard.refused += 1
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(_REFUSAL)
+        if not guard.admits(transport):
+            # A stream transport (uvloop's does not subclass asyncio.WriteTransport).
+            cast(asyncio.Transport, transport).write(_REFUSAL)
             transport.close()
             return
         self._admitted = True

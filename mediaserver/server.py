@@ -1,6 +1,7 @@
 """Run the application: a guarded runner and site, graceful drain on SIGTERM/SIGINT."""
 
 import asyncio
+import gc
 import ipaddress
 import resource
 import signal
@@ -51,6 +52,22 @@ def raise_open_files_limit() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return soft
+
+
+# Every live packet allocates a few tracked containers (its MediaPacket among them), so with
+# CPython's default threshold of 700 the young generation is collected hundreds of times a
+# second, and each full collection walks every object the process holds (aiortc, PyAV, numpy,
+# pocketsphinx: ~1 M objects), pausing the event loop for 60-110 ms (measured in
+# bench_agent_capacity.py). Objects alive once the server is up are frozen out of collection,
+# and young collections come far less often.
+GC_THRESHOLDS = (50_000, 20, 50)
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what start-up allocated and space collections out; see GC_THRESHOLDS."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(slots=True)
@@ -150,6 +167,7 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     paths = {resource.canonical for resource in server.app.router.resources()}
+    tune_garbage_collector()
     print(build_welcome(settings.host, server.port, paths), flush=True)
     await stop.wait()
     await server.stop()

@@ -22,6 +22,7 @@ SEED_ENV = {
     "AUDIO_CACHE_ENABLED": "recording_enabled",
 }
 _CHOICES = {
+    "event_loop": ("uvloop", "asyncio"),
     "stereo_mode": ("encode", "lossless"),
     "storage_type": ("local", "gcs"),
     "log_format": ("auto", "console", "json"),
@@ -114,6 +115,7 @@ class Settings:
     echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
+    event_loop: str = "uvloop"
     # Post-call jobs
     analysis_enabled: bool = True
     jobs_path: Path = Path("./data/jobs")

@@ -54,8 +54,7 @@ class Peer:
     async def recv(self) -> bytes:
         """The next datagram the transport sent here."""
         loop = asyncio.get_running_loop()
-        data, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 4096), WAIT_S)
-        return data
+        return await asyncio.wait_for(loop.sock_recv(self.sock, 4096), WAIT_S)
 
     def has_nothing_queued(self) -> bool:
         """Whether no datagram waits in this socket's receive queue."""

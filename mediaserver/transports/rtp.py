@@ -47,8 +47,6 @@ _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_OVERFL
 # RFC 4961 §4 has a symmetric-RTP endpoint follow its peer; a NAT that rebinds moves the peer to
 # a new source port. The old source must be silent this long before a new one takes over.
 DEFAULT_RELATCH_AFTER_S = 2.0
-# Datagrams read per wake-up before other callbacks get the loop again.
-_READS_PER_WAKEUP = 64
 # The kernel's receive buffer: ~2.5 s of one caller at 50 packets/s of up to 2 KiB, so a stalled
 # loop loses nothing before the stall is long enough to show in every other metric.
 RECEIVE_BUFFER_BYTES = 256 * 1024
@@ -241,41 +239,39 @@ class RtpCallerTransport:
     # -- receive --------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        """Read what the socket holds (up to a bound) and handle each datagram."""
+        """Read one datagram and handle it; the loop calls again while more are queued."""
+        # One read a wake-up: at 50 packets/s a socket rarely holds two, and reading until it is
+        # empty would cost a failing recvmsg (and its exception) for every packet.
         sock = self._sock
         if sock is None:
             return
-        # The kernel stamps arrivals on the wall clock; the server places audio on the
-        # monotonic one. The offset moves only with clock adjustments: read it once a wake-up.
+        try:
+            data, ancillary, flags, addr = sock.recvmsg(self.max_datagram_bytes, _ANCILLARY_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.send_errors += 1  # an ICMP error queued on the socket
+            return
         now_ns = self._clock.monotonic_ns()
-        offset_ns = time.time_ns() - time.monotonic_ns()
-        for _ in range(_READS_PER_WAKEUP):
-            try:
-                data, ancillary, flags, addr = sock.recvmsg(
-                    self.max_datagram_bytes, _ANCILLARY_BYTES
-                )
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.send_errors += 1  # an ICMP error queued on the socket
+        arrival_ns = now_ns
+        for level, kind, value in ancillary:
+            if level != socket.SOL_SOCKET:
                 continue
-            arrival_ns = now_ns
-            for level, kind, value in ancillary:
-                if level != socket.SOL_SOCKET:
-                    continue
-                if kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                    # Never later than now: a stamp from a clock stepped meanwhile is ignored.
-                    arrival_ns = min(now_ns, seconds * _NS_PER_S + nanoseconds - offset_ns)
-                elif kind == SO_RXQ_OVFL and len(value) >= _OVERFLOW_COUNT.size:
-                    self._note_kernel_drops(_OVERFLOW_COUNT.unpack_from(value)[0])
-            if flags & socket.MSG_TRUNC:
-                self._dropped[DropReason.MALFORMED] += 1  # too big to be caller audio
-                continue
-            self._handle_datagram(data, addr, arrival_ns)
+            if kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                # The kernel stamps arrivals on the wall clock; audio is placed on the monotonic
+                # one. Never later than now: a stamp from a clock stepped meanwhile is ignored.
+                offset_ns = time.time_ns() - time.monotonic_ns()
+                arrival_ns = min(now_ns, seconds * _NS_PER_S + nanoseconds - offset_ns)
+            elif kind == SO_RXQ_OVFL and len(value) >= _OVERFLOW_COUNT.size:
+                self._note_kernel_drops(_OVERFLOW_COUNT.unpack_from(value)[0])
+        if flags & socket.MSG_TRUNC:
+            self._dropped[DropReason.MALFORMED] += 1  # too big to be caller audio
+            return
+        self.handle_datagram(data, addr, arrival_ns)
 
-    def _handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
-        """Deliver one valid RTP packet of the peer to the sink; count anything else."""
+    def handle_datagram(self, data: bytes, addr: tuple[Any, ...], arrival_ns: int) -> None:
+        """One datagram as read from the socket: valid RTP of the peer to the sink, else counted."""
         if addr != self._peer and not self._may_be_peer(data, addr, arrival_ns):
             self._dropped[DropReason.WRONG_SOURCE] += 1
             return
