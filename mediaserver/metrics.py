@@ -13,7 +13,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from mediaserver.jobs.queue import Job
 from mediaserver.latency_histogram import LatencyHistogram
 
 LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -122,9 +121,9 @@ class Metrics:
         )
         self.started_at = time.time()
 
-    def observe_job(self, job: Job, result: str, elapsed_s: float) -> None:
-        """Count one attempt of a job and its duration."""
-        self.job_seconds.labels(kind=job.kind.value, result=result).observe(elapsed_s)
+    def observe_job(self, kind: str, result: str, elapsed_s: float) -> None:
+        """Count one attempt of a job of `kind` and its duration."""
+        self.job_seconds.labels(kind=kind, result=result).observe(elapsed_s)
 
     def add_stats_source(self, read: Callable[[], Iterator[Report]]) -> None:
         """Register a function that reports counters and gauges at scrape time."""

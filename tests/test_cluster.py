@@ -16,10 +16,11 @@ from mediaserver.cluster.redis_connection import open_redis
 from mediaserver.jobs.redis_queue import GROUP, STREAM_KEY
 
 from cluster_harness import BUCKET, Cluster, eventually, running_cluster, until
-from rtp_caller import open_caller
+from rtp_caller import RtpCaller, open_caller
 from rtp_sender import marker_template, silence_payload
 from server_harness import auth
-from twilio_agent import TwilioTestAgent
+from twilio_agent import TwilioAgentServer, TwilioTestAgent
+from webhook_receiver import SECRET, WebhookReceiver, free_port
 from webrtc_peer import ClientPeer, ToneTrack
 
 TIMEOUT_S = 60.0
@@ -27,8 +28,14 @@ TIMEOUT_S = 60.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Redis, GCS, node-a, node-b, worker-1 and worker-2."""
-    with running_cluster(tmp_path_factory.mktemp("cluster")) as started:
+    """Redis, GCS, node-a, node-b, worker-1 and worker-2, sending signed webhooks."""
+    hooks = f"http://127.0.0.1:{free_port()}/hooks"  # listened on by the test that wants them
+    with running_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        MEDIASERVER_WEBHOOK_URL=hooks,
+        MEDIASERVER_WEBHOOK_SECRET=SECRET,
+        MEDIASERVER_WEBHOOK_BACKOFF_S="0.5",
+    ) as started:
         yield started
 
 
@@ -54,22 +61,32 @@ async def wait_for_job(
             await asyncio.sleep(0.1)
 
 
-async def rtp_call(
-    client: aiohttp.ClientSession, create_at: str, leg_at: str, packets: int = 50
-) -> tuple[str, str]:
-    """A call created through one node, its RTP leg asked through another, `packets` sent,
-    ended; (call id, the base URL of the node that held it)."""
+async def streaming_call(
+    client: aiohttp.ClientSession, create_at: str, leg_at: str, payloads: list[bytes]
+) -> tuple[str, str, RtpCaller, asyncio.Task[list[int]]]:
+    """A call created through one node, its RTP leg asked through another, its caller sending
+    `payloads` in real time: (call id, its node's base URL, the caller, the sending task)."""
     async with client.post(f"{create_at}/v1/calls", json={}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         created = await response.json()
     call_id = created["call_id"]
-    owner = created["links"]["self"].removesuffix(f"/v1/calls/{call_id}")
     async with client.post(f"{leg_at}/v1/calls/{call_id}/rtp", json={}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         leg = await response.json()
     caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
+    sending = asyncio.create_task(caller.send_stream(payloads))
+    return call_id, created["links"]["self"].removesuffix(f"/v1/calls/{call_id}"), caller, sending
+
+
+async def rtp_call(
+    client: aiohttp.ClientSession, create_at: str, leg_at: str, packets: int = 50
+) -> tuple[str, str]:
+    """A call created through one node, its RTP leg asked through another, `packets` of a tone
+    sent, ended; (call id, the base URL of the node that held it)."""
     tone = list(marker_template(500.0))
-    await caller.send_stream((tone * (packets // len(tone) + 1))[:packets])
+    payloads = (tone * (packets // len(tone) + 1))[:packets]
+    call_id, owner, caller, sending = await streaming_call(client, create_at, leg_at, payloads)
+    await sending
     async with client.delete(f"{leg_at}/v1/calls/{call_id}", headers=auth()) as response:
         assert response.status == 202, await response.text()
     assert caller.transport is not None
@@ -80,8 +97,12 @@ async def rtp_call(
 async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Cluster) -> None:
     """A call created on node-a: its WebRTC caller offers through node-b and follows the 307,
     its agent dials in through node-b and is relayed; both nodes list it while it is live; the
-    recording is stored and analysed by a worker, not by a node."""
+    recording is stored and analysed by a worker, not by a node, and the worker signs and
+    sends the analysis.completed webhook."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    port = int(cluster.settings["MEDIASERVER_WEBHOOK_URL"].split(":")[-1].split("/")[0])
+    hooks = WebhookReceiver(port=port)
+    await hooks.start()
     async with aiohttp.ClientSession() as client:
         nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
         assert [(n["node_id"], n["public_url"], n["state"]) for n in nodes] == [
@@ -133,9 +154,45 @@ async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Clu
         analysis = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}/analysis")
         assert analysis["call_id"] == call_id
         assert analysis["channels"]["agent"]["talk_time_s"] > 0.2
+        completed = await hooks.wait_for("analysis.completed", call_id)
+        assert completed.signature_ok
+        await hooks.wait_for("recording.stored", call_id)
+    await hooks.stop()
     ran = [w.name for w in cluster.workers.values() if w.events("job.completed", call_id=call_id)]
     assert len(ran) == 1
+    assert cluster.workers[ran[0]].events("webhook.delivered", call_id=call_id)  # its event
     assert not any(n.events("job.completed") for n in cluster.nodes.values())
+
+
+async def test_a_forwarded_call_dials_its_agent_from_the_node_that_holds_it(
+    cluster: Cluster,
+) -> None:
+    """Two calls created through node-b: the first stays there, the second is forwarded to the
+    less-loaded node-a, which dials its agent_url; the agent's stream is that node's."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client, TwilioAgentServer() as agents:
+        owners = []
+        for _ in range(2):
+            async with client.post(
+                f"{node_b.base}/v1/calls", json={"agent_url": agents.url}, headers=auth()
+            ) as response:
+                assert response.status == 201, await response.text()
+                created = await response.json()
+            owners.append(created["links"]["self"].removesuffix(f"/v1/calls/{created['call_id']}"))
+            agent = await agents.next_agent()
+            start = await agent.wait_for("start")
+            assert start["start"]["callSid"] == created["call_id"]
+        assert owners == [node_b.base, node_a.base]
+        await node_b.wait_for_log("cluster.call_forwarded", node_id="node-a")
+        on_a = await get_json(client, f"{node_a.base}/v1/calls/{created['call_id']}")
+        assert on_a["legs"]["agent"]["kind"] == "websocket"
+        assert on_a["legs"]["agent"]["connected"] is True
+        listed = (await get_json(client, f"{node_a.base}/v1/calls"))["calls"]
+        for call in listed:
+            async with client.delete(
+                f"{node_a.base}/v1/calls/{call['call_id']}", headers=auth()
+            ) as response:
+                assert response.status == 202
 
 
 async def pending_consumer(redis: Redis) -> str:
@@ -217,14 +274,9 @@ async def test_redis_restarted_during_a_call(cluster: Cluster) -> None:
     call goes on, the registry and the call map heal, the recording is stored and analysed."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     async with aiohttp.ClientSession() as client:
-        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
-            call_id = (await response.json())["call_id"]
-        async with client.post(
-            f"{node_a.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
-        ) as response:
-            leg = await response.json()
-        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
-        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 400))
+        call_id, _, _, sending = await streaming_call(
+            client, node_a.base, node_a.base, [silence_payload()] * 400
+        )
         await asyncio.sleep(1.0)
         await asyncio.to_thread(cluster.redis.stop)
         for node in (node_a, node_b):  # a heartbeat or two fails while Redis is away
@@ -271,16 +323,10 @@ async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> Non
     leaves the registry and exits."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     async with aiohttp.ClientSession() as client:
-        async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
-            created = await response.json()
-        call_id = created["call_id"]
-        assert created["links"]["self"].startswith(node_a.base)
-        async with client.post(
-            f"{node_b.base}/v1/calls/{call_id}/rtp", json={}, headers=auth()
-        ) as response:
-            leg = await response.json()
-        caller = await open_caller(leg["host"], leg["port"], leg["payload_type"])
-        sending = asyncio.create_task(caller.send_stream([silence_payload()] * 150))
+        call_id, owner, _, sending = await streaming_call(
+            client, node_a.base, node_b.base, [silence_payload()] * 150
+        )
+        assert owner == node_a.base
         await asyncio.sleep(0.5)
         node_a.signal(signal.SIGTERM)
 

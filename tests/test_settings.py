@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mediaserver.errors import SettingsError
+from mediaserver.server import start_server
 from mediaserver.settings import Settings, find_unknown_env, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,3 +110,27 @@ def test_unknown_variables_are_found_with_the_nearest_setting(
 ) -> None:
     """A MEDIASERVER_* variable that names no setting is reported with the closest one's name."""
     assert find_unknown_env(environ) == reported
+
+
+def test_several_nodes_need_storage_every_node_reads() -> None:
+    """redis_url with local storage is refused unless the path is declared shared; GCS is fine."""
+    redis = {"MEDIASERVER_REDIS_URL": "redis://redis:6379/0"}
+    with pytest.raises(SettingsError, match="storage_shared"):
+        load_settings(environ=redis)
+    shared = load_settings(environ={**redis, "MEDIASERVER_STORAGE_SHARED": "true"})
+    assert shared.redis_url == "redis://redis:6379/0"
+    gcs = load_settings(environ={**redis, "AUDIO_STORAGE_TYPE": "gcs"})
+    assert gcs.storage_type == "gcs"
+    with pytest.raises(SettingsError, match="redis_url"):
+        load_settings(environ={"MEDIASERVER_REDIS_URL": "localhost:6379"})
+    with pytest.raises(SettingsError, match="public_url"):
+        load_settings(environ={"MEDIASERVER_PUBLIC_URL": "node-3:8080"})
+
+
+async def test_a_node_of_several_must_name_its_public_url(tmp_path: Path) -> None:
+    """serve refuses redis_url without public_url, before listening or touching Redis."""
+    settings = Settings(
+        redis_url="redis://127.0.0.1:9/0", storage_type="gcs", storage_path="bucket"
+    )
+    with pytest.raises(SettingsError, match="public_url is required"):
+        await start_server(settings)

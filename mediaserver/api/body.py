@@ -153,7 +153,8 @@ def check_content_type(request: web.Request, media_type: str) -> None:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body; a clear 415/400 otherwise (an empty body is {})."""
-    if not request.can_read_body:
+    # body_exists, not can_read_body: a middleware may have read (and cached) it already.
+    if not request.body_exists:
         return {}
     check_content_type(request, JSON)
     body = parse_json(await request.read())

@@ -106,13 +106,13 @@ async def _place_new_call(request: web.Request, handler: Handler) -> web.StreamR
     except ClusterUnavailableError as exc:
         log.warning("cluster.placed_locally", reason=str(exc))
         return await _serve_here(request, handler)
-    body = await request.read()
     for node in ranked:
         if node.node_id == local.node_id:
             try:
                 return await _serve_here(request, handler)
             except OverloadedError:
                 continue  # admitted by its record a moment ago, full now: try the next node
+        body = await request.read()  # cached: the handler reads it again if this node serves
         response = await request.app[NODE_CLIENT].forward(node, request, body)
         if response is not None:
             log.info("cluster.call_forwarded", node_id=node.node_id, path=request.path)

@@ -135,37 +135,29 @@ def _refusal(node: NodeRecord, exc: aiohttp.WSServerHandshakeError) -> Exception
     return ClusterUnavailableError(message)
 
 
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _copy(source: Socket, target: Socket) -> tuple[int, str]:
+    """Copy frames from one socket to the other until `source` closes: its close code, reason."""
+    while True:
+        message = await source.receive()
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await target.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await target.send_bytes(message.data)
+        elif message.type is aiohttp.WSMsgType.CLOSE:
+            return int(message.data or 1000), str(message.extra or "")
+        else:  # CLOSING, CLOSED, ERROR
+            return int(source.close_code or 1006), ""
+
+
 async def _relay(
     downstream: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
 ) -> None:
     """Copy frames both ways until one side closes; close the other with the same code."""
-
-    async def client_to_owner() -> tuple[int, str]:
-        while True:
-            message = await downstream.receive()
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(message.data)
-            elif message.type is aiohttp.WSMsgType.CLOSE:
-                return int(message.data or 1000), str(message.extra or "")
-            else:  # CLOSING, CLOSED, ERROR
-                return int(downstream.close_code or 1006), ""
-
-    async def owner_to_client() -> tuple[int, str]:
-        while True:
-            message = await upstream.receive()
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await downstream.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await downstream.send_bytes(message.data)
-            elif message.type is aiohttp.WSMsgType.CLOSE:
-                return int(message.data or 1000), str(message.extra or "")
-            else:
-                return int(upstream.close_code or 1006), ""
-
-    inbound = asyncio.create_task(client_to_owner())
-    outbound = asyncio.create_task(owner_to_client())
+    inbound = asyncio.create_task(_copy(downstream, upstream))
+    outbound = asyncio.create_task(_copy(upstream, downstream))
     try:
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -58,8 +58,8 @@ CHANNEL_ROLES = {Speaker.CALLER: "left", Speaker.AGENT: "right"}
 TranscriberFactory = Callable[[dict[str, str]], Transcriber]
 # (event type such as "analysis.completed", the recording's manifest, the job's new state)
 EventCallback = Callable[[str, Manifest, JobState], None]
-# (the job, how its attempt ended: completed, failed or retry, seconds it took)
-DurationCallback = Callable[[Job, str, float], None]
+# (the job's kind, how its attempt ended: completed, failed or retry, seconds it took)
+DurationCallback = Callable[[str, str, float], None]
 
 
 class JobRetryError(Exception):
@@ -183,7 +183,7 @@ class JobRunner:
     def _report_duration(self, job: Job, result: str, elapsed_s: float) -> None:
         """Hand an attempt's duration to whoever measures them."""
         if self._on_duration is not None:
-            self._on_duration(job, result, elapsed_s)
+            self._on_duration(job.kind.value, result, elapsed_s)
 
     async def _transition(
         self, job: Job, status: JobStatus, error: JobError | None = None
