@@ -121,6 +121,7 @@ class Snapshot:
 
     cpu_s: float
     wall_s: float
+    runqueue_wait_s: float
     lag_buckets: dict[float, float]
     rcvbuf_errors: int
     dropped: dict[str, float]
@@ -137,6 +138,7 @@ class StepResult:
     cpu_per_call_percent: float
     lag_p50_ms: float
     lag_p99_ms: float
+    runqueue_wait_percent: float  # the server waiting for a CPU others held: noise, not cost
     caller_sent: int
     caller_recorded: int
     agent_sent: int
@@ -209,9 +211,22 @@ def start_server(
     if nice:
         command = ["nice", "-n", str(nice), *command]
     log = (work / "server.log").open("wb")
-    return subprocess.Popen(
+    server = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    if nice:
+        set_autogroup_nice(server.pid, nice)
+    return server
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """Give the process's session its niceness too: with autogroups, nice only ranks inside one."""
+    # Linux's sched_autogroup shares the CPU fairly between sessions first; a niced process in
+    # its own session (start_new_session) would still get only its session's fair share.
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # no autogroups on this kernel, or not allowed: plain nice is all there is
 
 
 def start_profiler(pid: int, duration_s: float, output: Path) -> Any:
@@ -246,6 +261,17 @@ def read_process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def read_runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (others' load)."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total_ns / 1e9
 
 
 def read_rcvbuf_errors() -> int:
@@ -491,7 +517,7 @@ class Load:
                     f"{self.base}/v1/recordings/{call.call_id}", headers=headers
                 ) as response:
                     body = await response.json()
-                if body.get("status") in ("stored", "recovered", "upload_failed", "failed"):
+                if body.get("status") in ("stored", "recovered", "upload_failed", "failed", "empty"):
                     out.append(body)
                     break
                 if time.monotonic() > deadline:
@@ -507,6 +533,7 @@ async def snapshot(client: aiohttp.ClientSession, base: str, pid: int) -> Snapsh
     return Snapshot(
         read_process_cpu_s(pid),
         time.monotonic(),
+        read_runqueue_wait_s(pid),
         parse_lag_buckets(text),
         read_rcvbuf_errors(),
         parse_drops(text),
@@ -656,6 +683,9 @@ async def run_step(
         agent_sent=sum(c.agent.frames_sent for c in load.calls),
         agent_recorded=agent_recorded,
         agent_heard=sum(c.agent.media_received for c in load.calls),
+        runqueue_wait_percent=100
+        * (after.runqueue_wait_s - before.runqueue_wait_s)
+        / (after.wall_s - before.wall_s),
         rcvbuf_errors=after.rcvbuf_errors - before.rcvbuf_errors,
         duration_error_ms=max(errors, default=0.0),
         drift_corrections=drift,
@@ -679,6 +709,7 @@ def row(result: StepResult, spread: str) -> list[object]:
         f"{result.cpu_percent:.0f}%",
         f"{result.cpu_per_call_percent:.2f}%{spread}",
         f"{result.lag_p50_ms:.1f}/{result.lag_p99_ms:.1f}",
+        f"{result.runqueue_wait_percent:.1f}%",
         f"{result.caller_recorded}/{result.caller_sent}",
         f"{result.agent_recorded}/{result.agent_sent}",
         f"{result.agent_heard}",
@@ -697,6 +728,7 @@ async def main_async(args: argparse.Namespace) -> None:
         os.sched_setaffinity(0, {args.load_cpu})
     if args.nice:
         os.nice(args.nice)  # the load too: other work on the machine must not starve it
+        set_autogroup_nice(os.getpid(), args.nice)
     rows = []
     best: dict[str, int] = {}
     for transport in args.transports:
@@ -708,6 +740,7 @@ async def main_async(args: argparse.Namespace) -> None:
             per_call = [r.cpu_per_call_percent for r in runs]
             spread = f" ({min(per_call):.2f}-{max(per_call):.2f})" if len(runs) > 1 else ""
             rows.append(row(result, spread))
+            print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # partial results as they come
             passes = sum(r.passed for r in runs)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
@@ -724,6 +757,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "cpu",
             "cpu/call",
             "lag p50/p99 ms",
+            "runq wait",
             "caller rec/sent",
             "agent rec/sent",
             "agent heard",
