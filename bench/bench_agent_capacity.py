@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import print_table
+from common import print_table, renice, set_autogroup_nice
 from webrtc_load import LoadCaller, build_opus_tone_packets
 
 from mediaserver.audio.g711 import encode_pcmu
@@ -50,6 +50,7 @@ OPUS_PAYLOAD_TYPE = 111
 TALK_S = 2.0  # the agent talks 2 s, then listens 2 s
 SETUP_CONCURRENCY = 8
 TARGET_LAG_P99_MS = 10.0
+FINAL_STATUSES = ("stored", "recovered", "upload_failed", "failed", "empty")
 TARGETS = {"rtp": 100, "webrtc": 40}
 _RTP_HEADER = struct.Struct("!BBHII")
 _MEDIA_EVENT = '"event":"media"'
@@ -217,16 +218,6 @@ def start_server(
     if nice:
         set_autogroup_nice(server.pid, nice)
     return server
-
-
-def set_autogroup_nice(pid: int, nice: int) -> None:
-    """Give the process's session its niceness too: with autogroups, nice only ranks inside one."""
-    # Linux's sched_autogroup shares the CPU fairly between sessions first; a niced process in
-    # its own session (start_new_session) would still get only its session's fair share.
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
-    except OSError:
-        pass  # no autogroups on this kernel, or not allowed: plain nice is all there is
 
 
 def start_profiler(pid: int, duration_s: float, output: Path) -> Any:
@@ -517,7 +508,7 @@ class Load:
                     f"{self.base}/v1/recordings/{call.call_id}", headers=headers
                 ) as response:
                     body = await response.json()
-                if body.get("status") in ("stored", "recovered", "upload_failed", "failed", "empty"):
+                if body.get("status") in FINAL_STATUSES:
                     out.append(body)
                     break
                 if time.monotonic() > deadline:
@@ -727,8 +718,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {args.load_cpu})
     if args.nice:
-        os.nice(args.nice)  # the load too: other work on the machine must not starve it
-        set_autogroup_nice(os.getpid(), args.nice)
+        renice(args.nice)  # the load too: other work on the machine must not starve it
     rows = []
     best: dict[str, int] = {}
     for transport in args.transports:
@@ -740,7 +730,7 @@ async def main_async(args: argparse.Namespace) -> None:
             per_call = [r.cpu_per_call_percent for r in runs]
             spread = f" ({min(per_call):.2f}-{max(per_call):.2f})" if len(runs) > 1 else ""
             rows.append(row(result, spread))
-            print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # partial results as they come
+            print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # as each step ends
             passes = sum(r.passed for r in runs)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
