@@ -608,7 +608,11 @@ async def run_step(
     server = start_server(work, port, args.server_cpu, extra, args.nice)
     profile: dict[str, float] = {}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
+        # Every agent's WebSocket holds a connection: aiohttp's default pool of 100 would
+        # leave the 101st call's requests waiting for one of them to end.
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=120), connector=aiohttp.TCPConnector(limit=0)
+        ) as client:
             for _ in range(200):
                 try:
                     async with client.get(f"{base}/healthz") as response:
