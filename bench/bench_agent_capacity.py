@@ -690,6 +690,26 @@ async def run_step(
     )
 
 
+def overload_verdict(result: StepResult) -> str:
+    """With the load guard on: was the excess refused, and is every accepted call whole?"""
+    whole = (
+        result.lost == 0
+        and result.rcvbuf_errors == 0
+        and result.duration_error_ms < 100
+        and result.drift_corrections == 0
+    )
+    dropped = {k: v for k, v in result.server_drops.items() if k != "agent_silence_skipped_frames"}
+    return (
+        f"overload {result.transport}: offered {result.calls}, refused {result.refused} with 503,"
+        f" accepted {result.accepted}; caller packets recorded/sent"
+        f" {result.caller_recorded}/{result.caller_sent}, agent frames"
+        f" {result.agent_recorded}/{result.agent_sent}, length error"
+        f" {result.duration_error_ms:.0f} ms, drift corrections {result.drift_corrections},"
+        f" server drop counters {dropped or 0} vs lost by the load's count {result.lost}:"
+        f" {'every accepted call whole' if whole else 'ACCEPTED CALLS DAMAGED'}"
+    )
+
+
 def median_result(results: Sequence[StepResult]) -> StepResult:
     """The run with the median CPU per call (its other figures with it)."""
     ordered = sorted(results, key=lambda r: r.cpu_per_call_percent)
@@ -740,6 +760,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 best[transport] = max(best.get(transport, 0), count)
             if result.server_drops:
                 print(f"server drop counters {transport} x{count}: {result.server_drops}")
+            if args.admission:
+                print(overload_verdict(result), flush=True)
             if result.profile:
                 print(f"profile {transport} x{count} (share of server samples):")
                 for name, share in result.profile.items():
