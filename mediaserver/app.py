@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from mediaserver.access.sign_in_limiter import SignInLimiter
 from mediaserver.admission import AdmissionLimits, LoadMonitor
 from mediaserver.api import (
     analysis,
@@ -99,6 +100,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         secret=settings.api_token,
         ttl_s=settings.console_session_ttl_s,
         clock=SystemClock(),
+        limiter=SignInLimiter(
+            max_failures=settings.console_sign_in_max_failures,
+            window_s=settings.console_sign_in_window_s,
+        ),
     )
     # Audit outermost: it sees every answer, errors included, as the client gets it.
     middlewares = [

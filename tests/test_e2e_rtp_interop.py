@@ -171,10 +171,15 @@ async def test_pcmu_with_a_dynamic_payload_type_from_ffmpeg(tmp_path: Path) -> N
             assert response.status == 202
         manifest = await wait_for_recording(client, base, call_id)
         left = await fetch_channel(client, base, call_id, "left", tmp_path)
+        async with client.get(f"{base}/v1/recordings") as response:
+            (listed,) = [i for i in (await response.json())["items"] if i["call_id"] == call_id]
 
     caller_report = next(c for c in manifest["channels"] if c["channel"] == "caller")
     assert caller_report["codec"] == "pcmu"
     assert manifest["legs"]["caller"]["payload_type"] == 100
+    # The listing says what carried the caller and in which codec (the console's Caller column).
+    assert listed["legs"]["caller"] == {"transport": "rtp", "codec": "pcmu", "payload_type": 100}
+    assert listed["legs"]["agent"]["transport"] is None  # no agent ever connected
     sounding = tone_seconds(left[0])
     print(f"PCMU/100 tone in the recording: {sounding:.3f} s of 2 s")
     assert 1.85 <= sounding <= 2.1, sounding
