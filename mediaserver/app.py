@@ -40,6 +40,7 @@ from mediaserver.api.keys import (
     HUB,
     JOB_POOL,
     JOBS,
+    KEYRING,
     LOAD,
     LOOP_LAG,
     METRICS,
@@ -65,7 +66,7 @@ from mediaserver.jobs.factory import build_job_queue, build_recording_locks
 from mediaserver.jobs.plan import build_analysis_config, build_job_plan, build_transcriber_factory
 from mediaserver.jobs.redis_queue import RedisJobQueue, queue_reports
 from mediaserver.jobs.runner import JobRunner
-from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.jobs.scheduler import JobPlan, JobScheduler
 from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.lifecycle.deletion import RecordingDeleter
 from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
@@ -76,7 +77,7 @@ from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
-from mediaserver.storage_backends.factory import open_store
+from mediaserver.storage_backends.factory import find_backend, load_keyring, open_store
 from mediaserver.storage_backends.gcs import GcsStore
 from mediaserver.sweeper import Sweeper
 from mediaserver.transports.port_allocator import PortAllocator
@@ -170,10 +171,14 @@ async def _process_pool(app: web.Application) -> AsyncIterator[None]:
 async def _store(app: web.Application) -> AsyncIterator[None]:
     """The configured storage backend (on GCS, with the retention mirrored into the bucket)."""
     settings = app[SETTINGS]
-    store = await open_store(settings)
+    keyring = await asyncio.to_thread(load_keyring, settings)
+    if keyring is not None:
+        app[KEYRING] = keyring
+    store = await open_store(settings, keyring)
     app[STORE] = store
-    if settings.gcs_apply_lifecycle and isinstance(store, GcsStore):
-        mirror = GcsLifecycleMirror(store)
+    backend = find_backend(store)
+    if settings.gcs_apply_lifecycle and isinstance(backend, GcsStore):
+        mirror = GcsLifecycleMirror(backend)
         await mirror.apply_bucket_rules(settings.audit_retention_days)
         app[GCS_MIRROR] = mirror
     yield
@@ -290,7 +295,7 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     scheduler = JobScheduler(
         queue=build_job_queue(settings, redis),
         states=states,
-        plan=build_job_plan(settings),
+        plan=_job_plan(app),
         # With Redis, `mediaserver worker` processes run the jobs (serve --with-worker too).
         handler=runner if redis is None or settings.with_worker else None,
     )
@@ -299,6 +304,19 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].add_stats_source(lambda: _job_reports(scheduler, runner))
     yield
     await scheduler.close(timeout_s=settings.drain_timeout_s)
+
+
+def _job_plan(app: web.Application) -> JobPlan:
+    """The jobs every stored recording gets: none where its audio cannot be decrypted."""
+    keyring = app.get(KEYRING)
+    if keyring is not None and not keyring.can_unwrap:
+        log.warning(
+            "jobs.not_planned",
+            reason="encryption without encryption_private_key_path: this server cannot read"
+            " the audio it stores, so it queues no analysis or transcript",
+        )
+        return ()
+    return build_job_plan(app[SETTINGS])
 
 
 def _job_reports(scheduler: JobScheduler, runner: JobRunner) -> Iterator[Report]:
@@ -346,6 +364,7 @@ async def _finalizer(app: web.Application) -> AsyncIterator[None]:
             stereo_complexity=settings.stereo_complexity,
         ),
         on_stored=observe,
+        keyring=app.get(KEYRING),
     )
     yield
     await app[FINALIZER].close(drain_timeout_s=settings.finalize_timeout_s)
@@ -363,6 +382,7 @@ def _recorder(clock: Clock) -> Context:
             clock=clock,
             flush_interval_s=settings.flush_interval_s,
             enabled=settings.recording_enabled,
+            keyring=app.get(KEYRING),
         )
         app[RECORDER] = recorder
         await recorder.start()

@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, BinaryIO
 
+from mediaserver.encryption.sealed_journal import JournalSealing, open_sealed_journal_file
 from mediaserver.errors import CallStateError
 from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.channel import Channel, Codec
@@ -51,8 +52,13 @@ class CallRecording:
         *,
         keep: bool = True,
         on_ended: Callable[["CallRecording", EndReason], None] | None = None,
+        sealing: JournalSealing | None = None,
     ) -> None:
-        """Create the spool and open both journals; `keep=False` journals nothing."""
+        """Create the spool and open both journals; `keep=False` journals nothing.
+
+        With `sealing` (encryption on) the journals are sealed with the call's data key, whose
+        envelope is written beside them.
+        """
         self.spool = spool
         self.description = description
         self.keep = keep  # AUDIO_CACHE_ENABLED: the call runs, nothing is kept
@@ -69,8 +75,17 @@ class CallRecording:
         self._writers: dict[Channel, JournalWriter] = {}
         # A few hundred bytes and two opens: small enough for the loop, like a journal append.
         spool.create(description)
+        if sealing is not None:
+            spool.write_envelope(sealing.envelope_json)
         for channel, codec in description.codecs.items():
-            handle = spool.journal_path(channel).open("wb", buffering=JOURNAL_BUFFER_BYTES)
+            path = spool.journal_path(channel)
+            handle = (
+                path.open("wb", buffering=JOURNAL_BUFFER_BYTES)
+                if sealing is None
+                else open_sealed_journal_file(
+                    path, sealing.data_key, spool.journal_identity(channel)
+                )
+            )
             self._files[channel] = handle
             self._writers[channel] = JournalWriter(
                 handle,

@@ -22,6 +22,7 @@ from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
 from mediaserver.job_worker import run_worker
 from mediaserver.jobs.files import write_documents
+from mediaserver.key_commands import decrypt_recordings, rekey_recordings
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
     RtpStream,
@@ -37,7 +38,7 @@ from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.server import serve
 from mediaserver.settings import Settings, find_unknown_env, load_settings
-from mediaserver.storage_backends.factory import open_store
+from mediaserver.storage_backends.factory import load_keyring, open_store
 from mediaserver.terminal_progress import TerminalProgress
 from mediaserver.workers import create_process_pool
 
@@ -132,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     recover = commands.add_parser("recover", help="finalize journals left by a stopped server")
     _settings_flags(recover)
 
+    decrypt = commands.add_parser(
+        "decrypt", help="write encrypted recordings in plain, with the operator's private key"
+    )
+    decrypt.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    decrypt.add_argument(
+        "--private-key",
+        type=Path,
+        help="the operator's RSA private key, PEM (default: encryption_private_key_path)",
+    )
+    decrypt.add_argument(
+        "--call-id", dest="call_ids", action="append", default=[], help="only this call (repeat)"
+    )
+    _settings_flags(decrypt)
+
+    rekey = commands.add_parser(
+        "rekey", help="re-wrap every recording's data key for a new key pair (audio untouched)"
+    )
+    rekey.add_argument(
+        "--old-private-key", type=Path, required=True, help="the key pair's private key, PEM"
+    )
+    rekey.add_argument(
+        "--new-public-key",
+        type=Path,
+        help="the new public key, PEM (default: encryption_public_key_path)",
+    )
+    _settings_flags(rekey)
+
     token = commands.add_parser(
         "new-token", help="make a random API token and print its [[tokens]] table"
     )
@@ -185,12 +213,14 @@ def _finalize_options(settings: Settings) -> FinalizeOptions:
 
 
 async def _finalizer(settings: Settings, executor: ProcessPoolExecutor) -> Finalizer:
-    """A finalizer over the configured store and spool."""
+    """A finalizer over the configured store and spool (and keys, with encryption)."""
+    keyring = await asyncio.to_thread(load_keyring, settings)
     return Finalizer(
         spool=Spool(settings.spool_path),
-        store=await open_store(settings),
+        store=await open_store(settings, keyring),
         executor=executor,
         options=_finalize_options(settings),
+        keyring=keyring,
     )
 
 
@@ -208,7 +238,9 @@ async def _run_demo(settings: Settings) -> Manifest | None:
         settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
     ) as executor:
         finalizer = await _finalizer(settings, executor)
-        recorder = Recorder(spool=finalizer.spool, on_call_ended=finalizer.submit)
+        recorder = Recorder(
+            spool=finalizer.spool, on_call_ended=finalizer.submit, keyring=finalizer.keyring
+        )
         await recorder.start()
         try:
             call = recorder.open_call(metadata={"source": "demo"})
@@ -317,6 +349,46 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_decrypt(args: argparse.Namespace, settings: Settings) -> int:
+    """Decrypt recordings into a directory and check them against their manifests."""
+    key = args.private_key or (
+        Path(settings.encryption_private_key_path) if settings.encryption_private_key_path else None
+    )
+    if key is None:
+        raise MediaServerError("give --private-key (or set encryption_private_key_path)")
+    report = asyncio.run(decrypt_recordings(settings, args.output, key, set(args.call_ids)))
+    for call_id, paths in sorted(report.files.items()):
+        print(f"{call_id}: {len(paths)} files")
+        for path in sorted(paths):
+            print(f"  {path}")
+    print(
+        f"{len(report.files)} recording(s) decrypted into {args.output};"
+        f" {report.verified} file(s) match their manifest's SHA-256"
+    )
+    for path in report.mismatched:
+        print(f"mediaserver: error: {path} does not match its manifest", file=sys.stderr)
+    return 1 if report.mismatched else 0
+
+
+def _run_rekey(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-wrap data keys for the new public key."""
+    new = args.new_public_key or (
+        Path(settings.encryption_public_key_path) if settings.encryption_public_key_path else None
+    )
+    if new is None:
+        raise MediaServerError("give --new-public-key (or set encryption_public_key_path)")
+    report = asyncio.run(rekey_recordings(settings, args.old_private_key, new))
+    for where in report.rewrapped:
+        print(f"rewrapped {where}")
+    for where, reason in report.failed:
+        print(f"mediaserver: error: {where}: {reason}", file=sys.stderr)
+    print(
+        f"{len(report.rewrapped)} data key(s) rewrapped, {report.already} already for the new"
+        f" key, {len(report.failed)} failed"
+    )
+    return 1 if report.failed else 0
+
+
 def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """The event loop `serve` runs on: uvloop's (libuv) or the standard library's."""
     # uvloop moves the selector, callbacks and socket writes to C: the event loop's own share
@@ -359,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_stored(settings, asyncio.run(_run_demo(settings)))
         if args.command == "recover":
             return asyncio.run(_run_recover(_load(args)))
+        if args.command == "decrypt":
+            return _run_decrypt(args, _load(args))
+        if args.command == "rekey":
+            return _run_rekey(args, _load(args))
         configure_logging(log_format="auto", log_level="warning")
         if args.command == "merge":
             return _run_merge(args)

@@ -4,7 +4,7 @@ import hashlib
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +59,21 @@ class FinalizeOptions:
     stereo_complexity: int = 10
     recovered: bool = False
     end_reason: str | None = None
+    # The data key the call's journals are sealed with (encryption on); None: plain journals.
+    journal_key: bytes | None = field(default=None, repr=False)
 
 
 DEFAULT_OPTIONS = FinalizeOptions()
 
 
-def read_channel(spool: CallSpool, channel: Channel, codec: Codec) -> ChannelInput:
+def read_channel(
+    spool: CallSpool, channel: Channel, codec: Codec, journal_key: bytes | None = None
+) -> ChannelInput:
     """Read a channel's journal; a missing journal is a channel that sent nothing."""
-    path = spool.journal_path(channel)
-    if not path.exists() or path.stat().st_size == 0:
+    data = spool.read_journal(channel, journal_key)
+    if not data:
         return ChannelInput(channel, codec, [], [], 0)
-    header, records = read_journal_columns(path.read_bytes())
+    header, records = read_journal_columns(data)
     _check_header(header, channel, codec)
     # Compact columns, not one tuple per packet: a long call's packets all sit in memory here.
     durations = array("l")
@@ -208,7 +212,10 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     call = spool.read_description()
     record = spool.read_record()  # None after a crash: the call never ended
     events = spool.read_events()
-    inputs = [read_channel(spool, c, call.codecs[c]) for c in (Channel.CALLER, Channel.AGENT)]
+    inputs = [
+        read_channel(spool, c, call.codecs[c], options.journal_key)
+        for c in (Channel.CALLER, Channel.AGENT)
+    ]
     last_ns = max((p.arrival_ns for i in inputs for p in i.packets), default=call.mono_start_ns)
     end_ns = record.ended_mono_ns if record is not None else last_ns
     paused = compute_paused_spans(events, end_ns)

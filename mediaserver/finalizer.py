@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from mediaserver.errors import MediaServerError, StorageError
+from mediaserver.encryption.envelope import parse_envelope
+from mediaserver.encryption.keyring import Keyring
+from mediaserver.errors import EncryptionKeyUnavailableError, MediaServerError, StorageError
 from mediaserver.finalize import DEFAULT_OPTIONS, FinalizeOptions, build_recording
 from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.manifest import Manifest
@@ -45,8 +47,12 @@ class Finalizer:
         executor: Executor | None,
         options: FinalizeOptions = DEFAULT_OPTIONS,
         on_stored: OnFinalized | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.spool = spool
+        # Encryption on: unseals the journals (the data key is in memory while this process
+        # recorded the call; after a crash it is unwrapped from the spool's envelope).
+        self.keyring = keyring
         self.store = store
         self.options = options
         self._executor = executor
@@ -127,8 +133,12 @@ class Finalizer:
         try:
             manifest = await asyncio.to_thread(spool.read_built_manifest)
             if manifest is None:
+                journal_key = await self._journal_key(spool)
                 manifest = await loop.run_in_executor(
-                    self._executor, build_recording, spool, options
+                    self._executor,
+                    build_recording,
+                    spool,
+                    replace(options, journal_key=journal_key),
                 )
                 self._built += 1
                 if options.recovered:
@@ -145,6 +155,17 @@ class Finalizer:
         if self._on_stored is not None:
             self._on_stored(stored, loop.time() - started)
         return stored
+
+    async def _journal_key(self, spool: CallSpool) -> bytes | None:
+        """The data key a call's journals are sealed with, or None when they are plain."""
+        envelope = await asyncio.to_thread(spool.read_envelope)
+        if envelope is None:
+            return None
+        if self.keyring is None:
+            raise EncryptionKeyUnavailableError(
+                f"call {spool.call_id}'s journals are sealed but encryption is off here"
+            )
+        return self.keyring.unwrap(parse_envelope(envelope))
 
     async def _store(self, spool: CallSpool, manifest: Manifest) -> Manifest:
         """Upload every file, then the manifest; delete the spool only once all are confirmed."""
@@ -183,6 +204,8 @@ class Finalizer:
             return failed
         self._uploads_stored += 1
         await asyncio.to_thread(spool.remove)
+        if self.keyring is not None:
+            self.keyring.unpin(spool.call_id)
         bound.info(
             "call.finalized",
             status=stored.status.value,

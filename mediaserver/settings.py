@@ -28,6 +28,7 @@ _CHOICES = {
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
     "transcription_backend": ("pocketsphinx", "openai", "none"),
+    "encryption": ("none", "envelope"),
 }
 _POSITIVE = (
     "flush_interval_s",
@@ -153,6 +154,10 @@ class Settings:
     audit_retention_days: int = 0  # 0: keep forever
     recording_retention_days: int = 0  # 0: keep forever; a call may set its own
     gcs_apply_lifecycle: bool = False
+    encryption: str = "none"  # "envelope": AES-256-GCM per recording, key wrapped with RSA
+    encryption_public_key_path: str = ""
+    encryption_private_key_path: str = ""  # "" : the server stores but cannot play
+    kms_key_name: str = ""  # GCS: Cloud KMS key the bucket's objects are written with
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -299,9 +304,14 @@ def _validate_lifecycle(settings: Settings) -> None:
     """Retention, encryption and GCS-only settings fit together."""
     for name in ("recording_retention_days", "audit_retention_days"):
         validate_retention_setting(getattr(settings, name), name)
-    for name in ("gcs_apply_lifecycle",):
+    for name in ("gcs_apply_lifecycle", "kms_key_name"):
         if getattr(settings, name) and settings.storage_type != "gcs":
             raise SettingsError(f"setting {name} needs storage_type = gcs")
+    if settings.encryption == "envelope" and not settings.encryption_public_key_path:
+        raise SettingsError(
+            "setting encryption = envelope needs encryption_public_key_path: the operator's"
+            " RSA public key (PEM)"
+        )
 
 
 def find_unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

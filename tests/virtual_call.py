@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from mediaserver.api.keys import RECORDER
+from mediaserver.call_recording import CallRecording
 from mediaserver.clock import ManualClock
 from mediaserver.recording.channel import Channel
 from mediaserver.rtp.media_packet import MediaPacket
@@ -32,10 +33,9 @@ async def virtual_server(
         await server.stop()
 
 
-def journal_tones(server: RunningServer, clock: ManualClock, call_id: str, seconds: float) -> None:
+def journal_tones(recording: CallRecording, clock: ManualClock, seconds: float) -> None:
     """Journal `seconds` of Opus on both channels (a tone each), then move the clock past them."""
-    recording = server.app[RECORDER].get_call(call_id)
-    rng = random.Random(call_id)
+    rng = random.Random(recording.call_id)
     base_ns = clock.monotonic_ns()
     for channel, freq_hz in ((Channel.CALLER, 500.0), (Channel.AGENT, 1300.0)):
         stream = simulate_stream(
@@ -76,7 +76,7 @@ async def record_call(
     async with client.post(f"{base}/v1/calls", json=body or {}, headers=auth()) as response:
         assert response.status == 201, await response.text()
         call_id: str = (await response.json())["call_id"]
-    journal_tones(server, clock, call_id, seconds)
+    journal_tones(server.app[RECORDER].get_call(call_id), clock, seconds)
     async with client.delete(f"{base}/v1/calls/{call_id}", headers=auth()) as response:
         assert response.status == 202, await response.text()
     return await wait_for_recording(client, base, call_id)

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from mediaserver.errors import (
     CallStateError,
+    EncryptionError,
+    EncryptionKeyUnavailableError,
     InvalidKeyError,
     MalformedSdpError,
     MediaServerError,
@@ -72,6 +74,10 @@ def _map_error(exc: MediaServerError) -> tuple[int, str]:
         return 422, "unsupported_sdp"  # well-formed, asking for what this server does not do
     if isinstance(exc, WebRtcSetupError):
         return 500, "webrtc_setup_failed"  # our configuration, not the request
+    if isinstance(exc, EncryptionKeyUnavailableError):
+        return 409, "encryption_key_unavailable"  # this server stores but cannot play
+    if isinstance(exc, EncryptionError):
+        return 500, "encryption_error"  # a sealed object failed authentication: damaged
     if isinstance(exc, UnknownCallError | ObjectNotFoundError):
         return 404, "not_found"
     if isinstance(exc, CallStateError):

@@ -14,6 +14,7 @@ from mediaserver.calls import CallHub
 from mediaserver.cluster.local_node import LocalNode
 from mediaserver.cluster.node_client import NodeClient
 from mediaserver.cluster.registry import NodeRegistry
+from mediaserver.encryption.keyring import Keyring
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
 from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
@@ -47,3 +48,4 @@ LOCAL_NODE = web.AppKey("local_node", LocalNode)
 REDIS = web.AppKey("redis", Redis)
 REGISTRY = web.AppKey("registry", NodeRegistry)
 NODE_CLIENT = web.AppKey("node_client", NodeClient)
+KEYRING = web.AppKey("keyring", Keyring)  # with encryption = envelope only

@@ -19,6 +19,8 @@ import structlog
 from mediaserver.analysis.report import AnalysisConfig, apply_word_counts, parse_speech
 from mediaserver.analysis.turns import Speaker
 from mediaserver.errors import (
+    EncryptionError,
+    EncryptionKeyUnavailableError,
     JobFailedError,
     ObjectNotFoundError,
     OggError,
@@ -153,6 +155,10 @@ class JobRunner:
             return JobError(
                 "audio_unreadable", f"the recording's audio cannot be read: {exc}"
             ), False
+        except EncryptionKeyUnavailableError as exc:  # no private key here: trying again won't help
+            return JobError("encryption_key_unavailable", str(exc)), False
+        except EncryptionError as exc:
+            return JobError("audio_unreadable", f"a sealed object failed to open: {exc}"), False
         except StorageError as exc:
             return JobError("storage_unavailable", str(exc)), True
         except Exception as exc:  # a bug must not leave the job "processing" forever

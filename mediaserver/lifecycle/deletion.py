@@ -29,12 +29,13 @@ def parse_created_at(manifest: Manifest) -> datetime:
 
 
 def list_object_keys(manifest: Manifest, manifest_key: str) -> list[str]:
-    """Every key a recording may have besides its manifest, sorted."""
+    """Every key a recording may have besides its manifest: its data key first, then sorted."""
+    # The data key first: once it is gone, whatever an interrupted delete left is unreadable.
     standard = build_recording_keys(manifest.call_id, parse_created_at(manifest))
     keys = set(standard.object_keys())
     keys |= {entry.key for entry in manifest.files if entry.key is not None}
-    keys.discard(manifest_key)
-    return sorted(keys)
+    keys -= {manifest_key, standard.envelope}
+    return [standard.envelope, *sorted(keys)]
 
 
 class RecordingDeleter:

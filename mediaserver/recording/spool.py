@@ -1,12 +1,14 @@
 """The spool: where a call's journals, description and built files live until they are stored."""
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mediaserver.errors import JournalError
+from mediaserver.encryption.sealed_journal import is_sealed_journal, open_sealed_journal
+from mediaserver.errors import EncryptionKeyUnavailableError, JournalError
 from mediaserver.recording.call_record import (
     CallRecord,
     build_event_line,
@@ -20,6 +22,7 @@ _CALL_FILE = "call.json"
 _RECORD_FILE = "record.json"
 _EVENTS_FILE = "events.jsonl"
 _MANIFEST_FILE = "manifest.json"
+_ENVELOPE_FILE = "envelope.json"  # with encryption: the data key the journals are sealed with
 _OUTPUT_FILES = {
     "left": "left.opus",
     "right": "right.opus",
@@ -110,6 +113,39 @@ class CallSpool:
     def read_description(self) -> CallDescription:
         """The call's description."""
         return parse_call_description((self.directory / _CALL_FILE).read_text())
+
+    def journal_identity(self, channel: Channel) -> str:
+        """What a sealed journal's segments are bound to: the call and the channel."""
+        return f"{self.call_id}/{channel.value}"
+
+    def read_journal(self, channel: Channel, data_key: bytes | None) -> bytes:
+        """A channel's journal as written (unsealed with `data_key`); empty if it is missing."""
+        path = self.journal_path(channel)
+        if not path.exists():
+            return b""
+        data = path.read_bytes()
+        if not is_sealed_journal(data):
+            return data
+        if data_key is None:
+            raise EncryptionKeyUnavailableError(
+                f"the {channel.value} journal of call {self.call_id} is sealed and its data key"
+                " cannot be unwrapped here: recover it where encryption_private_key_path is set"
+            )
+        return open_sealed_journal(data, data_key, self.journal_identity(channel))
+
+    def write_envelope(self, envelope_json: str) -> None:
+        """Keep the wrapped data key the journals are sealed with (a crash's recovery needs it)."""
+        # Whole or not at all (`mediaserver rekey` rewrites it while the server may run).
+        temporary = self.directory / f".{_ENVELOPE_FILE}.tmp"
+        temporary.write_text(envelope_json)
+        os.replace(temporary, self.directory / _ENVELOPE_FILE)
+
+    def read_envelope(self) -> str | None:
+        """The wrapped data key of sealed journals, or None (journals in plain)."""
+        try:
+            return (self.directory / _ENVELOPE_FILE).read_text()
+        except FileNotFoundError:
+            return None
 
     def write_record(self, record: CallRecord) -> None:
         """Write the call's record at its end (a few hundred bytes)."""

@@ -29,7 +29,17 @@ _CONTENT_TYPES_BY_SUFFIX = {
     ".jsonl": JSON_LINES_CONTENT_TYPE,
 }
 
+MANIFEST_SUFFIX = "_manifest.json"
+ENVELOPE_SUFFIX = "_envelope.json"
 _CALL_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Any object of a recording: recordings/YYYY/MM/DD/conversation_<id>_<what>. Call ids may hold
+# "_", so the id is the part the recording's own keys put before their known suffixes.
+_RECORDING_KEY_PATTERN = re.compile(
+    re.escape(RECORDINGS_PREFIX)
+    + r"[0-9]{4}/[0-9]{2}/[0-9]{2}/conversation_([A-Za-z0-9_-]{1,64})_"
+    + r"(left\.opus|right\.opus|merged\.opus|peaks\.json|manifest\.json|analysis\.json"
+    + r"|transcript\.json|transcript\.vtt|envelope\.json)"
+)
 _MANIFEST_KEY_PATTERN = re.compile(
     re.escape(RECORDINGS_PREFIX)
     + r"([0-9]{4})/([0-9]{2})/([0-9]{2})/conversation_([A-Za-z0-9_-]{1,64})_manifest\.json"
@@ -51,6 +61,12 @@ class RecordingKeys:
     analysis: str
     transcript: str
     transcript_vtt: str
+    envelope: str  # an encrypted recording's wrapped data key
+
+    @property
+    def prefix(self) -> str:
+        """What every key of the recording starts with."""
+        return self.manifest.removesuffix(MANIFEST_SUFFIX)
 
     def all_keys(self) -> tuple[str, str, str, str, str]:
         """Return every key of the recording's audio and peaks, manifest last."""
@@ -65,8 +81,8 @@ class RecordingKeys:
         return (self.analysis, self.transcript, self.transcript_vtt)
 
     def object_keys(self) -> tuple[str, ...]:
-        """Every key of the recording but its manifest: what a delete removes before it."""
-        return (*self.by_role().values(), *self.derived_keys())
+        """Every key of the recording but its manifest, the data key first (a delete's order)."""
+        return (self.envelope, *self.by_role().values(), *self.derived_keys())
 
 
 def validate_call_id(call_id: str) -> str:
@@ -92,6 +108,7 @@ def build_recording_keys(call_id: str, started_at: datetime) -> RecordingKeys:
         analysis=f"{prefix}_analysis.json",
         transcript=f"{prefix}_transcript.json",
         transcript_vtt=f"{prefix}_transcript.vtt",
+        envelope=f"{prefix}{ENVELOPE_SUFFIX}",
     )
 
 
@@ -99,6 +116,29 @@ def build_file_name(call_id: str, role: str) -> str:
     """The seed's file name of one role, without the date prefix (what import-pcap writes)."""
     suffix = {"left": "left.opus", "right": "right.opus", "stereo": "merged.opus"}.get(role)
     return f"conversation_{validate_call_id(call_id)}_{suffix or role + '.json'}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingObject:
+    """Which recording an object key belongs to, and which of its objects it is."""
+
+    call_id: str
+    prefix: str  # recordings/YYYY/MM/DD/conversation_<id>
+    name: str  # left.opus, manifest.json, envelope.json, ...
+
+    @property
+    def envelope_key(self) -> str:
+        """The key of the recording's wrapped data key."""
+        return f"{self.prefix}{ENVELOPE_SUFFIX}"
+
+
+def parse_recording_key(key: str) -> RecordingObject | None:
+    """The recording an object key belongs to, or None for a key no recording has."""
+    match = _RECORDING_KEY_PATTERN.fullmatch(key)
+    if match is None:
+        return None
+    call_id, name = match.groups()
+    return RecordingObject(call_id, key.removesuffix("_" + name), name)
 
 
 def parse_manifest_key(key: str) -> tuple[str, date] | None:

@@ -1,0 +1,1 @@
+"""Encryption at rest: sealed objects and journals, per-recording data keys wrapped with RSA."""
