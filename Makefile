@@ -33,6 +33,7 @@ bench: setup-dev
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_rtp_capacity.py
 	$(BIN)/python bench/bench_webrtc_capacity.py
+	$(BIN)/python bench/bench_agent_path.py
 	$(BIN)/python bench/bench_agent_capacity.py
 	$(BIN)/python bench/bench_peaks.py --minutes 60
 	$(BIN)/python bench/bench_console.py --minutes 60

@@ -42,7 +42,8 @@ from mediaserver.rtp.media_packet import MediaPacket
 from mediaserver.rtp.packet import is_rtcp, parse_rtp_header
 from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.port_allocator import PortAllocator
-from mediaserver.transports.rtp import RECEIVE_BUFFER_BYTES, RtpCallerTransport
+from mediaserver.transports.rtp import RtpCallerTransport
+from mediaserver.transports.udp_port import RECEIVE_BUFFER_BYTES
 
 HOST = "127.0.0.1"
 PACKET_INTERVAL_S = 0.020

@@ -577,7 +577,7 @@ async def test_a_new_source_with_another_ssrc_takes_over_only_by_setting(any_sou
             second.send(build_rtp(1, 0, 0xB, OPUS_PAYLOADS[1]), port)
             first.send(build_rtp(2, 960, 0xA, OPUS_PAYLOADS[2]), port)
             await sink.wait_for_packets(2)
-            relatches, peer_address = transport.relatches, transport.peer
+            relatches, peer_address = transport.describe()["relatches"], transport.peer
     assert relatches == (1 if any_source else 0)
     assert peer_address == (second.address if any_source else first.address)
     expected = [(0xA, 1), (0xB, 1)] if any_source else [(0xA, 1), (0xA, 2)]

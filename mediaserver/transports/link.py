@@ -38,7 +38,11 @@ class CallerLink(Protocol):
     """A caller transport as the call session sees it (WebRTC or plain RTP)."""
 
     codec: Codec
-    payload_type: int  # the payload type the caller expects for the audio we send
+
+    @property
+    def payload_type(self) -> int:
+        """The payload type the caller expects for the audio we send."""
+        ...
 
     @property
     def can_send(self) -> bool:
