@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -27,6 +26,7 @@ from mediaserver.storage_backends.envelope_store import EnvelopeStore
 from mediaserver.storage_backends.local import LocalStore
 
 from gcs_emulator import GcsEmulator, find_free_port
+from operator_keys import write_key_pair
 from rtp_sender import marker_template
 from server_harness import auth, make_settings, running_server, wait_for_recording
 from short_call import CALLER_HZ, run_call
@@ -34,26 +34,6 @@ from virtual_call import journal_tones
 
 CHANNELS = ("stereo", "left", "right")
 RUN_BYTES = 16  # "any run of its plaintext": no 16-byte window of a file is found in storage
-
-
-def write_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
-    """An operator's RSA key pair as PEM files: (public, private)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = directory / f"{name}.pub.pem"
-    private = directory / f"{name}.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return public, private
 
 
 def windows(data: bytes, size: int = RUN_BYTES) -> set[bytes]:
@@ -247,11 +227,13 @@ async def _live_journal(spool_root: Path) -> bytes:
 async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
     tmp_path: Path,
 ) -> None:
-    """A store-only server records and stores, says plainly why it cannot play; offline works."""
+    """A store-only server records and stores, says plainly why it cannot play; offline works;
+    a delete takes every object, the data key included."""
     public, private = write_key_pair(tmp_path, "operator")
     settings = make_settings(
         tmp_path, encryption="envelope", encryption_public_key_path=str(public)
     )
+    out = tmp_path / "plain"
     async with (
         running_server(settings) as (_, base),
         aiohttp.ClientSession() as client,
@@ -266,20 +248,24 @@ async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
                 answers[path] = (response.status, await response.json())
         async with client.get(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
             assert response.status == 200  # the manifest stays readable
+        result = await asyncio.to_thread(
+            mediaserver,
+            "decrypt", "-o", str(out), "--private-key", str(private),
+            "--storage-path", str(tmp_path / "recordings"),
+        )  # fmt: skip
+        assert "envelope.json" in stored_objects(tmp_path / "recordings", call_id)
+        async with client.delete(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
+            assert response.status == 204
     for status, body in answers.values():
         assert status == 409
         assert body["error"]["code"] == "encryption_key_unavailable"
         assert "mediaserver decrypt" in body["error"]["message"]
     assert manifest["jobs"] == {}  # nothing to analyse without the key: no jobs queued
-    out = tmp_path / "plain"
-    result = mediaserver(
-        "decrypt", "-o", str(out), "--private-key", str(private),
-        "--storage-path", str(tmp_path / "recordings"),
-    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "4 file(s) match their manifest's SHA-256" in result.stdout
     stereo = next(out.rglob(f"conversation_{call_id}_merged.opus")).read_bytes()
     assert stereo[:4] == b"OggS"
+    assert stored_objects(tmp_path / "recordings", call_id) == {}
 
 
 async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key(
