@@ -148,7 +148,7 @@ class Cluster:
             "MEDIASERVER_FINALIZE_WORKERS": "1",
             "MEDIASERVER_JOB_WORKERS": "1",
             "MEDIASERVER_TRANSCRIPTION_BACKEND": "none",
-            "MEDIASERVER_JOB_VISIBILITY_TIMEOUT_S": "3",
+            "MEDIASERVER_JOB_VISIBILITY_TIMEOUT_S": "5",
             **self.settings,
             **extra,
         }
