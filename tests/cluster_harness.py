@@ -153,9 +153,7 @@ class Cluster:
             **extra,
         }
 
-    def start_node(
-        self, name: str, rtp_port_min: int, *args: str, **extra: str
-    ) -> ServiceProcess:
+    def start_node(self, name: str, rtp_port_min: int, *args: str, **extra: str) -> ServiceProcess:
         """`mediaserver serve ARGS` on a free port, announcing http://127.0.0.1:<port>."""
         port = find_free_port()
         env = self.env(
