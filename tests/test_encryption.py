@@ -12,12 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from mediaserver.clock import ManualClock
-from mediaserver.encryption.keyring import Keyring
+from mediaserver.encryption.keyring import Keyring, load_private_key
 from mediaserver.finalizer import Finalizer
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus, EndReason
@@ -172,6 +171,7 @@ async def test_encrypted_recordings_are_sealed_served_exactly_and_decrypt_offlin
     assert decrypted[prefix + "right.opus"] == served["right"]
     assert decrypted[prefix + "transcript.vtt"] == vtt
     assert decrypted[prefix + "peaks.json"] == documents["peaks"]
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o600}
 
     new_public, new_private = write_key_pair(tmp_path, "next")
     envelope_before = objects["envelope.json"]
@@ -197,6 +197,7 @@ async def test_encrypted_recordings_are_sealed_served_exactly_and_decrypt_offlin
     )  # fmt: skip
     assert old_key.returncode != 0
     assert "mediaserver rekey" in old_key.stderr
+    assert not [p for p in (tmp_path / "old").rglob("*") if p.is_file()]  # no empty or cut file
     new_out = tmp_path / "plain-new"
     new_key = mediaserver(
         "decrypt", "-o", str(new_out), "--private-key", str(new_private),
@@ -256,6 +257,18 @@ async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
         assert "envelope.json" in stored_objects(tmp_path / "recordings", call_id)
         async with client.delete(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
             assert response.status == 204
+    unknown = mediaserver(
+        "decrypt", "-o", str(tmp_path / "none"), "--private-key", str(private),
+        "--call-id", "not-stored", "--storage-path", str(tmp_path / "recordings"),
+    )  # fmt: skip
+    assert unknown.returncode == 1
+    assert "no recording not-stored in" in unknown.stderr
+    mistyped = mediaserver(
+        "decrypt", "-o", str(tmp_path / "none"), "--private-key", str(private),
+        "--storage-path", str(tmp_path / "recordngs"),
+    )  # fmt: skip
+    assert mistyped.returncode == 2
+    assert "recordngs is not a directory" in mistyped.stderr
     for status, body in answers.values():
         assert status == 409
         assert body["error"]["code"] == "encryption_key_unavailable"
@@ -271,8 +284,10 @@ async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
 async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key(
     tmp_path: Path,
 ) -> None:
-    """Journals left by a crash: a store-only server keeps the spool; with the key it recovers."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """Journals left by a crash: a store-only server keeps the spool; `rekey` re-wraps the spool's
+    data key; with the new private key it recovers, and the old one no longer opens it."""
+    _, private = write_key_pair(tmp_path, "operator")
+    key = load_private_key(private)
     clock = ManualClock()
     spool = Spool(tmp_path / "spool")
     recording_keys = Keyring(key.public_key())  # the process that crashes: public key only
@@ -291,6 +306,7 @@ async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key
 
     store_only = Keyring(key.public_key())  # a new process, still without the private key
     root = tmp_path / "store"
+    root.mkdir()
     stuck = Finalizer(
         spool=spool,
         store=EnvelopeStore(LocalStore(root), store_only),
@@ -301,7 +317,27 @@ async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key
     assert await stuck.wait("crashed") is None
     assert spool.call("crashed").exists()  # kept for a process that can unseal it
 
-    playing = Keyring(key.public_key(), key)
+    new_public, new_private = write_key_pair(tmp_path, "next")
+    journal_before = (spool.call("crashed").directory / "caller.journal").read_bytes()
+    rekeyed = await asyncio.to_thread(
+        mediaserver,
+        "rekey", "--old-private-key", str(private), "--new-public-key", str(new_public),
+        "--storage-path", str(root), "--spool-path", str(tmp_path / "spool"),
+    )  # fmt: skip
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert "1 data key(s) rewrapped, 0 already for the new key, 0 failed" in rekeyed.stdout
+    assert (spool.call("crashed").directory / "caller.journal").read_bytes() == journal_before
+
+    old = Keyring(key.public_key(), key)
+    refused = Finalizer(
+        spool=spool, store=EnvelopeStore(LocalStore(root), old), executor=None, keyring=old
+    )
+    assert await refused.recover() == ["crashed"]
+    assert await refused.wait("crashed") is None  # the old key no longer opens the journals
+    assert spool.call("crashed").exists()
+
+    new_key = load_private_key(new_private)
+    playing = Keyring(new_key.public_key(), new_key)
     finalizer = Finalizer(
         spool=spool,
         store=EnvelopeStore(LocalStore(root), playing),
