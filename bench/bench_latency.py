@@ -17,9 +17,9 @@ node's capacity, it measures what the server adds:
 Every time is a kernel timestamp from one tcpdump capture on the loopback interface, so the
 figures are the server's own, not the load's scheduling. The server runs pinned to one core
 (`--server-cpu`), the load (the other calls, each a caller plus an agent that talks half the time)
-in its own process on the other (`--load-cpu`), with the probes. `--before REF` runs the same
-steps against the server as it was at a git revision (exported to a temporary directory), so the
-table compares before and after from one run on one machine. It asserts nothing: it prints.
+in its own process on the other (`--load-cpu`), with the probes. `--before REF[,REF...]` runs the
+same steps against the server as it was at each git revision (exported to a temporary directory),
+so the table compares before and after from one run on one machine. It asserts nothing: it prints.
 """
 
 from __future__ import annotations
@@ -689,8 +689,9 @@ async def main_async(args: argparse.Namespace) -> None:
     capacity = dict(item.split("=") for item in args.capacity.split(","))
     scratch = Path(tempfile.mkdtemp(prefix="bench-latency-trees-"))
     trees: dict[str, tuple[Path, str]] = {}
-    if args.before:
-        trees["before"] = (scratch / "before", export_tree(args.before, scratch / "before"))
+    for index, ref in enumerate(filter(None, args.before.split(","))):
+        into = scratch / f"before-{index}"
+        trees[f"before-{index}"] = (into, export_tree(ref, into))
     trees["after"] = (REPO, describe_worktree())
     rows = []
     try:
@@ -699,7 +700,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for load in args.loads:
                 calls = 1 if load == "1" else max(2, int(capacity[family]) // 2)
                 for label, (tree, commit) in trees.items():
-                    scenario = Scenario(transport, calls, label)
+                    scenario = Scenario(transport, calls, label.split("-")[0])
                     figures = await run_step(scenario, tree, args)
                     rows.append(row(scenario, commit, figures))
                     print(f"done: {rows[-1]}", flush=True)
@@ -732,7 +733,9 @@ def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--before", default="", help="git revision to measure as 'before' (e.g. main)"
+        "--before",
+        default="",
+        help="git revisions to measure as 'before', comma-separated (e.g. main)",
     )
     parser.add_argument(
         "--transports",
