@@ -22,7 +22,7 @@ from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
 from mediaserver.job_worker import run_worker
 from mediaserver.jobs.files import write_documents
-from mediaserver.key_commands import decrypt_recordings, rekey_recordings
+from mediaserver.key_commands import decrypt_recordings, describe_store, rekey_recordings
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
     RtpStream,
@@ -367,7 +367,14 @@ def _run_decrypt(args: argparse.Namespace, settings: Settings) -> int:
     )
     for path in report.mismatched:
         print(f"mediaserver: error: {path} does not match its manifest", file=sys.stderr)
-    return 1 if report.mismatched else 0
+    for call_id, reason in report.failed:
+        print(f"mediaserver: error: {call_id} not decrypted: {reason}", file=sys.stderr)
+    for call_id in report.missing:
+        print(
+            f"mediaserver: error: no recording {call_id} in {describe_store(settings)}",
+            file=sys.stderr,
+        )
+    return 1 if report.mismatched or report.failed or report.missing else 0
 
 
 def _run_rekey(args: argparse.Namespace, settings: Settings) -> int:
