@@ -36,7 +36,8 @@ class CallerFeed:
         # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
         # when their audio arrived). A few at most: a transport sends or drops each in order.
         self._in_flight: deque[tuple[int, int]] = deque()
-        self._last_sent_ns = -_FRAME_NS
+        # When the agent's last sent frame was due on the agent's own clock (see is_agent_frame).
+        self._agent_due_ns = -_FRAME_NS
         self.silence_frames_sent = 0
 
     def tick(self, tick: int, caller: CallerLink, bridge: AgentBridge | None) -> None:
@@ -52,6 +53,10 @@ class CallerFeed:
         self._in_flight.append((packet.sequence, arrival_ns))
         caller.send_audio(packet)
 
+    def restart_schedule(self) -> None:
+        """The agent's queued audio was cleared: its next frame starts a fresh schedule."""
+        self._agent_due_ns = -_FRAME_NS
+
     def is_agent_frame(self, packet: MediaPacket) -> bool:
         """Account for a packet the transport sent: True for the agent's audio, not silence."""
         if packet.payload is self._silence:  # the very object tick() sent: not the agent's
@@ -61,11 +66,12 @@ class CallerFeed:
         while in_flight:  # the packets a transport dropped unsent are passed over
             sequence, arrival_ns = in_flight.popleft()
             if sequence == packet.sequence:
-                # What the server added: from when the frame could first have left (its audio
-                # had arrived, and the agent's frame before it had played), not the time it
-                # spent queued behind audio the agent sent ahead of real time.
-                ready_ns = max(arrival_ns, self._last_sent_ns + _FRAME_NS)
-                self._latency.observe(packet.arrival_ns - ready_ns)
-                self._last_sent_ns = packet.arrival_ns
+                # What the server added: from when the frame was due on the agent's own clock
+                # (its audio had arrived, and 20 ms had passed since the frame before it was
+                # due), so audio the agent sent ahead of real time is not counted as queued, but
+                # the wait for the next tick is, for every frame it delays.
+                due_ns = max(arrival_ns, self._agent_due_ns + _FRAME_NS)
+                self._latency.observe(packet.arrival_ns - due_ns)
+                self._agent_due_ns = due_ns
                 break
         return True

@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -23,7 +24,7 @@ from mediaserver.encryption.envelope import (
     wrap_data_key,
 )
 from mediaserver.encryption.keyring import Keyring, load_private_key, load_public_key
-from mediaserver.errors import EncryptionError
+from mediaserver.errors import EncryptionError, StorageError
 from mediaserver.recording.manifest import parse_manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.settings import Settings
@@ -39,14 +40,18 @@ from mediaserver.storage_backends.store import ObjectStore
 
 log = structlog.get_logger(__name__)
 
+PLAIN_FILE_MODE = 0o600  # decrypted recordings are personal data: the owner's only
+
 
 @dataclass(slots=True)
 class DecryptReport:
-    """What `decrypt` wrote, per recording, and which files did not match their manifest."""
+    """What `decrypt` wrote, per recording; what did not match, failed, or was not found."""
 
     files: dict[str, list[Path]] = field(default_factory=dict)
     verified: int = 0
     mismatched: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (call id, why)
+    missing: list[str] = field(default_factory=list)  # asked for with --call-id, not stored
 
 
 @dataclass(slots=True)
@@ -58,40 +63,87 @@ class RekeyReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+def describe_store(settings: Settings) -> str:
+    """Where the configured store is, as an operator writes it."""
+    if settings.storage_type == "gcs":
+        return f"gs://{settings.storage_path}"
+    return str(Path(settings.storage_path))
+
+
+async def _open_existing_backend(settings: Settings) -> ObjectStore:
+    """The configured store; a local directory that does not exist is a mistake, not empty."""
+    if settings.storage_type == "local" and not await asyncio.to_thread(
+        Path(settings.storage_path).is_dir
+    ):
+        raise StorageError(f"storage_path {settings.storage_path} is not a directory")
+    return await open_backend(settings)
+
+
 async def decrypt_recordings(
     settings: Settings, output: Path, private_key_path: Path, call_ids: set[str]
 ) -> DecryptReport:
     """Write the plain objects of the recordings (all, or `call_ids`) under `output`."""
     private = await asyncio.to_thread(load_private_key, private_key_path)
-    inner = await open_backend(settings)
+    inner = await _open_existing_backend(settings)
     store = EnvelopeStore(inner, Keyring(private.public_key(), private))
     report = DecryptReport()
     try:
+        objects: dict[str, list[str]] = {}
         for info in await inner.list_objects(RECORDINGS_PREFIX):
             found = parse_recording_key(info.key)
             if found is None or found.name == "envelope.json":
                 continue
             if call_ids and found.call_id not in call_ids:
                 continue
-            target = output / info.key
-            await _download(store, info.key, target)
-            report.files.setdefault(found.call_id, []).append(target)
-        for paths in report.files.values():
-            await asyncio.to_thread(_verify, paths, report)
+            objects.setdefault(found.call_id, []).append(info.key)
+        report.missing = sorted(call_ids - set(objects))
+        for call_id, keys in sorted(objects.items()):
+            written: list[Path] = []
+            try:
+                for key in keys:
+                    target = output / key
+                    await _download(store, key, target)
+                    written.append(target)
+            except (EncryptionError, StorageError) as exc:
+                # A recording is written whole or not at all: no empty or cut file is left to
+                # be taken for the plaintext. The others go on.
+                await asyncio.to_thread(_remove, written)
+                report.failed.append((call_id, str(exc)))
+                continue
+            report.files[call_id] = written
+            await asyncio.to_thread(_verify, written, report)
     finally:
         await inner.close()
     return report
 
 
 async def _download(store: ObjectStore, key: str, target: Path) -> None:
-    """Copy an object's plaintext to a file."""
+    """Copy an object's plaintext to a file readable by its owner only, renamed in when whole."""
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-    out = await asyncio.to_thread(target.open, "wb")
+    partial = target.with_name(f".{target.name}.partial")
+    out = await asyncio.to_thread(_open_private, partial)
     try:
-        async for chunk in store.iter_range(key):
-            await asyncio.to_thread(out.write, chunk)
+        try:
+            async for chunk in store.iter_range(key):
+                await asyncio.to_thread(out.write, chunk)
+        finally:
+            await asyncio.to_thread(out.close)
+        await asyncio.to_thread(partial.replace, target)
     finally:
-        await asyncio.to_thread(out.close)
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """A new file, mode 0600 whatever the umask, for writing (blocking)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PLAIN_FILE_MODE)
+    os.fchmod(fd, PLAIN_FILE_MODE)  # an existing file keeps its mode through O_CREAT
+    return os.fdopen(fd, "wb")
+
+
+def _remove(paths: list[Path]) -> None:
+    """Delete the files written for a recording that failed (blocking)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _verify(paths: list[Path], report: DecryptReport) -> None:
@@ -127,7 +179,7 @@ async def rekey_recordings(
             return None
         return wrap_data_key(new, envelope.call_id, unwrap_data_key(old, envelope))
 
-    inner = await open_backend(settings)
+    inner = await _open_existing_backend(settings)
     try:
         for info in await inner.list_objects(RECORDINGS_PREFIX):
             if not info.key.endswith(ENVELOPE_SUFFIX):

@@ -225,6 +225,7 @@ class CallSession:
         """Barge-in: drop queued agent audio; its marks are reached now."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
             self.bridge.clear()
+            self.feed.restart_schedule()  # what was queued will not play
 
     def on_agent_ended(self, reason: str) -> None:
         """The agent left: its leg ends; the call goes on unless configured otherwise."""

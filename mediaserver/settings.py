@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from mediaserver.errors import SettingsError
-from mediaserver.lifecycle.policy import validate_retention_setting
 
 ENV_PREFIX = "MEDIASERVER_"
 DEFAULT_CONFIG_PATH = Path("config/mediaserver.toml")
@@ -50,6 +49,8 @@ _POSITIVE = (
     "http_header_timeout_s",
     "max_connections",
     "console_session_ttl_s",
+    "console_sign_in_max_failures",
+    "console_sign_in_window_s",
     "job_workers",
     "turn_gap_s",
     "interruption_min_overlap_s",
@@ -113,6 +114,8 @@ class Settings:
     partial_frame_wait_ms: int = 20
     signed_url_expiry_s: int = 300
     console_session_ttl_s: float = 43200.0
+    console_sign_in_max_failures: int = 5
+    console_sign_in_window_s: float = 60.0
     echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
@@ -300,10 +303,17 @@ def resolve_node_id(settings: Settings) -> str:
     return settings.node_id or socket.gethostname()
 
 
+MAX_RETENTION_DAYS = 36500  # a hundred years: any longer is "keep forever", which is 0
+
+
 def _validate_lifecycle(settings: Settings) -> None:
     """Retention, encryption and GCS-only settings fit together."""
     for name in ("recording_retention_days", "audit_retention_days"):
-        validate_retention_setting(getattr(settings, name), name)
+        days = getattr(settings, name)
+        if not 0 <= days <= MAX_RETENTION_DAYS:
+            raise SettingsError(
+                f"setting {name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS} days, got {days}"
+            )
     for name in ("gcs_apply_lifecycle", "kms_key_name"):
         if getattr(settings, name) and settings.storage_type != "gcs":
             raise SettingsError(f"setting {name} needs storage_type = gcs")

@@ -148,13 +148,13 @@ class Cluster:
             "MEDIASERVER_FINALIZE_WORKERS": "1",
             "MEDIASERVER_JOB_WORKERS": "1",
             "MEDIASERVER_TRANSCRIPTION_BACKEND": "none",
-            "MEDIASERVER_JOB_VISIBILITY_TIMEOUT_S": "3",
+            "MEDIASERVER_JOB_VISIBILITY_TIMEOUT_S": "5",
             **self.settings,
             **extra,
         }
 
-    def start_node(self, name: str, rtp_port_min: int, **extra: str) -> ServiceProcess:
-        """`mediaserver serve` on a free port, announcing http://127.0.0.1:<port>."""
+    def start_node(self, name: str, rtp_port_min: int, *args: str, **extra: str) -> ServiceProcess:
+        """`mediaserver serve ARGS` on a free port, announcing http://127.0.0.1:<port>."""
         port = find_free_port()
         env = self.env(
             name,
@@ -163,7 +163,7 @@ class Cluster:
             MEDIASERVER_RTP_PORT_MAX=str(rtp_port_min + 99),
             **extra,
         )
-        node = _start(name, ["serve", "--port", str(port)], env, self.root)
+        node = _start(name, ["serve", "--port", str(port), *args], env, self.root)
         self.nodes[name] = node
         return node
 

@@ -1,5 +1,6 @@
 """RedisServer: a real redis-server (Debian package) on 127.0.0.1 with AOF, restartable in place."""
 
+import shutil
 import socket
 import subprocess
 import time
@@ -60,6 +61,13 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
+
+    def forget(self) -> None:
+        """Delete the stopped server's files: it starts again empty, as a Redis that lost its
+        data (a replacement without persistence, say) would."""
+        assert self._process is None, "stop the server first"
+        shutil.rmtree(self.directory / "appendonlydir", ignore_errors=True)
+        (self.directory / "dump.rdb").unlink(missing_ok=True)
 
     def restart(self) -> None:
         """Stop and start again on the same port and files."""

@@ -11,13 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
-from aiohttp import web
+from app_routes import registered_operations
 
 from mediaserver.access.tokens import Scope, TokenTable, compute_token_digest, parse_tokens_file
 from mediaserver.api.openapi import load_openapi_document
 from mediaserver.api.route_scopes import OPEN, ROUTE_SCOPES
 from mediaserver.api.token_registry import TokenRegistry
-from mediaserver.app import create_app
 from mediaserver.errors import SettingsError
 
 from server_harness import make_settings, running_server, wait_for_recording
@@ -31,23 +30,9 @@ TOKENS = [BRIDGE, READER, JANITOR, AUDITOR]
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 
 
-def _registered_routes(tmp_path: Path) -> set[tuple[str, str]]:
-    """(METHOD, path template) of every route the application registers, HEAD left out."""
-    app = create_app(make_settings(tmp_path))
-    routes = set()
-    for route in app.router.routes():
-        if route.method == "HEAD" or route.resource is None:
-            continue
-        path = route.resource.canonical
-        if isinstance(route.resource, web.StaticResource):
-            path += "/{filename}"
-        routes.add((route.method, path))
-    return routes
-
-
 def test_every_route_has_its_scope_chosen(tmp_path: Path) -> None:
     """The scope table lists exactly the registered routes (a new route must pick its scope)."""
-    registered = _registered_routes(tmp_path)
+    registered = {(m, p) for m, p in registered_operations(tmp_path) if m != "HEAD"}
     assert registered - set(ROUTE_SCOPES) == set(), "routes without a scope (they need admin)"
     assert set(ROUTE_SCOPES) - registered == set(), "scopes of routes that do not exist"
 

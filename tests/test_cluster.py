@@ -1,6 +1,7 @@
 """Two `serve` nodes and two `worker`s on one real Redis and the GCS emulator, as deployed.
 
-The tests share one cluster and run in file order: the last one stops node-a for good.
+The tests share one cluster and run in file order: the last two stop node-a and the workers
+for good.
 """
 
 import asyncio
@@ -10,9 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from mediaserver.cluster.redis_connection import open_redis
+from mediaserver.cluster.registry import call_key
 from mediaserver.jobs.redis_queue import GROUP, STREAM_KEY
 
 from cluster_harness import BUCKET, Cluster, eventually, running_cluster, until
@@ -44,6 +47,19 @@ async def get_json(client: aiohttp.ClientSession, url: str) -> Any:
     async with client.get(url, headers=auth()) as response:
         assert response.status == 200, await response.text()
         return await response.json()
+
+
+async def read_metrics(client: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The samples of a /metrics page, keyed `name{label="value",...}` (labels sorted)."""
+    async with client.get(f"{base}/metrics", headers=auth()) as response:
+        assert response.status == 200, await response.text()
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 async def wait_for_job(
@@ -160,7 +176,7 @@ async def test_a_call_made_on_one_node_is_reached_through_the_other(cluster: Clu
     await hooks.stop()
     ran = [w.name for w in cluster.workers.values() if w.events("job.completed", call_id=call_id)]
     assert len(ran) == 1
-    assert cluster.workers[ran[0]].events("webhook.delivered", call_id=call_id)  # its event
+    await cluster.workers[ran[0]].wait_for_log("webhook.delivered", call_id=call_id)
     assert not any(n.events("job.completed") for n in cluster.nodes.values())
 
 
@@ -225,6 +241,13 @@ async def test_a_worker_killed_mid_job_has_its_job_finished_by_the_other(
         ) as response:
             assert response.status == 202, await response.text()
             job_id = (await response.json())["job_id"]
+
+        async def counted() -> bool:  # the queue's depth, as workers are autoscaled on it
+            samples = await read_metrics(client, node_a.base)
+            waiting = samples["mediaserver_jobs_queued"] + samples["mediaserver_jobs_running"]
+            return samples["mediaserver_jobs_pending"] == 1 and waiting == 1
+
+        await until(counted, 10)
         lock = redis.lock(f"mediaserver:lock:recording:{call_id}", timeout=60)
         await lock.acquire()
         for worker in workers:
@@ -239,6 +262,9 @@ async def test_a_worker_killed_mid_job_has_its_job_finished_by_the_other(
         assert state["job_id"] == job_id
         await other.wait_for_log("job.reclaimed", job_id=job_id)
         assert other.events("job.completed", job_id=job_id)
+        durations = await read_metrics(client, other.base)  # the worker's own /metrics
+        assert durations['mediaserver_job_seconds_count{kind="analysis",result="completed"}'] >= 1
+        assert durations['mediaserver_job_seconds_sum{kind="analysis",result="completed"}'] > 0
     await redis.aclose()
     cluster.start_worker(holder.name)
 
@@ -270,9 +296,10 @@ async def test_a_job_that_keeps_failing_ends_failed_after_its_attempts(cluster: 
 
 
 async def test_redis_restarted_during_a_call(cluster: Cluster) -> None:
-    """Redis stops, stays away for a few heartbeats and starts again while a call is live: the
-    call goes on, the registry and the call map heal, the recording is stored and analysed."""
+    """Redis stops while a call is live and comes back empty (its files gone): the call goes
+    on, the nodes rebuild the registry and the call map, the recording is stored and analysed."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    redis = open_redis(cluster.redis.url)
     async with aiohttp.ClientSession() as client:
         call_id, _, _, sending = await streaming_call(
             client, node_a.base, node_a.base, [silence_payload()] * 400
@@ -281,40 +308,57 @@ async def test_redis_restarted_during_a_call(cluster: Cluster) -> None:
         await asyncio.to_thread(cluster.redis.stop)
         for node in (node_a, node_b):  # a heartbeat or two fails while Redis is away
             await node.wait_for_log("cluster.registry_unavailable")
+        cluster.redis.forget()
         await asyncio.to_thread(cluster.redis.start)
+        assert await redis.get(call_key(call_id)) is None  # nothing of the cluster is left
         for node in (node_a, node_b):
             await node.wait_for_log("cluster.registry_restored")
 
         async def healed() -> bool:
             listed = (await get_json(client, f"{node_b.base}/v1/calls"))["calls"]
             nodes = (await get_json(client, f"{node_b.base}/v1/nodes"))["nodes"]
-            return [c["call_id"] for c in listed] == [call_id] and len(nodes) == 2
+            owner = await redis.get(call_key(call_id))
+            return (
+                [c["call_id"] for c in listed] == [call_id]
+                and [n["node_id"] for n in nodes] == ["node-a", "node-b"]
+                and owner == "node-a"
+            )
 
         await until(healed, TIMEOUT_S)
         sent = await sending
+        # Through node-b: the rebuilt call map sends the request on to node-a.
         async with client.delete(f"{node_b.base}/v1/calls/{call_id}", headers=auth()) as response:
             assert response.status == 202
+            assert [r.status for r in response.history] == [307]
         await wait_for_job(client, node_b.base, call_id, "analysis", "completed")
         manifest = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}")
+    await redis.aclose()
     caller_stats = next(c["stats"] for c in manifest["channels"] if c["channel"] == "caller")
     assert caller_stats["packets"] == len(sent) == 400
 
 
 async def test_a_load_run_spreads_calls_by_load_and_loses_none(cluster: Cluster) -> None:
-    """Twelve concurrent calls created through both addresses: each node takes half (the
-    least-loaded node gets each new call), and every call is stored and analysed."""
+    """Twelve concurrent calls, nine created through node-a's address and three through
+    node-b's (an uneven balancer): the least-loaded node gets each new call, so each node holds
+    about half; every call is stored, whole, and analysed."""
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     async with aiohttp.ClientSession() as client:
         started = []
         for index in range(12):
-            entry = (node_a, node_b)[index % 2].base
+            entry = (node_b if index % 4 == 3 else node_a).base
             started.append(asyncio.create_task(rtp_call(client, entry, entry, packets=100)))
             await asyncio.sleep(0.1)
         calls = await asyncio.gather(*started)
         owners = [owner for _, owner in calls]
-        assert sorted({owners.count(node_a.base), owners.count(node_b.base)}) == [6]
+        held = (owners.count(node_a.base), owners.count(node_b.base))
+        assert sum(held) == 12
+        assert abs(held[0] - held[1]) <= 2, held  # as entered, without placement: 9 and 3
         for call_id, _ in calls:
             await wait_for_job(client, node_a.base, call_id, "analysis", "completed")
+            manifest = await get_json(client, f"{node_b.base}/v1/recordings/{call_id}")
+            assert manifest["status"] == "stored"
+            caller = next(c["stats"] for c in manifest["channels"] if c["channel"] == "caller")
+            assert caller["packets"] == 100
 
 
 async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> None:
@@ -354,3 +398,19 @@ async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> Non
         assert manifest["end_reason"] == "api"
         assert await states() == {"node-b": "ready"}
     assert node_a.events("cluster.left", node_id="node-a")
+
+
+async def test_a_node_started_with_worker_runs_jobs_itself(cluster: Cluster) -> None:
+    """With both workers stopped (SIGTERM: they leave cleanly), a node started with
+    `serve --with-worker` analyses the recordings of its calls itself."""
+    node_c = await asyncio.to_thread(cluster.start_node, "node-c", 42200, "--with-worker")
+    for worker in cluster.workers.values():
+        worker.signal(signal.SIGTERM)
+    for worker in cluster.workers.values():
+        assert await worker.wait_exit() == 0
+        assert worker.events("worker.stopped")
+    async with aiohttp.ClientSession() as client:
+        call_id, owner = await rtp_call(client, node_c.base, node_c.base)
+        assert owner == node_c.base
+        await wait_for_job(client, node_c.base, call_id, "analysis", "completed")
+    assert node_c.events("job.completed", call_id=call_id)

@@ -7,7 +7,8 @@ import aiohttp
 import pytest
 
 import cdp
-from server_harness import auth, make_settings, running_server, wait_for_recording
+from operator_keys import write_key_pair
+from server_harness import TOKEN, auth, make_settings, running_server, wait_for_recording
 from short_call import Token, run_call, write_tokens_file
 
 READER = Token("reader", "reader-secret-6b0d2f", ("recordings:read",))
@@ -87,4 +88,35 @@ async def test_each_token_sees_only_what_it_may_do(tmp_path: Path) -> None:
     assert auditor["nav"] == []
     assert auditor["table"] is False
     assert "cannot read recordings" in auditor["notice"]
+    assert errors == []
+
+
+@pytest.mark.timeout(240)
+async def test_a_store_only_server_says_why_it_cannot_play(tmp_path: Path) -> None:
+    """Encrypted without the private key: the recording page explains, and shows no player."""
+    public, _ = write_key_pair(tmp_path, "operator")
+    settings = make_settings(
+        tmp_path, encryption="envelope", encryption_public_key_path=str(public)
+    )
+    async with (
+        running_server(settings) as (_, base),
+        aiohttp.ClientSession(headers=auth()) as client,
+        cdp.launch() as browser,
+    ):
+        call_id = await run_call(client, base, auth())
+        await wait_for_recording(client, base, call_id)
+        page = await browser.new_page("console")
+        await page.goto(f"{base}/login?next=/recordings/{call_id}")
+        await page.type_into("[data-testid=login-token]", TOKEN)
+        await page.click("[data-testid=login-submit]")
+        notice = await page.wait_for(
+            "(() => { const t = document.getElementById('notice').textContent;"
+            " return t.includes('encrypted') && t; })()"
+        )
+        player_hidden = await page.evaluate("document.getElementById('player').hidden")
+        # Resources answering 409 (encrypted) and 404 (no analysis queued) are expected.
+        errors = [e for e in page.errors if e["kind"] != "log"]
+    assert "cannot be played on this server" in notice
+    assert "mediaserver decrypt" in notice
+    assert player_hidden is True
     assert errors == []

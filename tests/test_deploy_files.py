@@ -435,7 +435,7 @@ def test_compose_publishes_the_served_and_rtp_ports(name: str) -> None:
 
 def test_compose_nodes_form_one_cluster() -> None:
     """Both nodes and the worker share Redis and the bucket; each node has its own id, public
-    URL (on the port it publishes), ports and spool volume."""
+    URL (its service name, on the port it publishes), ports and spool volume."""
     envs = {name: compose_environment(name) for name in (*COMPOSE_NODES, "worker")}
     assert len({env["MEDIASERVER_REDIS_URL"] for env in envs.values()}) == 1
     assert {env["AUDIO_STORAGE_PATH"] for env in envs.values()} == {"recordings"}
@@ -448,7 +448,10 @@ def test_compose_nodes_form_one_cluster() -> None:
     for name in COMPOSE_NODES:
         service = compose_service(name)
         port = compose_serve_port(service)
-        assert envs[name]["MEDIASERVER_PUBLIC_URL"].endswith(f":{port}")
+        # Reached by clients and by the other node: by its service name, on a port published
+        # as itself (a loopback URL would send the other node to its own container).
+        assert envs[name]["MEDIASERVER_PUBLIC_URL"] == f"http://{name}:{port}"
+        assert f"{port}:{port}" in service["ports"]
         assert published_ports(service, "udp").isdisjoint(ports)
         ports |= published_ports(service, "udp")
         spools |= {

@@ -4,6 +4,7 @@ import asyncio
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +22,45 @@ TICK_HZ = 500.0  # the caller's tone, in both clients
 TICK_INTERVAL_S = 2.0  # longer than any echo delay, so each echo pairs with its tick
 TICK_MS = 200
 CALL_S = 9.0
+# What gst_whip_caller.py needs, checked the way it loads it (not with gst-inspect-1.0: that is
+# gstreamer1.0-tools, which bootstrap does not install).
+GST_ELEMENTS = [
+    "webrtcbin",
+    "nicesrc",
+    "audiotestsrc",
+    "audioconvert",
+    "audioresample",
+    "opusenc",
+    "opusdec",
+    "rtpopuspay",
+    "rtpopusdepay",
+    "appsink",
+]
+GST_PROBE = """
+import sys, gi
+for name in ("Gst", "GstSdp", "GstWebRTC"):
+    gi.require_version(name, "1.0")
+from gi.repository import Gst, GstSdp, GstWebRTC
+Gst.init(None)
+missing = [e for e in sys.argv[1:] if Gst.ElementFactory.find(e) is None]
+sys.exit(f"missing GStreamer elements: {missing}" if missing else 0)
+"""
+
+
+def _assert_gstreamer_caller_runs() -> None:
+    """Debian's python3 has gi and every element the caller uses (scripts/bootstrap --dev)."""
+    assert shutil.which(SYSTEM_PYTHON), "Debian's python3 runs the GStreamer caller"
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", GST_PROBE, *GST_ELEMENTS],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert probe.returncode == 0, (
+        "install gstreamer1.0-plugins-bad, gstreamer1.0-nice, python3-gst-1.0 and"
+        f" gir1.2-gst-plugins-bad-1.0 (scripts/bootstrap --dev): {probe.stderr[-2000:]}"
+    )
 
 
 def _onsets(signal: npt.NDArray[np.float32]) -> list[float]:
@@ -95,11 +135,7 @@ async def _recorded_echo_call(
 
 async def test_gstreamer_callers_echo_is_as_prompt_as_aiortcs(tmp_path: Path) -> None:
     """GStreamer's pre-connection burst is kept from the agent: its echo trails like aiortc's."""
-    assert shutil.which(SYSTEM_PYTHON), "Debian's python3 runs the GStreamer caller"
-    assert shutil.which("gst-inspect-1.0"), (
-        "install gstreamer1.0-plugins-bad, gstreamer1.0-nice, python3-gst-1.0 and"
-        " gir1.2-gst-plugins-bad-1.0 (scripts/bootstrap --dev)"
-    )
+    _assert_gstreamer_caller_runs()
     async with (
         running_server(make_settings(tmp_path)) as (_, base),
         aiohttp.ClientSession(headers=auth()) as client,

@@ -12,13 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from mediaserver.clock import ManualClock
-from mediaserver.encryption.keyring import Keyring
+from mediaserver.encryption.keyring import Keyring, load_private_key
 from mediaserver.finalizer import Finalizer
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus, EndReason
@@ -27,6 +25,7 @@ from mediaserver.storage_backends.envelope_store import EnvelopeStore
 from mediaserver.storage_backends.local import LocalStore
 
 from gcs_emulator import GcsEmulator, find_free_port
+from operator_keys import write_key_pair
 from rtp_sender import marker_template
 from server_harness import auth, make_settings, running_server, wait_for_recording
 from short_call import CALLER_HZ, run_call
@@ -34,26 +33,6 @@ from virtual_call import journal_tones
 
 CHANNELS = ("stereo", "left", "right")
 RUN_BYTES = 16  # "any run of its plaintext": no 16-byte window of a file is found in storage
-
-
-def write_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
-    """An operator's RSA key pair as PEM files: (public, private)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = directory / f"{name}.pub.pem"
-    private = directory / f"{name}.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return public, private
 
 
 def windows(data: bytes, size: int = RUN_BYTES) -> set[bytes]:
@@ -192,6 +171,7 @@ async def test_encrypted_recordings_are_sealed_served_exactly_and_decrypt_offlin
     assert decrypted[prefix + "right.opus"] == served["right"]
     assert decrypted[prefix + "transcript.vtt"] == vtt
     assert decrypted[prefix + "peaks.json"] == documents["peaks"]
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o600}
 
     new_public, new_private = write_key_pair(tmp_path, "next")
     envelope_before = objects["envelope.json"]
@@ -217,6 +197,7 @@ async def test_encrypted_recordings_are_sealed_served_exactly_and_decrypt_offlin
     )  # fmt: skip
     assert old_key.returncode != 0
     assert "mediaserver rekey" in old_key.stderr
+    assert not [p for p in (tmp_path / "old").rglob("*") if p.is_file()]  # no empty or cut file
     new_out = tmp_path / "plain-new"
     new_key = mediaserver(
         "decrypt", "-o", str(new_out), "--private-key", str(new_private),
@@ -247,11 +228,13 @@ async def _live_journal(spool_root: Path) -> bytes:
 async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
     tmp_path: Path,
 ) -> None:
-    """A store-only server records and stores, says plainly why it cannot play; offline works."""
+    """A store-only server records and stores, says plainly why it cannot play; offline works;
+    a delete takes every object, the data key included."""
     public, private = write_key_pair(tmp_path, "operator")
     settings = make_settings(
         tmp_path, encryption="envelope", encryption_public_key_path=str(public)
     )
+    out = tmp_path / "plain"
     async with (
         running_server(settings) as (_, base),
         aiohttp.ClientSession() as client,
@@ -266,27 +249,45 @@ async def test_without_the_private_key_the_api_answers_409_and_decrypt_works(
                 answers[path] = (response.status, await response.json())
         async with client.get(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
             assert response.status == 200  # the manifest stays readable
+        result = await asyncio.to_thread(
+            mediaserver,
+            "decrypt", "-o", str(out), "--private-key", str(private),
+            "--storage-path", str(tmp_path / "recordings"),
+        )  # fmt: skip
+        assert "envelope.json" in stored_objects(tmp_path / "recordings", call_id)
+        async with client.delete(f"{base}/v1/recordings/{call_id}", headers=auth()) as response:
+            assert response.status == 204
+    unknown = mediaserver(
+        "decrypt", "-o", str(tmp_path / "none"), "--private-key", str(private),
+        "--call-id", "not-stored", "--storage-path", str(tmp_path / "recordings"),
+    )  # fmt: skip
+    assert unknown.returncode == 1
+    assert "no recording not-stored in" in unknown.stderr
+    mistyped = mediaserver(
+        "decrypt", "-o", str(tmp_path / "none"), "--private-key", str(private),
+        "--storage-path", str(tmp_path / "recordngs"),
+    )  # fmt: skip
+    assert mistyped.returncode == 2
+    assert "recordngs is not a directory" in mistyped.stderr
     for status, body in answers.values():
         assert status == 409
         assert body["error"]["code"] == "encryption_key_unavailable"
         assert "mediaserver decrypt" in body["error"]["message"]
     assert manifest["jobs"] == {}  # nothing to analyse without the key: no jobs queued
-    out = tmp_path / "plain"
-    result = mediaserver(
-        "decrypt", "-o", str(out), "--private-key", str(private),
-        "--storage-path", str(tmp_path / "recordings"),
-    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "4 file(s) match their manifest's SHA-256" in result.stdout
     stereo = next(out.rglob(f"conversation_{call_id}_merged.opus")).read_bytes()
     assert stereo[:4] == b"OggS"
+    assert stored_objects(tmp_path / "recordings", call_id) == {}
 
 
 async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key(
     tmp_path: Path,
 ) -> None:
-    """Journals left by a crash: a store-only server keeps the spool; with the key it recovers."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    """Journals left by a crash: a store-only server keeps the spool; `rekey` re-wraps the spool's
+    data key; with the new private key it recovers, and the old one no longer opens it."""
+    _, private = write_key_pair(tmp_path, "operator")
+    key = load_private_key(private)
     clock = ManualClock()
     spool = Spool(tmp_path / "spool")
     recording_keys = Keyring(key.public_key())  # the process that crashes: public key only
@@ -305,6 +306,7 @@ async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key
 
     store_only = Keyring(key.public_key())  # a new process, still without the private key
     root = tmp_path / "store"
+    root.mkdir()
     stuck = Finalizer(
         spool=spool,
         store=EnvelopeStore(LocalStore(root), store_only),
@@ -315,7 +317,27 @@ async def test_a_crashed_calls_sealed_journals_recover_only_with_the_private_key
     assert await stuck.wait("crashed") is None
     assert spool.call("crashed").exists()  # kept for a process that can unseal it
 
-    playing = Keyring(key.public_key(), key)
+    new_public, new_private = write_key_pair(tmp_path, "next")
+    journal_before = (spool.call("crashed").directory / "caller.journal").read_bytes()
+    rekeyed = await asyncio.to_thread(
+        mediaserver,
+        "rekey", "--old-private-key", str(private), "--new-public-key", str(new_public),
+        "--storage-path", str(root), "--spool-path", str(tmp_path / "spool"),
+    )  # fmt: skip
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    assert "1 data key(s) rewrapped, 0 already for the new key, 0 failed" in rekeyed.stdout
+    assert (spool.call("crashed").directory / "caller.journal").read_bytes() == journal_before
+
+    old = Keyring(key.public_key(), key)
+    refused = Finalizer(
+        spool=spool, store=EnvelopeStore(LocalStore(root), old), executor=None, keyring=old
+    )
+    assert await refused.recover() == ["crashed"]
+    assert await refused.wait("crashed") is None  # the old key no longer opens the journals
+    assert spool.call("crashed").exists()
+
+    new_key = load_private_key(new_private)
+    playing = Keyring(new_key.public_key(), new_key)
     finalizer = Finalizer(
         spool=spool,
         store=EnvelopeStore(LocalStore(root), playing),

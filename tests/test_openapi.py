@@ -5,32 +5,15 @@ from importlib import metadata
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from app_routes import registered_operations
 from openapi_spec_validator import validate
 
 from mediaserver.api.openapi import OPENAPI_PATH, load_openapi_document
-from mediaserver.app import create_app
 
 from server_harness import make_settings, running_server
 
 DOCUMENT_FILE = Path(__file__).resolve().parents[1] / "mediaserver" / "api" / "openapi.json"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-def _registered_operations(tmp_path: Path) -> set[tuple[str, str]]:
-    """(METHOD, path template) of every route, without the HEAD aiohttp adds beside each GET."""
-    app = create_app(make_settings(tmp_path))
-    routes = set()
-    for route in app.router.routes():
-        path = route.resource.canonical if route.resource is not None else ""
-        if isinstance(route.resource, web.StaticResource):
-            path += "/{filename}"  # a directory of files: one templated path in the document
-        routes.add((route.method, path))
-    return {
-        (method, path)
-        for method, path in routes
-        if not (method == "HEAD" and ("GET", path) in routes)
-    }
 
 
 def _documented_operations(document: dict[str, object]) -> set[tuple[str, str]]:
@@ -54,7 +37,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 def test_document_and_routes_agree_both_ways(tmp_path: Path) -> None:
     """Every registered route is described, and every described operation is registered."""
-    registered = _registered_operations(tmp_path)
+    registered = registered_operations(tmp_path)
     documented = _documented_operations(load_openapi_document())
     assert registered - documented == set(), "routes the document does not describe"
     assert documented - registered == set(), "described operations no route serves"

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from mediaserver.audit.event import AuditEvent, parse_event_lines
+from mediaserver.storage_backends.local import fsync_directory
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +67,7 @@ class FileAuditSink:
             by_day.setdefault(event.day, []).append(event.to_json_line())
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
-            _fsync_directory(self.directory.parent)
+            fsync_directory(self.directory.parent)
         for day, lines in sorted(by_day.items()):
             path = self.directory / day_file_name(day)
             created = not path.exists()
@@ -80,7 +81,7 @@ class FileAuditSink:
             finally:
                 os.close(fd)
             if created:
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
 
     def _days(self) -> list[date]:
         """Every day with a file, oldest first."""
@@ -104,13 +105,4 @@ class FileAuditSink:
     def _delete_day(self, day: date) -> None:
         """Remove one day's file."""
         (self.directory / day_file_name(day)).unlink(missing_ok=True)
-        _fsync_directory(self.directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a directory's entries durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(self.directory)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mediaserver.errors import SettingsError
+from mediaserver.settings import MAX_RETENTION_DAYS
 
-MAX_RETENTION_DAYS = 36500
 HOLD_REASON_MAX_CHARS = 500
 
 
@@ -49,14 +48,6 @@ def parse_retention_days(value: object, name: str = "retention_days") -> int:
     if not 0 <= value <= MAX_RETENTION_DAYS:
         raise ValueError(f"{name} must be 0 (keep forever) .. {MAX_RETENTION_DAYS} days")
     return value
-
-
-def validate_retention_setting(days: int, name: str) -> None:
-    """A retention setting that fits, or SettingsError naming it."""
-    try:
-        parse_retention_days(days, f"setting {name}")
-    except ValueError as exc:
-        raise SettingsError(f"{exc}, got {days}") from None
 
 
 def build_lifecycle(retention_days: int | None) -> dict[str, Any]:

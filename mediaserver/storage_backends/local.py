@@ -131,7 +131,7 @@ class LocalStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp_path, target)
-            _fsync_directory(target.parent)
+            fsync_directory(target.parent)
         except BaseException as exc:
             temp_path.unlink(missing_ok=True)
             if isinstance(exc, FileNotFoundError) and exc.filename == str(source):
@@ -212,7 +212,7 @@ class LocalStore:
             raise ObjectNotFoundError(f"no object {key!r}") from exc
         except OSError as exc:
             raise StorageError(f"cannot delete {key!r}: {exc}") from exc
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
 
 def _copy_and_hash(source: Path, out: BinaryIO) -> tuple[int, str]:
@@ -238,10 +238,10 @@ def _make_dirs_durably(root: Path, directory: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
     for new_directory in reversed(missing):
         new_directory.mkdir(exist_ok=True)
-        _fsync_directory(new_directory.parent)
+        fsync_directory(new_directory.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Flush a directory's entries (creations, renames, removals) to disk."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

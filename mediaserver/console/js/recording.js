@@ -119,6 +119,12 @@ async function setUpPlayer(manifest) {
     try {
       peaks = splitPeaks((await api(manifest.links.peaks)).body);
     } catch (error) {
+      if (error.code === "encryption_key_unavailable") {
+        // Encrypted, and this server holds no private key: nothing of it can be played here.
+        showNotice(notice, `This recording is encrypted and cannot be played on this server: ${error.message}`);
+        byId("player").hidden = true;
+        return;
+      }
       showNotice(notice, `The waveform's peaks could not be read (${error.message}): drawing from the audio.`);
     }
   }
