@@ -5,11 +5,11 @@ node's capacity, it measures what the server adds:
 
 - caller → agent: a caller packet reaching the server's port → the agent's `media` message for it
   leaving the server (the frame is complete when its packet arrives);
-- agent → caller: an agent `media` message reaching the server → the packet that carries it leaving
-  toward the caller. The probe agent talks in two ways, in turns: real time (one 20 ms message every
-  20 ms, as a speech-to-speech model streams) and a burst (one second of audio at once, as TTS
-  sends): for a burst, the first frame's latency and whether the second of audio left in one second
-  with nothing left queued after it;
+- agent → caller: an agent `media` message reaching the server (or, if later, 20 ms after the frame
+  before it was due) → the packet that carries it leaving toward the caller. The probe agent
+  talks in two ways, in turns: real time (one 20 ms message every 20 ms, as a speech-to-speech
+  model streams) and a burst (one second of audio at once, as TTS sends): for a burst, the first
+  frame's latency and whether the second of audio left in one second with nothing queued after it;
 - the echo round trip a caller sees with the built-in echo agent (`builtin:echo?delay_ms=0`): the
   first packet of a caller's tone burst reaching the server → the first packet carrying its echo
   leaving.
@@ -17,9 +17,9 @@ node's capacity, it measures what the server adds:
 Every time is a kernel timestamp from one tcpdump capture on the loopback interface, so the
 figures are the server's own, not the load's scheduling. The server runs pinned to one core
 (`--server-cpu`), the load (the other calls, each a caller plus an agent that talks half the time)
-in its own process on the other (`--load-cpu`), with the probes. `--before REF` runs the same
-steps against the server as it was at a git revision (exported to a temporary directory), so the
-table compares before and after from one run on one machine. It asserts nothing: it prints.
+in its own process on the other (`--load-cpu`), with the probes. `--before REF[,REF...]` runs the
+same steps against the server as it was at each git revision (exported to a temporary directory),
+so the table compares before and after from one run on one machine. It asserts nothing: it prints.
 """
 
 from __future__ import annotations
@@ -192,6 +192,9 @@ def start_server(
         # The load is what this bench chooses; the node's admission guards must not refuse it.
         "MEDIASERVER_MAX_CPU_SHARE": "0",
         "MEDIASERVER_MAX_LOOP_LAG_MS": "0",
+        # Every caller packet goes to the agent, so the k-th packet is the k-th media message
+        # even when a starved probe sends a burst (trees without the setting ignore it).
+        "MEDIASERVER_CALLER_BACKLOG_MS": "0",
     }
     command = [sys.executable, "-m", "mediaserver", "serve"]
     if cpu is not None:
@@ -519,12 +522,19 @@ def measure(
     pairs = min(len(from_agent), len(sent), len(agent_kinds))
     figures.unmatched += abs(len(from_agent) - len(sent))
     burst: list[tuple[int, int]] = []
+    previous_due = None
     for arrived, left, kind in zip(
         from_agent[:pairs], sent[:pairs], agent_kinds[:pairs], strict=True
     ):
         if kind == "paced":
-            figures.agent_to_caller.append((left - arrived) / 1e6)
+            # From when the frame was due on the agent's clock: its message is in, and 20 ms
+            # have passed since the frame before it was due (a probe that falls behind sends
+            # messages bunched; the server plays them at real time, which it does not add).
+            due = arrived if previous_due is None else max(arrived, previous_due + FRAME_NS)
+            figures.agent_to_caller.append((left - due) / 1e6)
+            previous_due = due
             continue
+        previous_due = None
         burst.append((arrived, left))
         if len(burst) == AGENT_TALK_FRAMES:
             first_in, first_out = burst[0]
@@ -689,8 +699,9 @@ async def main_async(args: argparse.Namespace) -> None:
     capacity = dict(item.split("=") for item in args.capacity.split(","))
     scratch = Path(tempfile.mkdtemp(prefix="bench-latency-trees-"))
     trees: dict[str, tuple[Path, str]] = {}
-    if args.before:
-        trees["before"] = (scratch / "before", export_tree(args.before, scratch / "before"))
+    for index, ref in enumerate(filter(None, args.before.split(","))):
+        into = scratch / f"before-{index}"
+        trees[f"before-{index}"] = (into, export_tree(ref, into))
     trees["after"] = (REPO, describe_worktree())
     rows = []
     try:
@@ -699,7 +710,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for load in args.loads:
                 calls = 1 if load == "1" else max(2, int(capacity[family]) // 2)
                 for label, (tree, commit) in trees.items():
-                    scenario = Scenario(transport, calls, label)
+                    scenario = Scenario(transport, calls, label.split("-")[0])
                     figures = await run_step(scenario, tree, args)
                     rows.append(row(scenario, commit, figures))
                     print(f"done: {rows[-1]}", flush=True)
@@ -708,8 +719,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print()
     print(
         "latency in ms, p50/p99/max; caller→agent: packet in → media message out; agent→caller:"
-        " media message in → packet out (real-time frames); burst: its first frame, and how much"
-        " later than first + 980 ms its last left; echo: caller tone in → echo out"
+        " media message in (or 20 ms after the previous frame was due) → packet out"
+        " (real-time frames);"
+        " burst: its first frame, and how much later than first + 980 ms its last left;"
+        " echo: caller tone in → echo out"
     )
     print_table(
         [
@@ -732,7 +745,9 @@ def main() -> None:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--before", default="", help="git revision to measure as 'before' (e.g. main)"
+        "--before",
+        default="",
+        help="git revisions to measure as 'before', comma-separated (e.g. main)",
     )
     parser.add_argument(
         "--transports",

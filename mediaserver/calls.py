@@ -20,6 +20,13 @@ from mediaserver.session import CallSession
 log = structlog.get_logger(__name__)
 
 FRAME_NS = 20_000_000
+# Each call is ticked in one of four phases of the 20 ms grid, 5 ms apart, and new calls join the
+# emptiest phase. Ticked all at once, a round of N calls encodes N frames back to back: the last
+# call's frame leaves that much later, and caller packets arriving meanwhile wait behind it.
+# Ticked in phases, each wake-up does a quarter of the work. (An agent frame waits for its own
+# call's next tick either way: 0-20 ms, whichever phase the call is in.)
+PHASES = 4
+PHASE_NS = FRAME_NS // PHASES
 TICKS_PER_SLICE = 8  # sessions ticked between two yields to the event loop
 # A late pacer plays the ticks it missed back to back, up to this many (200 ms: a preempted
 # process or a slow callback; the caller's jitter buffer absorbs the burst and real time is
@@ -59,6 +66,8 @@ class CallHub:
         self.agent_complexity = agent_complexity
         self._admission = admission
         self._sessions: dict[str, CallSession] = {}
+        # The sessions ticked in each phase of the grid, by call id (see PHASES).
+        self._phases: list[dict[str, CallSession]] = [{} for _ in range(PHASES)]
         self._tasks: set[asyncio.Task[None]] = set()
         self._pacer: asyncio.Task[None] | None = None
         self._draining = False
@@ -145,12 +154,13 @@ class CallHub:
             clock=self.clock,
         )
         self._sessions[session.call_id] = session
+        min(self._phases, key=len)[session.call_id] = session
         self._idle.clear()
         return session
 
     def discard(self, session: CallSession) -> None:
         """Drop a call whose setup failed before any media: no recording is made."""
-        self._sessions.pop(session.call_id, None)
+        self._remove(session)
         self.recorder.discard(session.recording)
         if not self._sessions:
             self._idle.set()
@@ -194,11 +204,17 @@ class CallHub:
 
     def _forget(self, session: CallSession) -> None:
         """Drop a session whose legs have both ended, keeping its counts."""
-        self._sessions.pop(session.call_id, None)
+        self._remove(session)
         self._ended_drops.update(session.drop_counts())
         self._ended_packets.update(session.packet_counts())
         if not self._sessions:
             self._idle.set()
+
+    def _remove(self, session: CallSession) -> None:
+        """Take a session out of the live calls and out of its phase."""
+        self._sessions.pop(session.call_id, None)
+        for phase in self._phases:
+            phase.pop(session.call_id, None)
 
     def packet_counts(self) -> dict[str, int]:
         """Packets received from callers and sent to them since start."""
@@ -217,32 +233,39 @@ class CallHub:
     # -- the pacer ------------------------------------------------------------------------------
 
     async def _pace(self) -> None:
-        """Tick every session every 20 ms on an absolute schedule (no drift, no per-call timers)."""
+        """Tick each phase's sessions every 20 ms on an absolute schedule (no drift, no timers)."""
         clock = self.clock
         started_ns = clock.monotonic_ns()
-        tick = 0
+        step = PHASES - 1  # steps of 5 ms: the first is tick 1, phase 0, 20 ms after the start
         while True:
-            tick += 1
-            due_ns = started_ns + tick * FRAME_NS
+            step += 1
+            due_ns = started_ns + step * PHASE_NS
             now_ns = clock.monotonic_ns()
             if due_ns > now_ns:
                 await clock.sleep((due_ns - now_ns) / 1e9)
             else:
-                behind = (now_ns - due_ns) // FRAME_NS
-                if behind:
-                    self.pacer_late_ticks += 1
-                if behind > MAX_CATCH_UP_TICKS:
+                behind = (now_ns - due_ns) // PHASE_NS
+                if behind >= PHASES and step % PHASES == 0:
+                    self.pacer_late_ticks += 1  # a whole frame late, counted once per round
+                if behind > MAX_CATCH_UP_TICKS * PHASES:
                     # Fell far behind (a stalled loop): the missed ticks' audio is dropped.
-                    skipped = int(behind - MAX_CATCH_UP_TICKS)
-                    self.pacer_skipped_ticks += skipped
-                    for session in list(self._sessions.values()):
-                        session.skip(skipped)
-                    tick += skipped
-            await self._tick_all(tick)
+                    skipped = int(behind - MAX_CATCH_UP_TICKS * PHASES)
+                    self._skip(step, skipped)
+                    step += skipped
+            tick, phase = divmod(step, PHASES)
+            await self._tick_all(tick, list(self._phases[phase].values()))
 
-    async def _tick_all(self, tick: int) -> None:
-        """Tick every session once, yielding to the loop between slices."""
-        for index, session in enumerate(list(self._sessions.values())):
+    def _skip(self, first_step: int, steps: int) -> None:
+        """The pacer missed `steps` steps from `first_step` on: each phase skips its ticks."""
+        self.pacer_skipped_ticks += -(-steps // PHASES)
+        for offset in range(min(steps, PHASES)):
+            ticks = (steps - offset + PHASES - 1) // PHASES  # steps of this phase among them
+            for session in list(self._phases[(first_step + offset) % PHASES].values()):
+                session.skip(ticks)
+
+    async def _tick_all(self, tick: int, sessions: list[CallSession]) -> None:
+        """Tick sessions once, yielding to the loop between slices."""
+        for index, session in enumerate(sessions):
             if index and index % TICKS_PER_SLICE == 0:
                 # Each tick encodes a frame: let packets and requests in between slices,
                 # so a round over hundreds of calls never holds the loop for milliseconds.

@@ -71,7 +71,8 @@ class CallSession:
         # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
         # when their audio arrived). A few at most: a transport sends or drops each in order.
         self._agent_in_flight: deque[tuple[int, int]] = deque()
-        self._last_agent_sent_ns = -_FRAME_NS
+        # When the agent's last sent frame was due on the agent's own clock (see on_audio_sent).
+        self._agent_due_ns = -_FRAME_NS
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -195,12 +196,13 @@ class CallSession:
         while in_flight:  # the packets a transport dropped unsent are passed over
             sequence, arrival_ns = in_flight.popleft()
             if sequence == packet.sequence:
-                # What the server added: from when the frame could first have left (its audio
-                # had arrived, and the agent's frame before it had played), not the time it
-                # spent queued behind audio the agent sent ahead of real time.
-                ready_ns = max(arrival_ns, self._last_agent_sent_ns + _FRAME_NS)
-                self.latency.agent_to_caller.observe(packet.arrival_ns - ready_ns)
-                self._last_agent_sent_ns = packet.arrival_ns
+                # What the server added: from when the frame was due on the agent's own clock
+                # (its audio had arrived, and 20 ms had passed since the frame before it was
+                # due), so audio the agent sent ahead of real time is not counted as queued, but
+                # the wait for the next tick is, for every frame it delays.
+                due_ns = max(arrival_ns, self._agent_due_ns + _FRAME_NS)
+                self.latency.agent_to_caller.observe(packet.arrival_ns - due_ns)
+                self._agent_due_ns = due_ns
                 break
         if self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
@@ -253,6 +255,7 @@ class CallSession:
         """Barge-in: drop queued agent audio; its marks are reached now."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
             self.bridge.clear()
+            self._agent_due_ns = -_FRAME_NS  # what was queued will not play: a fresh schedule
 
     def on_agent_ended(self, reason: str) -> None:
         """The agent left: its leg ends; the call goes on unless configured otherwise."""

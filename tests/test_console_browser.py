@@ -114,6 +114,7 @@ def test_recordings_list_shows_the_new_recording_and_filters(seen: dict[str, Any
     """Newest first; a minimum duration of an hour leaves nothing."""
     assert seen["try_call_id"] in seen["list_ids"]
     assert "whip_delete" in seen["list_row_text"]  # the Try-it page hangs up with WHIP DELETE
+    assert "webrtc / opus" in seen["list_row_text"]  # the caller leg's transport and codec
     assert seen["list_ids_min_duration_3600"] == []
 
 

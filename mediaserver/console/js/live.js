@@ -1,5 +1,5 @@
-// Live calls, refreshed every 2 s: age, caller transport and codec, packets and drops per leg,
-// the agent, and a button that ends the call.
+// Live calls, refreshed every 2 s: age, caller transport and codec, packets and drops per leg
+// (the caller's packets, the agent's frames), the agent, and a button that ends the call.
 
 import { api, repeat } from "./api.js";
 import { byId, el, showNotice } from "./dom.js";
@@ -9,10 +9,6 @@ const REFRESH_S = 2;
 const rows = byId("rows");
 const notice = byId("notice");
 const ending = new Set();
-
-function sum(counts) {
-  return Object.values(counts || {}).reduce((total, value) => total + (Number(value) || 0), 0);
-}
 
 function renderRow(call, nowMs) {
   const caller = call.legs.caller;
@@ -35,9 +31,10 @@ function renderRow(call, nowMs) {
     cell("Age", formatDuration(ageS), { class: "num" }),
     cell("Caller", callerText),
     cell("Caller packets", String(caller.packets), { class: "num" }),
-    cell("Dropped", String(sum(call.dropped)), { class: "num" }),
+    cell("Caller dropped", String(caller.dropped || 0), { class: "num", "data-field": "caller-dropped" }),
     cell("Agent", agentText),
     cell("Agent frames", String(agent.frames_played), { class: "num" }),
+    cell("Agent dropped", String(agent.dropped || 0), { class: "num", "data-field": "agent-dropped" }),
     cell("", button),
   );
 }
