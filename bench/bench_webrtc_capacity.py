@@ -381,6 +381,10 @@ class StepResult:
         )
 
 
+# The server's own counts of caller audio it did not send the agent (see CallSession.drop_counts).
+WITHHELD_FROM_AGENT = ("late_for_agent", "backlog_for_agent", "undecodable_for_agent")
+
+
 def compute_mediaserver_loss(report: LoadReport) -> Loss:
     """Caller packets not journalled, agent frames not played, played audio not delivered."""
     by_id = {call["call_id"]: call for call in report.server_counts["calls"]}
@@ -392,7 +396,10 @@ def compute_mediaserver_loss(report: LoadReport) -> Loss:
         caller_lost += counts.caller_packets_sent - journalled
         agent_lost += counts.agent_frames_sent - played
         out_lost += played - counts.audio_packets_from_server
-        to_agent_lost += journalled - counts.agent_media_received
+        # Caller audio the server counted as not sent to the agent on purpose (a burst beyond
+        # caller_backlog_ms, say) is reported, not lost.
+        withheld = sum(call["dropped"].get(reason, 0) for reason in WITHHELD_FROM_AGENT)
+        to_agent_lost += journalled - withheld - counts.agent_media_received
         sent += counts.caller_packets_sent + counts.agent_frames_sent
     detail = (
         f"caller {caller_lost}, agent {agent_lost}, to caller {out_lost}, to agent {to_agent_lost}"
