@@ -318,8 +318,13 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
 class Load:
     """N calls against one server: set up, run, end, and the stored recordings checked."""
 
-    def __init__(self, base: str, transport: str, opus: list[bytes], agent_chunk: bytes) -> None:
+    def __init__(
+        self, base: str, transport: str, opus: list[bytes], agent_chunk: bytes, phases: int
+    ) -> None:
         self.base = base
+        # Independent calls send at independent moments: call i sends in phase i % phases of
+        # each 20 ms (phases 1: every call at the same instant, the worst case for the server).
+        self.phases = phases
         self.transport = transport
         self.opus = opus
         self.agent_chunk = agent_chunk
@@ -406,9 +411,10 @@ class Load:
     async def _tick_callers(self) -> None:
         loop = asyncio.get_running_loop()
         next_s = loop.time()
-        tick = 0
+        step = 0
         while not self.halted:
-            for call in self.calls:
+            tick, phase = divmod(step, self.phases)
+            for call in self.calls[phase :: self.phases]:
                 rtp = call.rtp
                 if rtp is None:
                     continue
@@ -426,18 +432,19 @@ class Load:
                 rtp.sequence = (rtp.sequence + 1) & 0xFFFF
                 rtp.timestamp = (rtp.timestamp + OPUS_FRAME_SAMPLES) & 0xFFFFFFFF
                 rtp.packets_sent += 1
-            tick += 1
-            next_s += FRAME_S
+            step += 1
+            next_s += FRAME_S / self.phases
             await asyncio.sleep(max(0.0, next_s - loop.time()))
 
     async def _tick_agents(self) -> None:
         loop = asyncio.get_running_loop()
         started = next_s = loop.time()
         payload = __import__("base64").b64encode(self.agent_chunk).decode()
+        step = 0
         while not self.halted:
             elapsed = next_s - started
             sends = []
-            for call in self.calls:
+            for call in self.calls[step % self.phases :: self.phases]:
                 agent = call.agent
                 talking = ((elapsed + agent.phase_s) % (2 * TALK_S)) < TALK_S
                 if self.agents_talk and talking and not agent.ws.closed:
@@ -452,7 +459,8 @@ class Load:
                     agent.frames_sent += 1
             if sends:
                 await asyncio.gather(*sends, return_exceptions=True)
-            next_s += FRAME_S
+            step += 1
+            next_s += FRAME_S / self.phases
             await asyncio.sleep(max(0.0, next_s - loop.time()))
 
     async def end(self, client: aiohttp.ClientSession) -> None:
@@ -621,7 +629,7 @@ async def run_step(
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-            load = Load(base, transport, opus, chunk)
+            load = Load(base, transport, opus, chunk, args.phases)
             await load.set_up(client, count)
             load.start()
             await asyncio.sleep(args.warmup)
@@ -804,6 +812,13 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the server each step")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        default=10,
+        help="moments in each 20 ms at which the calls send, spread as independent calls are;"
+        " 1 sends every call's packet and agent frame at once (the worst case)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each step's server.log")
     parser.add_argument(
         "--admission",
