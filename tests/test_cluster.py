@@ -364,6 +364,27 @@ async def test_a_load_run_spreads_calls_by_load_and_loses_none(cluster: Cluster)
             assert caller["packets"] >= 95, (call_id, caller)
 
 
+async def test_a_burst_of_new_calls_on_one_node_spreads_over_both(cluster: Cluster) -> None:
+    """Eight calls created through node-a's address at the same moment: calls still being
+    created count toward a node's load, so node-b gets half of them, not none."""
+    node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
+    async with aiohttp.ClientSession() as client:
+
+        async def create() -> dict[str, Any]:
+            async with client.post(f"{node_a.base}/v1/calls", json={}, headers=auth()) as response:
+                assert response.status == 201, await response.text()
+                created: dict[str, Any] = await response.json()
+                return created
+
+        created = await asyncio.gather(*(create() for _ in range(8)))
+        owners = [c["links"]["self"].removesuffix(f"/v1/calls/{c['call_id']}") for c in created]
+        for call in created:
+            async with client.delete(call["links"]["self"], headers=auth()) as response:
+                assert response.status == 202
+    held = (owners.count(node_a.base), owners.count(node_b.base))
+    assert abs(held[0] - held[1]) <= 2, held  # without counting them: all eight on node-a
+
+
 async def test_sigterm_drains_a_node_out_of_the_cluster(cluster: Cluster) -> None:
     """node-a SIGTERMed with a live call: it turns draining at once, new calls go to node-b
     (also those sent to node-a's address), the live call goes on, ends, is stored; node-a
