@@ -4,9 +4,8 @@ import hashlib
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import structlog
@@ -39,9 +38,7 @@ from mediaserver.recording.plan import (
     ChannelInput,
     ChannelPlan,
     RecordingPlan,
-    combine_channels,
-    compute_origin_ns,
-    place_channel,
+    plan_recording,
     to_48k,
 )
 from mediaserver.recording.spool import CallSpool
@@ -90,19 +87,6 @@ def read_channel(
     malformed = len(records) - len(kept)
     packets = records if not malformed else records.select(kept)
     return ChannelInput(channel, codec, packets, durations, malformed)
-
-
-def _arrival_bounds(item: ChannelInput) -> tuple[int, int] | None:
-    """The first and last arrival of a channel's packets, or None when it has none."""
-    if not item.packets:
-        return None
-    arrivals = [packet.arrival_ns for packet in item.packets]
-    return min(arrivals), max(arrivals)
-
-
-def _without_packets(item: ChannelPlan) -> ChannelPlan:
-    """A placed channel that lets its packets go (they are read again to write the file)."""
-    return replace(item, input=replace(item.input, packets=(), durations=()))
 
 
 def _check_header(header: JournalHeader, channel: Channel, codec: Codec) -> None:
@@ -228,43 +212,28 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     call = spool.read_description()
     record = spool.read_record()  # None after a crash: the call never ended
     events = spool.read_events()
-    # A long call's packets are the memory finalization needs: one channel's at a time. Each
-    # journal is read for its arrival times, again to place it (keeping only its placements),
-    # and again to write its file; the stereo merge then reads the channel files.
-    channels = (Channel.CALLER, Channel.AGENT)
-
-    def read(channel: Channel) -> ChannelInput:
-        """One channel's packets, read from its journal."""
-        return read_channel(spool, channel, call.codecs[channel], options.journal_key)
-
-    arrival_bounds = [bounds for c in channels if (bounds := _arrival_bounds(read(c)))]
-    last_ns = max((last for _, last in arrival_bounds), default=call.mono_start_ns)
+    inputs = [
+        read_channel(spool, c, call.codecs[c], options.journal_key)
+        for c in (Channel.CALLER, Channel.AGENT)
+    ]
+    last_ns = max((p.arrival_ns for i in inputs for p in i.packets), default=call.mono_start_ns)
     end_ns = record.ended_mono_ns if record is not None else last_ns
     paused = compute_paused_spans(events, end_ns)
-    origin_ns = compute_origin_ns([first for first, _ in arrival_bounds], call.mono_start_ns)
-    mode = options.stereo_mode
-    plan = combine_channels(
-        [
-            _without_packets(place_channel(read(c), origin_ns=origin_ns, stereo_mode=mode))
-            for c in channels
-        ],
-        origin_ns=origin_ns,
-        has_media=bool(arrival_bounds),
+    plan = plan_recording(
+        inputs,
+        mono_start_ns=call.mono_start_ns,
+        stereo_mode=options.stereo_mode,
         skip_spans_ns=compute_skip_spans(paused),
     )
     notes: list[str] = [] if record is None else list(record.notes)
     has_media, span_samples, origin_ns = plan.has_media, plan.span_samples, plan.origin_ns
-    files = []
-    dtmf: tuple[dict[str, Any], ...] = ()
-    for item in plan.channels if has_media else ():
-        full = replace(item, input=read(item.input.channel))
-        files.append(_write_channel(spool, full, plan))
-        if full.input.channel is Channel.CALLER:  # keys are placed by the caller's packets
-            dtmf = tuple(place_dtmf_events(events, replace(plan, channels=(full,))))
-        del full
+    files = [_write_channel(spool, item, plan) for item in plan.channels] if has_media else []
     reports = [_channel_report(item, plan) for item in plan.channels]
+    dtmf = tuple(place_dtmf_events(events, plan)) if has_media else ()
     paused_spans = tuple(describe_paused_spans(paused, plan)) if has_media else ()
-    del plan  # the placements: the stereo merge reads the channel files
+    # The journals' packets and their placements grow with the call; the stereo merge reads the
+    # channel files instead, so they are let go before it (the peak is the larger of the two).
+    del plan, inputs
     if has_media:
         peaks = PeaksBuilder(choose_samples_per_pixel(span_samples), 2)  # fed by the merge
         stereo_mode, stereo_notes = _write_stereo(spool, options, peaks)

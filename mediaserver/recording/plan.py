@@ -96,58 +96,35 @@ def plan_recording(
     # `skip_spans_ns` (monotonic start and end) are cut from the time line: placements after a
     # span move up by its length on both channels alike, so the channels stay in sync.
     arrivals = [min(p.arrival_ns for p in i.packets) for i in inputs if i.packets]
-    origin_ns = compute_origin_ns(arrivals, mono_start_ns)
-    placed = [place_channel(i, origin_ns=origin_ns, stereo_mode=stereo_mode) for i in inputs]
-    return combine_channels(
-        placed, origin_ns=origin_ns, has_media=bool(arrivals), skip_spans_ns=skip_spans_ns
-    )
-
-
-def compute_origin_ns(first_arrivals_ns: Sequence[int], mono_start_ns: int) -> int:
-    """Where placement starts: a margin before the first arrival of either channel."""
-    return (min(first_arrivals_ns) if first_arrivals_ns else mono_start_ns) - ORIGIN_MARGIN_NS
-
-
-def place_channel(item: ChannelInput, *, origin_ns: int, stereo_mode: str) -> ChannelPlan:
-    """One channel placed from `origin_ns`, before the lead-in common to both is cut away."""
-    # Channels are placed independently of each other: a caller may place one, let its packets
-    # go, and place the next (a long call's finalization then holds one channel's packets).
-    grid = compute_grid(item, stereo_mode)
-    timeline = compute_timeline(
-        item.packets,
-        item.durations,
-        origin_ns=origin_ns,
-        config=TimelineConfig(clock_rate_hz=item.codec.clock_rate_hz, granularity=grid),
-    )
-    return ChannelPlan(item, timeline, grid)
-
-
-def combine_channels(
-    placed: Sequence[ChannelPlan],
-    *,
-    origin_ns: int,
-    has_media: bool,
-    skip_spans_ns: Sequence[tuple[int, int]] = (),
-) -> RecordingPlan:
-    """Channels placed from one origin on one time line: common lead-in cut, span, skip cuts."""
-    grid_48k = max([*(p.grid for p in placed), PRECISE_GRANULARITY])  # keeps every grid
+    origin_ns = (min(arrivals) if arrivals else mono_start_ns) - ORIGIN_MARGIN_NS
+    grids = [compute_grid(i, stereo_mode) for i in inputs]
+    timelines = [
+        compute_timeline(
+            i.packets,
+            i.durations,
+            origin_ns=origin_ns,
+            config=TimelineConfig(clock_rate_hz=i.codec.clock_rate_hz, granularity=grid),
+        )
+        for i, grid in zip(inputs, grids, strict=True)
+    ]
+    grid_48k = max([*grids, PRECISE_GRANULARITY])  # the lead-in keeps every channel on its grid
     starts = [
-        to_48k(p.timeline.placements[0].start, p.input.codec)
-        for p in placed
-        if p.timeline.placements
+        to_48k(t.placements[0].start, i.codec)
+        for t, i in zip(timelines, inputs, strict=True)
+        if t.placements
     ]
     lead_in = (min(starts) // grid_48k * grid_48k) if starts else 0
-    timelines = [_rebase(p.timeline, lead_in, p.input.codec) for p in placed]
+    timelines = [_rebase(t, lead_in, i.codec) for t, i in zip(timelines, inputs, strict=True)]
     origin_ns += lead_in * 1_000_000_000 // OPUS_RATE_HZ
-    span = max(_end_48k(t, p.input.codec) for t, p in zip(timelines, placed, strict=True))
+    span = max(_end_48k(t, i.codec) for t, i in zip(timelines, inputs, strict=True))
     span = max(grid_48k, -(-span // grid_48k) * grid_48k)
     cuts = compute_cuts(skip_spans_ns, origin_ns=origin_ns, span_48k=span, grid_48k=grid_48k)
     channels = []
-    for item, timeline in zip(placed, timelines, strict=True):
-        cut_timeline, left_out = apply_cuts(timeline, cuts, item.input.codec)
-        channels.append(ChannelPlan(item.input, cut_timeline, item.grid, left_out))
+    for item, timeline, grid in zip(inputs, timelines, grids, strict=True):
+        cut_timeline, left_out = apply_cuts(timeline, cuts, item.codec)
+        channels.append(ChannelPlan(item, cut_timeline, grid, left_out))
     span = max(grid_48k, span - sum(cut.removed for cut in cuts))
-    return RecordingPlan(tuple(channels), origin_ns, span, has_media=has_media, cuts=cuts)
+    return RecordingPlan(tuple(channels), origin_ns, span, has_media=bool(arrivals), cuts=cuts)
 
 
 def compute_cuts(
