@@ -434,7 +434,7 @@ def _load(clock: Clock) -> Context:
             # p95 over 10 s: a lone hiccup is not overload, a loop late one wake in twenty is.
             lag_ms=lambda: lag.percentile_s(0.95, window_s=10.0, min_samples=100) * 1000,
             # The hub starts after the monitor (it admits through it): read it when sampling.
-            live_calls=lambda: len(app[HUB].sessions()) if HUB in app else 0,
+            media_calls=lambda: app[HUB].media_calls() if HUB in app else 0,
         )
         app[LOAD] = monitor
         async with _owned(monitor.run(), "admission.load"):

@@ -54,6 +54,7 @@ async def cluster_context(app: web.Application) -> AsyncIterator[None]:
         heartbeat = asyncio.create_task(registry.run(), name="cluster.heartbeat")
         log.info("cluster.joined", node_id=local.node_id, public_url=local.public_url)
         yield
+        registry.stop()
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
         await registry.leave()

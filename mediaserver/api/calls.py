@@ -77,6 +77,8 @@ def describe_session(session: CallSession) -> dict[str, Any]:
         "error": session.record.agent_error,
         "connected_at": record.get("connected_at"),
         "frames_played": session.stats.agent_frames_played,
+        # Frames of silence the caller got while the agent said nothing (not journalled).
+        "silence_frames_sent": session.feed.silence_frames_sent,
         "buffered_ms": bridge.buffered_ms if bridge is not None else 0.0,
     }
     if bridge is not None:

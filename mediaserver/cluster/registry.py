@@ -58,6 +58,7 @@ class NodeRegistry:
         self._published_calls: set[str] = set()
         self._healthy = True
         self._left = False
+        self._stopped = False
 
     @property
     def node_id(self) -> str:
@@ -65,8 +66,10 @@ class NodeRegistry:
         return self._describe().node_id
 
     async def run(self) -> None:
-        """Publish now, then every interval or as soon as asked, until cancelled."""
-        while True:
+        """Publish now, then every interval or as soon as asked, until stopped."""
+        # Ends on stop() as well as on cancellation: a cancel that lands inside a redis-py
+        # command can be lost, and a heartbeat that missed it would hold up the shutdown.
+        while not self._stopped:
             self._wake.clear()
             await self.publish()
             try:
@@ -74,6 +77,11 @@ class NodeRegistry:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def stop(self) -> None:
+        """End `run` at its next step."""
+        self._stopped = True
+        self._wake.set()
 
     def publish_soon(self) -> None:
         """Publish at once rather than at the next interval (a call came or went)."""
