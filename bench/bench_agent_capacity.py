@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import print_table
+from common import print_table, renice, set_autogroup_nice
 from webrtc_load import LoadCaller, build_opus_tone_packets
 
 from mediaserver.audio.g711 import encode_pcmu
@@ -50,6 +50,7 @@ OPUS_PAYLOAD_TYPE = 111
 TALK_S = 2.0  # the agent talks 2 s, then listens 2 s
 SETUP_CONCURRENCY = 8
 TARGET_LAG_P99_MS = 10.0
+FINAL_STATUSES = ("stored", "recovered", "upload_failed", "failed", "empty")
 TARGETS = {"rtp": 100, "webrtc": 40}
 _RTP_HEADER = struct.Struct("!BBHII")
 _MEDIA_EVENT = '"event":"media"'
@@ -121,6 +122,7 @@ class Snapshot:
 
     cpu_s: float
     wall_s: float
+    runqueue_wait_s: float
     lag_buckets: dict[float, float]
     rcvbuf_errors: int
     dropped: dict[str, float]
@@ -137,6 +139,7 @@ class StepResult:
     cpu_per_call_percent: float
     lag_p50_ms: float
     lag_p99_ms: float
+    runqueue_wait_percent: float  # the server waiting for a CPU others held: noise, not cost
     caller_sent: int
     caller_recorded: int
     agent_sent: int
@@ -209,9 +212,12 @@ def start_server(
     if nice:
         command = ["nice", "-n", str(nice), *command]
     log = (work / "server.log").open("wb")
-    return subprocess.Popen(
+    server = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    if nice:
+        set_autogroup_nice(server.pid, nice)
+    return server
 
 
 def start_profiler(pid: int, duration_s: float, output: Path) -> Any:
@@ -246,6 +252,17 @@ def read_process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def read_runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (others' load)."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total_ns / 1e9
 
 
 def read_rcvbuf_errors() -> int:
@@ -491,7 +508,7 @@ class Load:
                     f"{self.base}/v1/recordings/{call.call_id}", headers=headers
                 ) as response:
                     body = await response.json()
-                if body.get("status") in ("stored", "recovered", "upload_failed", "failed"):
+                if body.get("status") in FINAL_STATUSES:
                     out.append(body)
                     break
                 if time.monotonic() > deadline:
@@ -507,6 +524,7 @@ async def snapshot(client: aiohttp.ClientSession, base: str, pid: int) -> Snapsh
     return Snapshot(
         read_process_cpu_s(pid),
         time.monotonic(),
+        read_runqueue_wait_s(pid),
         parse_lag_buckets(text),
         read_rcvbuf_errors(),
         parse_drops(text),
@@ -590,7 +608,11 @@ async def run_step(
     server = start_server(work, port, args.server_cpu, extra, args.nice)
     profile: dict[str, float] = {}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
+        # Every agent's WebSocket holds a connection: aiohttp's default pool of 100 would
+        # leave the 101st call's requests waiting for one of them to end.
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=120), connector=aiohttp.TCPConnector(limit=0)
+        ) as client:
             for _ in range(200):
                 try:
                     async with client.get(f"{base}/healthz") as response:
@@ -656,12 +678,35 @@ async def run_step(
         agent_sent=sum(c.agent.frames_sent for c in load.calls),
         agent_recorded=agent_recorded,
         agent_heard=sum(c.agent.media_received for c in load.calls),
+        runqueue_wait_percent=100
+        * (after.runqueue_wait_s - before.runqueue_wait_s)
+        / (after.wall_s - before.wall_s),
         rcvbuf_errors=after.rcvbuf_errors - before.rcvbuf_errors,
         duration_error_ms=max(errors, default=0.0),
         drift_corrections=drift,
         refused=load.refused,
         server_drops={k: v for k, v in final.dropped.items() if v},
         profile=profile,
+    )
+
+
+def overload_verdict(result: StepResult) -> str:
+    """With the load guard on: was the excess refused, and is every accepted call whole?"""
+    whole = (
+        result.lost == 0
+        and result.rcvbuf_errors == 0
+        and result.duration_error_ms < 100
+        and result.drift_corrections == 0
+    )
+    dropped = {k: v for k, v in result.server_drops.items() if k != "agent_silence_skipped_frames"}
+    return (
+        f"overload {result.transport}: offered {result.calls}, refused {result.refused} with 503,"
+        f" accepted {result.accepted}; caller packets recorded/sent"
+        f" {result.caller_recorded}/{result.caller_sent}, agent frames"
+        f" {result.agent_recorded}/{result.agent_sent}, length error"
+        f" {result.duration_error_ms:.0f} ms, drift corrections {result.drift_corrections},"
+        f" server drop counters {dropped or 0} vs lost by the load's count {result.lost}:"
+        f" {'every accepted call whole' if whole else 'ACCEPTED CALLS DAMAGED'}"
     )
 
 
@@ -679,6 +724,7 @@ def row(result: StepResult, spread: str) -> list[object]:
         f"{result.cpu_percent:.0f}%",
         f"{result.cpu_per_call_percent:.2f}%{spread}",
         f"{result.lag_p50_ms:.1f}/{result.lag_p99_ms:.1f}",
+        f"{result.runqueue_wait_percent:.1f}%",
         f"{result.caller_recorded}/{result.caller_sent}",
         f"{result.agent_recorded}/{result.agent_sent}",
         f"{result.agent_heard}",
@@ -696,7 +742,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {args.load_cpu})
     if args.nice:
-        os.nice(args.nice)  # the load too: other work on the machine must not starve it
+        renice(args.nice)  # the load too: other work on the machine must not starve it
     rows = []
     best: dict[str, int] = {}
     for transport in args.transports:
@@ -708,11 +754,14 @@ async def main_async(args: argparse.Namespace) -> None:
             per_call = [r.cpu_per_call_percent for r in runs]
             spread = f" ({min(per_call):.2f}-{max(per_call):.2f})" if len(runs) > 1 else ""
             rows.append(row(result, spread))
+            print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # as each step ends
             passes = sum(r.passed for r in runs)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
             if result.server_drops:
                 print(f"server drop counters {transport} x{count}: {result.server_drops}")
+            if args.admission:
+                print(overload_verdict(result), flush=True)
             if result.profile:
                 print(f"profile {transport} x{count} (share of server samples):")
                 for name, share in result.profile.items():
@@ -724,6 +773,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "cpu",
             "cpu/call",
             "lag p50/p99 ms",
+            "runq wait",
             "caller rec/sent",
             "agent rec/sent",
             "agent heard",

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from common import print_table, quiet_logging
+from common import print_table, quiet_logging, renice
 
 from mediaserver.call_recording import CallRecording
 from mediaserver.calls import TICKS_PER_SLICE
@@ -530,7 +530,7 @@ def main() -> None:
         raise SystemExit(f"unknown receive path(s): {', '.join(unknown)}")
     quiet_logging()
     if args.nice:
-        os.nice(args.nice)
+        renice(args.nice)
     cpus = os.sched_getaffinity(0)
     server_cpu = args.server_cpu if args.server_cpu in cpus else None
     sender_cpu = args.sender_cpu if args.sender_cpu in cpus else None

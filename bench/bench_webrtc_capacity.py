@@ -34,7 +34,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer, MediaRecorder
 from av import AudioFrame
-from common import print_table, quiet_logging
+from common import print_table, quiet_logging, renice
 from webrtc_load import LoadPlan, LoadReport, run_load_process
 
 from mediaserver.server import start_server
@@ -332,7 +332,7 @@ def run_server_process(
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     if nice:
-        os.nice(nice)
+        renice(nice)
     quiet_logging()
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
         runner.run(serve(conn, kind, work_dir, play_s, cpu))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import statistics
 import struct
@@ -138,3 +140,18 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("  ".join("-" * width for width in widths))
     for row in cells[1:]:
         print(line(row))
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """Give a process's session the niceness too: with autogroups, nice only ranks inside one."""
+    # Linux's sched_autogroup shares the CPU fairly between sessions first: a process niced to
+    # -15 in a session of its own still gets only that session's share against a busy shell's.
+    # Without autogroups on this kernel, or without the right, plain nice is all there is.
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+
+
+def renice(nice: int) -> None:
+    """Change this process's niceness by `nice`, its session's autogroup with it."""
+    os.nice(nice)
+    set_autogroup_nice(os.getpid(), os.nice(0))

@@ -26,6 +26,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
+from common import renice
 
 from mediaserver.audio.g711 import encode_pcmu
 from mediaserver.audio.opus_encoder import OpusEncoder
@@ -426,7 +427,7 @@ def run_load_process(conn: Connection, plan: LoadPlan) -> None:
     if plan.cpu is not None:
         os.sched_setaffinity(0, {plan.cpu})
     if plan.nice:
-        os.nice(plan.nice)
+        renice(plan.nice)
     try:
         asyncio.run(run_load(conn, plan))
     except Exception as error:

@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from mediaserver.access.sign_in_limiter import SignInLimiter
 from mediaserver.admission import AdmissionLimits, LoadMonitor
 from mediaserver.api import (
     analysis,
@@ -99,6 +100,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         secret=settings.api_token,
         ttl_s=settings.console_session_ttl_s,
         clock=SystemClock(),
+        limiter=SignInLimiter(
+            max_failures=settings.console_sign_in_max_failures,
+            window_s=settings.console_sign_in_window_s,
+        ),
     )
     # Audit outermost: it sees every answer, errors included, as the client gets it.
     middlewares = [
@@ -303,7 +308,7 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     await scheduler.start()
     app[METRICS].add_stats_source(lambda: _job_reports(scheduler, runner))
     yield
-    await scheduler.close(timeout_s=settings.drain_timeout_s)
+    await scheduler.close()
 
 
 def _job_plan(app: web.Application) -> JobPlan:
@@ -350,9 +355,12 @@ async def _finalizer(app: web.Application) -> AsyncIterator[None]:
             events.recording_failed(manifest)  # the files are kept; a retry stores them
             return
         metrics.finalize_seconds.observe(elapsed_s)
-        if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+        if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED, CallStatus.EMPTY):
             events.recording_stored(manifest)
-            jobs.on_stored(manifest)
+
+    async def hand_off(manifest: Manifest) -> None:
+        if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+            await jobs.queue_planned(manifest)  # durable before the spool goes
 
     app[FINALIZER] = Finalizer(
         spool=Spool(settings.spool_path),
@@ -364,6 +372,7 @@ async def _finalizer(app: web.Application) -> AsyncIterator[None]:
             stereo_complexity=settings.stereo_complexity,
         ),
         on_stored=observe,
+        hand_off=hand_off,
         keyring=app.get(KEYRING),
     )
     yield
@@ -425,7 +434,7 @@ def _load(clock: Clock) -> Context:
             # p95 over 10 s: a lone hiccup is not overload, a loop late one wake in twenty is.
             lag_ms=lambda: lag.percentile_s(0.95, window_s=10.0, min_samples=100) * 1000,
             # The hub starts after the monitor (it admits through it): read it when sampling.
-            live_calls=lambda: len(app[HUB].sessions()) if HUB in app else 0,
+            media_calls=lambda: app[HUB].media_calls() if HUB in app else 0,
         )
         app[LOAD] = monitor
         async with _owned(monitor.run(), "admission.load"):
@@ -577,6 +586,13 @@ async def _stats_metrics(app: web.Application) -> AsyncIterator[None]:
                 ("", {"result": "stored"}, finalizer.uploads_stored),
                 ("", {"result": "failed"}, finalizer.uploads_failed),
             ],
+        )
+        yield (
+            "mediaserver_hand_offs_failed",
+            "counter",
+            "Stored recordings whose post-call jobs could not be queued (the spool is kept and"
+            " recovered).",
+            [("", {}, finalizer.hand_offs_failed)],
         )
         yield (
             "mediaserver_caller_packets",

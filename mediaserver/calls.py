@@ -176,6 +176,10 @@ class CallHub:
         """Every live call."""
         return list(self._sessions.values())
 
+    def media_calls(self) -> int:
+        """Live calls whose caller's audio has started: what the node's CPU is spent on."""
+        return sum(1 for session in self._sessions.values() if session.stats.caller_packets)
+
     def expire_idle(self, retention_s: float) -> list[str]:
         """End calls idle past the retention (the sweeper asks); returns their ids."""
         expired = self.recorder.idle_calls(retention_s)

@@ -2,10 +2,11 @@
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata, resources
 from pathlib import Path
@@ -17,11 +18,17 @@ import uvloop
 from mediaserver.access.tokens import TOKEN_NAME_PATTERN, Scope, compute_token_digest
 from mediaserver.audio.lossless_stereo import mux_lossless_stereo
 from mediaserver.audio.stereo_merge import merge_stereo
+from mediaserver.cluster.redis_connection import open_redis
+from mediaserver.encryption.keyring import Keyring
 from mediaserver.errors import MediaServerError, MergeError
 from mediaserver.finalize import FinalizeOptions
 from mediaserver.finalizer import Finalizer
 from mediaserver.job_worker import run_worker
+from mediaserver.jobs.factory import build_job_queue, build_recording_locks
 from mediaserver.jobs.files import write_documents
+from mediaserver.jobs.plan import build_job_plan
+from mediaserver.jobs.scheduler import JobScheduler
+from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.key_commands import decrypt_recordings, describe_store, rekey_recordings
 from mediaserver.log import configure_logging
 from mediaserver.pcap_import import (
@@ -32,13 +39,14 @@ from mediaserver.pcap_import import (
     select_streams,
 )
 from mediaserver.recorder import CALL_ID_PATTERN, Recorder, new_call_id
-from mediaserver.recording.call import EndReason
+from mediaserver.recording.call import CallStatus, EndReason
 from mediaserver.recording.channel import Channel
 from mediaserver.recording.manifest import Manifest
 from mediaserver.recording.spool import Spool
 from mediaserver.server import serve
 from mediaserver.settings import Settings, find_unknown_env, load_settings
 from mediaserver.storage_backends.factory import load_keyring, open_store
+from mediaserver.storage_backends.store import ObjectStore
 from mediaserver.terminal_progress import TerminalProgress
 from mediaserver.workers import create_process_pool
 
@@ -224,6 +232,30 @@ async def _finalizer(settings: Settings, executor: ProcessPoolExecutor) -> Final
     )
 
 
+@contextlib.asynccontextmanager
+async def _job_scheduler(
+    settings: Settings, store: ObjectStore, keyring: Keyring | None
+) -> AsyncIterator[JobScheduler]:
+    """The server's job queue, to queue recovered recordings' jobs (the server runs them)."""
+    redis = open_redis(settings.redis_url) if settings.redis_url else None
+    cannot_read = keyring is not None and not keyring.can_unwrap  # as the server decides
+    scheduler = JobScheduler(
+        queue=build_job_queue(settings, redis),
+        states=JobStateStore(
+            store, settings.jobs_path / "scratch", locks=build_recording_locks(redis)
+        ),
+        plan=() if cannot_read else build_job_plan(settings),
+        handler=None,
+    )
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.close()
+        if redis is not None:
+            await redis.aclose()
+
+
 def _sample_streams() -> tuple[RtpStream, RtpStream | None]:
     """The caller's and the agent's streams of the bundled capture."""
     sample = resources.files("mediaserver") / "samples" / SAMPLE_CAPTURE
@@ -282,11 +314,27 @@ async def _run_recover(settings: Settings) -> int:
     with create_process_pool(
         settings.finalize_workers, log_format=settings.log_format, log_level=settings.log_level
     ) as executor:
-        finalizer = await _finalizer(settings, executor)
-        started = await finalizer.recover()
-        results = [await finalizer.wait(call_id) for call_id in started]
-        await finalizer.close()
-        await finalizer.store.close()
+        keyring = await asyncio.to_thread(load_keyring, settings)
+        store = await open_store(settings, keyring)
+        async with _job_scheduler(settings, store, keyring) as jobs:
+
+            async def hand_off(manifest: Manifest) -> None:
+                # Durable before the spool goes, as in the server: its next start runs them.
+                if manifest.status in (CallStatus.STORED, CallStatus.RECOVERED):
+                    await jobs.queue_planned(manifest)
+
+            finalizer = Finalizer(
+                spool=Spool(settings.spool_path),
+                store=store,
+                executor=executor,
+                options=_finalize_options(settings),
+                hand_off=hand_off,
+                keyring=keyring,
+            )
+            started = await finalizer.recover()
+            results = [await finalizer.wait(call_id) for call_id in started]
+            await finalizer.close()
+        await store.close()
     for call_id, manifest in zip(started, results, strict=True):
         print(f"{call_id}: {manifest.status.value if manifest else 'failed'}")
     print(f"{len(started)} call(s) recovered")

@@ -31,6 +31,7 @@ from mediaserver.recording.call_events import (
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.journal import JournalHeader, read_journal_columns
 from mediaserver.recording.manifest import ChannelReport, FileEntry, Manifest, format_utc
+from mediaserver.recording.placement_columns import Placement
 from mediaserver.recording.plan import (
     LOSSLESS_GRANULARITY,
     OPUS_RATE_HZ,
@@ -41,7 +42,6 @@ from mediaserver.recording.plan import (
     to_48k,
 )
 from mediaserver.recording.spool import CallSpool
-from mediaserver.recording.timeline import Placement
 from mediaserver.rtp.media_packet import MediaPacket
 
 log = structlog.get_logger(__name__)
@@ -226,32 +226,38 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
         skip_spans_ns=compute_skip_spans(paused),
     )
     notes: list[str] = [] if record is None else list(record.notes)
-    if plan.has_media:
-        files = [_write_channel(spool, item, plan) for item in plan.channels]
-        peaks = PeaksBuilder(choose_samples_per_pixel(plan.span_samples), 2)  # fed by the merge
+    has_media, span_samples, origin_ns = plan.has_media, plan.span_samples, plan.origin_ns
+    files = [_write_channel(spool, item, plan) for item in plan.channels] if has_media else []
+    reports = [_channel_report(item, plan) for item in plan.channels]
+    dtmf = tuple(place_dtmf_events(events, plan)) if has_media else ()
+    paused_spans = tuple(describe_paused_spans(paused, plan)) if has_media else ()
+    # The journals' packets and their placements grow with the call; the stereo merge reads the
+    # channel files instead, so they are let go before it (the peak is the larger of the two).
+    del plan, inputs
+    if has_media:
+        peaks = PeaksBuilder(choose_samples_per_pixel(span_samples), 2)  # fed by the merge
         stereo_mode, stereo_notes = _write_stereo(spool, options, peaks)
         notes += stereo_notes
-        files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, plan.span_samples))
-        files.append(_write_peaks(spool, peaks, plan.span_samples, stereo_mode))
+        files.append(_file_entry(spool.output_path("stereo"), "stereo", 2, span_samples))
+        files.append(_write_peaks(spool, peaks, span_samples, stereo_mode))
         status = CallStatus.RECOVERED if options.recovered else CallStatus.FINALIZING
     else:
         # Nothing to listen to: the manifest alone tells what happened to the call.
-        files, stereo_mode, status = [], options.stereo_mode, CallStatus.EMPTY
+        stereo_mode, status = options.stereo_mode, CallStatus.EMPTY
         notes.append("the call carried no media: no audio files were made")
-    reports = [_channel_report(item, plan) for item in plan.channels]
 
-    origin_wall_ns = call.wall_start_ns + (plan.origin_ns - call.mono_start_ns)
+    origin_wall_ns = call.wall_start_ns + (origin_ns - call.mono_start_ns)
     if record is not None:
         ended_wall_ns = record.ended_wall_ns
     else:  # a crash: the last audio is the best known end
-        ended_wall_ns = origin_wall_ns + plan.span_samples * 1_000_000_000 // OPUS_RATE_HZ
-    duration_samples = plan.span_samples if plan.has_media else 0
+        ended_wall_ns = origin_wall_ns + span_samples * 1_000_000_000 // OPUS_RATE_HZ
+    duration_samples = span_samples if has_media else 0
     manifest = Manifest(
         call_id=call.call_id,
         status=status,
         created_at=format_utc(call.wall_start_ns),
         ended_at=format_utc(max(ended_wall_ns, call.wall_start_ns)),
-        media_started_at=format_utc(origin_wall_ns) if plan.has_media else None,
+        media_started_at=format_utc(origin_wall_ns) if has_media else None,
         duration_ms=round(duration_samples * 1000 / OPUS_RATE_HZ, 3),
         stereo_mode=stereo_mode,
         channels=tuple(reports),
@@ -263,8 +269,8 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
         legs={} if record is None else record.legs,
         dropped={} if record is None else record.dropped,
         latency_ms={} if record is None else record.latency_ms,
-        events=tuple(place_dtmf_events(events, plan)) if plan.has_media else (),
-        paused=tuple(describe_paused_spans(paused, plan)) if plan.has_media else (),
+        events=dtmf,
+        paused=paused_spans,
     )
     spool.write_manifest(manifest)
     log.info(

@@ -1,7 +1,7 @@
 """Finalization: build ended calls' files in worker processes, store them, recover leftovers."""
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,6 +22,11 @@ log = structlog.get_logger(__name__)
 
 # Called with the final manifest (stored, recovered or upload_failed) and the seconds it took.
 OnFinalized = Callable[[Manifest, float], None]
+# Awaited with the manifest once the store holds the recording, before its spool is released:
+# what must follow a stored recording (its post-call jobs) is made durable here. If it raises,
+# the spool stays, and recovery (at the next start, or the sweeper's next round) stores the
+# recording again and hands it off again: a crash between storing and queueing loses nothing.
+HandOff = Callable[[Manifest], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,7 @@ class FinalizerStats:
     recovered: int
     uploads_stored: int
     uploads_failed: int
+    hand_offs_failed: int  # stored, but the post-call jobs could not be queued: spool kept
     pending: int
 
 
@@ -47,6 +53,7 @@ class Finalizer:
         executor: Executor | None,
         options: FinalizeOptions = DEFAULT_OPTIONS,
         on_stored: OnFinalized | None = None,
+        hand_off: HandOff | None = None,
         keyring: Keyring | None = None,
     ) -> None:
         self.spool = spool
@@ -57,12 +64,14 @@ class Finalizer:
         self.options = options
         self._executor = executor
         self._on_stored = on_stored
+        self._hand_off = hand_off
         self._tasks: dict[str, asyncio.Task[Manifest | None]] = {}
         self._built = 0
         self._build_failed = 0
         self._recovered = 0
         self._uploads_stored = 0
         self._uploads_failed = 0
+        self._hand_offs_failed = 0
 
     def submit(self, spool: CallSpool, reason: EndReason) -> asyncio.Task[Manifest | None]:
         """Build and store an ended call's recording in an owned task."""
@@ -114,6 +123,7 @@ class Finalizer:
             recovered=self._recovered,
             uploads_stored=self._uploads_stored,
             uploads_failed=self._uploads_failed,
+            hand_offs_failed=self._hand_offs_failed,
             pending=len(self._tasks),
         )
 
@@ -152,6 +162,8 @@ class Finalizer:
             bound.exception("recording.build_failed")
             return None
         stored = await self._store(spool, manifest)
+        if stored is None:  # stored, not handed off: the spool stays for recovery
+            return None
         if self._on_stored is not None:
             self._on_stored(stored, loop.time() - started)
         return stored
@@ -167,8 +179,9 @@ class Finalizer:
             )
         return self.keyring.unwrap(parse_envelope(envelope))
 
-    async def _store(self, spool: CallSpool, manifest: Manifest) -> Manifest:
-        """Upload every file, then the manifest; delete the spool only once all are confirmed."""
+    async def _store(self, spool: CallSpool, manifest: Manifest) -> Manifest | None:
+        """Upload every file, then the manifest, hand the recording off; only then delete the
+        spool. None if the hand-off failed (the spool stays and recovery does it all again)."""
         bound = log.bind(call_id=spool.call_id)
         created = datetime.strptime(manifest.created_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=UTC
@@ -203,6 +216,8 @@ class Finalizer:
             bound.error("recording.upload_failed", error=str(exc), spool=str(spool.directory))
             return failed
         self._uploads_stored += 1
+        if not await self._handed_off(stored):
+            return None
         await asyncio.to_thread(spool.remove)
         if self.keyring is not None:
             self.keyring.unpin(spool.call_id)
@@ -213,3 +228,19 @@ class Finalizer:
             manifest_key=keys.manifest,
         )
         return stored
+
+    async def _handed_off(self, stored: Manifest) -> bool:
+        """Give the stored recording to `hand_off`; False (logged) if that failed."""
+        if self._hand_off is None:
+            return True
+        try:
+            await self._hand_off(stored)
+        except Exception as exc:  # the queue or the store: the spool keeps the recording
+            self._hand_offs_failed += 1
+            log.error(
+                "recording.hand_off_failed",
+                call_id=stored.call_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True

@@ -1,6 +1,5 @@
 """One live call: its caller leg, its agent leg, and the recording both directions go to."""
 
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,13 +9,12 @@ import structlog
 from mediaserver.agent_bridge import (
     DEFAULT_CALLER_BACKLOG_MS,
     DEFAULT_PARTIAL_FRAME_WAIT_MS,
-    FRAME_MS,
     AgentBridge,
 )
-from mediaserver.audio.opus_silence import silence_packet
 from mediaserver.audio.transcoder import DEFAULT_LIVE_COMPLEXITY
 from mediaserver.call_record_keeper import CallRecordKeeper
 from mediaserver.call_recording import CallRecording, PauseBehavior
+from mediaserver.caller_feed import CallerFeed
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import CallStateError
 from mediaserver.latency_histogram import RelayLatency
@@ -24,12 +22,9 @@ from mediaserver.recording.call import EndReason
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.rtp.dtmf_detector import DtmfDigit
 from mediaserver.rtp.media_packet import MediaPacket
-from mediaserver.rtp.sequencer import RtpSequencer
 from mediaserver.transports.link import AgentLink, CallerLink, Pcm
 
 log = structlog.get_logger(__name__)
-
-_FRAME_NS = FRAME_MS * 1_000_000
 
 
 @dataclass(slots=True)
@@ -38,7 +33,6 @@ class SessionStats:
 
     caller_packets: int = 0
     agent_frames_played: int = 0
-    silence_frames_sent: int = 0
     dtmf_digits: int = 0
     legs_ended: dict[str, str] = field(default_factory=dict)
 
@@ -68,11 +62,6 @@ class CallSession:
         self.partial_frame_wait_ms = partial_frame_wait_ms
         # What the server adds to this call's audio, each way (counted into the node's too).
         self.latency = latency or RelayLatency()
-        # Agent frames handed to the caller's transport, not yet reported sent: (sequence,
-        # when their audio arrived). A few at most: a transport sends or drops each in order.
-        self._agent_in_flight: deque[tuple[int, int]] = deque()
-        # When the agent's last sent frame was due on the agent's own clock (see on_audio_sent).
-        self._agent_due_ns = -_FRAME_NS
         self.caller_codec = caller_codec
         self.end_call_on_agent_exit = end_call_on_agent_exit
         self.agent_complexity = agent_complexity
@@ -81,13 +70,9 @@ class CallSession:
         self._on_closed = on_closed
         self.caller: CallerLink | None = None
         self.bridge: AgentBridge | None = None
-        # The call's one RTP numbering of what it sends the caller, ticked by the hub's pacer.
-        self.sequencer = RtpSequencer(caller_codec.clock_rate_hz * FRAME_MS // 1000)
-        # While the agent is silent the caller still gets a frame every tick: gateways end legs
-        # that go quiet, and jitter buffers (aiortc's among them) hold an utterance's last
-        # packets until the next one arrives. Silence frames are not journalled: the recording
-        # fills the same silence itself.
-        self._silence = _silence_payload(caller_codec) if send_silence else None
+        self.feed = CallerFeed(
+            caller_codec, send_silence=send_silence, latency=self.latency.agent_to_caller
+        )
         self._ended_caller_drops: dict[str, int] = {}
         # The call's record of its legs: filled as they connect and end, written at the end.
         self.record = CallRecordKeeper(recording, self.clock)
@@ -189,22 +174,7 @@ class CallSession:
 
     def on_audio_sent(self, packet: MediaPacket) -> None:
         """Journal an agent packet exactly as the transport sent it, when it sent it."""
-        if packet.payload is self._silence:  # the very object tick() sent: not the agent's
-            self.stats.silence_frames_sent += 1
-            return
-        in_flight = self._agent_in_flight
-        while in_flight:  # the packets a transport dropped unsent are passed over
-            sequence, arrival_ns = in_flight.popleft()
-            if sequence == packet.sequence:
-                # What the server added: from when the frame was due on the agent's own clock
-                # (its audio had arrived, and 20 ms had passed since the frame before it was
-                # due), so audio the agent sent ahead of real time is not counted as queued, but
-                # the wait for the next tick is, for every frame it delays.
-                due_ns = max(arrival_ns, self._agent_due_ns + _FRAME_NS)
-                self.latency.agent_to_caller.observe(packet.arrival_ns - due_ns)
-                self._agent_due_ns = due_ns
-                break
-        if self.recording.record(Channel.AGENT, packet):
+        if self.feed.is_agent_frame(packet) and self.recording.record(Channel.AGENT, packet):
             self.stats.agent_frames_played += 1
 
     def on_caller_dtmf(self, digit: DtmfDigit, ssrc: int, arrival_ns: int) -> None:
@@ -255,7 +225,7 @@ class CallSession:
         """Barge-in: drop queued agent audio; its marks are reached now."""
         if self.bridge is not None and self.recording.is_open(Channel.AGENT):
             self.bridge.clear()
-            self._agent_due_ns = -_FRAME_NS  # what was queued will not play: a fresh schedule
+            self.feed.restart_schedule()  # what was queued will not play
 
     def on_agent_ended(self, reason: str) -> None:
         """The agent left: its leg ends; the call goes on unless configured otherwise."""
@@ -275,19 +245,10 @@ class CallSession:
         caller = self.caller
         if caller is None:
             return
-        played = None
-        if self.bridge is not None and self.recording.is_open(Channel.AGENT):
-            played = self.bridge.next_payload()
-        if played is None:
-            if self._silence is None or not caller.can_send:
-                return
-            caller.send_audio(self.sequencer.number(tick, self._silence, caller.payload_type))
-            return
-        payload, arrival_ns = played
-        packet = self.sequencer.number(tick, payload, caller.payload_type)
-        # Before sending: a plain-RTP leg reports the packet sent from inside send_audio.
-        self._agent_in_flight.append((packet.sequence, arrival_ns))
-        caller.send_audio(packet)
+        bridge = self.bridge
+        if bridge is not None and not self.recording.is_open(Channel.AGENT):
+            bridge = None
+        self.feed.tick(tick, caller, bridge)
 
     def skip(self, ticks: int) -> None:
         """The pacer missed `ticks` ticks: drop their agent audio rather than play it late."""
@@ -330,11 +291,3 @@ class CallSession:
         self.recording.end(channel, reason, summary=summary)
         if self.closed and self._on_closed is not None:
             self._on_closed(self)
-
-
-def _silence_payload(codec: Codec) -> bytes:
-    """One 20 ms frame of digital silence in the caller's codec."""
-    if codec is Codec.OPUS:
-        return silence_packet(960)
-    # RFC 3551 §4.5.14: the codes of a zero sample, μ-law 0xFF and A-law 0xD5.
-    return (b"\xff" if codec is Codec.PCMU else b"\xd5") * 160

@@ -49,6 +49,8 @@ _POSITIVE = (
     "http_header_timeout_s",
     "max_connections",
     "console_session_ttl_s",
+    "console_sign_in_max_failures",
+    "console_sign_in_window_s",
     "job_workers",
     "turn_gap_s",
     "interruption_min_overlap_s",
@@ -91,7 +93,7 @@ class Settings:
     max_calls: int = 500
     max_cpu_share: float = 0.85
     max_loop_lag_ms: float = 20.0
-    call_cpu_share: float = 0.004
+    call_cpu_share: float = 0.015
     http_keepalive_timeout_s: float = 15.0
     http_header_timeout_s: float = 10.0
     max_connections: int = 4096
@@ -112,6 +114,8 @@ class Settings:
     partial_frame_wait_ms: int = 20
     signed_url_expiry_s: int = 300
     console_session_ttl_s: float = 43200.0
+    console_sign_in_max_failures: int = 5
+    console_sign_in_window_s: float = 60.0
     echo_agent_delay_s: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"

@@ -31,6 +31,7 @@ import structlog
 from mediaserver.durable_file import write_file_durably
 from mediaserver.errors import MediaServerError
 from mediaserver.jobs.state import JobState
+from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
 from mediaserver.settings import Settings
 
@@ -324,12 +325,17 @@ class CallEvents:
         self._failed_calls: set[str] = set()  # recording.failed is said once per call
 
     def recording_stored(self, manifest: Manifest) -> None:
-        """recording.stored: the files are in the store."""
+        """recording.stored: the files are in the store (status stored or recovered), or, for a
+        call that carried no media, its manifest alone (status empty: no audio, no jobs)."""
         self._failed_calls.discard(manifest.call_id)
+        links = build_links(manifest.call_id)
+        if manifest.status is CallStatus.EMPTY:  # Twilio says "absent": nothing to fetch or await
+            links = {"recording": links["recording"]}
         self._publish(
             "recording.stored",
             manifest,
             {"status": manifest.status.value, "duration_s": manifest.duration_ms / 1000},
+            links,
         )
 
     def recording_failed(self, manifest: Manifest) -> None:
@@ -346,12 +352,21 @@ class CallEvents:
             data["error"] = state.error.to_dict()
         self._publish(event_type, manifest, data)
 
-    def _publish(self, event_type: str, manifest: Manifest, data: dict[str, Any]) -> None:
+    def _publish(
+        self,
+        event_type: str,
+        manifest: Manifest,
+        data: dict[str, Any],
+        links: dict[str, str] | None = None,
+    ) -> None:
         """Send to the configured URL and the call's status callback."""
         urls = [self._webhook_url] if self._webhook_url else []
         callback = manifest.storage.get("metadata", {}).get(STATUS_CALLBACK_KEY)
         if isinstance(callback, str) and callback:
             urls.append(callback)
         self._sender.publish(
-            event_type, manifest.call_id, urls, {**data, "links": build_links(manifest.call_id)}
+            event_type,
+            manifest.call_id,
+            urls,
+            {**data, "links": build_links(manifest.call_id) if links is None else links},
         )

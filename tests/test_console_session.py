@@ -5,12 +5,14 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mediaserver.access.sign_in_limiter import SignInLimiter
 from mediaserver.access.tokens import TokenTable, compute_token_digest
 from mediaserver.api.console_session import (
     CONSOLE_SESSIONS,
@@ -235,6 +237,77 @@ async def test_a_plain_form_signs_in_with_redirects(
     assert COOKIE_NAME in good.headers["Set-Cookie"]
     assert bad.status == 303
     assert bad.headers["Location"] == "/login?error=wrong_token&next=%2F"
+
+
+async def wrong_tokens(
+    client: TestClient[web.Request, web.Application],
+    session: aiohttp.ClientSession,
+    count: int,
+) -> list[int]:
+    """Post `count` wrong tokens through `session` (its own source address); the statuses."""
+    statuses = []
+    for attempt in range(count):
+        async with session.post(
+            client.make_url("/login"), json={"token": f"guess-{attempt}"}, headers=origin(client)
+        ) as response:
+            statuses.append(response.status)
+    return statuses
+
+
+async def test_repeated_wrong_tokens_from_one_address_get_429_with_retry_after(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """Five wrong tokens from 127.0.0.2 in a minute: then 429 + Retry-After, even for the right
+    token; 127.0.0.3 is not affected; once the window has passed, the right token signs in."""
+    clock = client.server.app[CONSOLE_SESSIONS].clock
+    assert isinstance(clock, ManualClock)
+    guesser = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0)))
+    async with guesser, other:
+        first = await wrong_tokens(client, guesser, 5)
+        clock.advance(10)
+        async with guesser.post(
+            client.make_url("/login"), json={"token": TOKEN}, headers=origin(client)
+        ) as refused:
+            refused_body = await refused.json()
+        from_elsewhere = await wrong_tokens(client, other, 1)
+        async with other.post(
+            client.make_url("/login"), json={"token": TOKEN}, headers=origin(client)
+        ) as elsewhere_right:
+            elsewhere_status = elsewhere_right.status
+        clock.advance(50)  # the first failure, 60 s old now, leaves the window
+        async with guesser.post(
+            client.make_url("/login"), json={"token": TOKEN}, headers=origin(client)
+        ) as later:
+            later_status = later.status
+        # Signed in: the address's failures are forgotten, five more wrong tokens are answered.
+        again = await wrong_tokens(client, guesser, 6)
+    assert first == [401] * 5
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "50"
+    assert refused_body["error"]["code"] == "too_many_requests"
+    assert "try again in 50 s" in refused_body["error"]["message"]
+    assert "Set-Cookie" not in refused.headers
+    assert from_elsewhere == [401]
+    assert elsewhere_status == 200
+    assert later_status == 200
+    assert again == [401] * 5 + [429]
+
+
+def test_sign_in_limiter_forgets_old_failures_and_stays_bounded() -> None:
+    """A sliding window per address; at most max_clients addresses, the stalest dropped first."""
+    limiter = SignInLimiter(max_failures=3, window_s=60.0, max_clients=100)
+    for at_s in (0.0, 20.0, 40.0):
+        assert limiter.retry_after_s("a", at_s) == 0
+        limiter.record_failure("a", at_s)
+    assert limiter.retry_after_s("a", 40.0) == 20
+    assert limiter.retry_after_s("a", 59.5) == 1
+    assert limiter.retry_after_s("a", 60.0) == 0  # the failure at 0 s has left the window
+    for number in range(1000):
+        limiter.record_failure(f"10.0.{number // 256}.{number % 256}", 61.0)
+    assert limiter.tracked_clients == 100
+    assert limiter.retry_after_s("a", 61.0) == 0  # forgotten: the stalest address went first
+    assert limiter.retry_after_s("10.0.3.231", 200.0) == 0  # and old entries expire
 
 
 async def test_sign_out_forgets_the_cookie(

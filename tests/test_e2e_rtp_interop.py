@@ -171,10 +171,15 @@ async def test_pcmu_with_a_dynamic_payload_type_from_ffmpeg(tmp_path: Path) -> N
             assert response.status == 202
         manifest = await wait_for_recording(client, base, call_id)
         left = await fetch_channel(client, base, call_id, "left", tmp_path)
+        async with client.get(f"{base}/v1/recordings") as response:
+            (listed,) = [i for i in (await response.json())["items"] if i["call_id"] == call_id]
 
     caller_report = next(c for c in manifest["channels"] if c["channel"] == "caller")
     assert caller_report["codec"] == "pcmu"
     assert manifest["legs"]["caller"]["payload_type"] == 100
+    # The listing says what carried the caller and in which codec (the console's Caller column).
+    assert listed["legs"]["caller"] == {"transport": "rtp", "codec": "pcmu", "payload_type": 100}
+    assert listed["legs"]["agent"]["transport"] is None  # no agent ever connected
     sounding = tone_seconds(left[0])
     print(f"PCMU/100 tone in the recording: {sounding:.3f} s of 2 s")
     assert 1.85 <= sounding <= 2.1, sounding
@@ -223,11 +228,21 @@ async def test_json_leg_with_payload_types_and_a_foreign_one_noted(tmp_path: Pat
                 caller.send_packet(1000 + sequence, 8000 + 160 * sequence, payloads[0])
             caller.payload_type = 101
             await caller.send_stream(payloads[:10], samples_per_packet=160)
+        deadline = time.monotonic() + 10
+        while True:  # the live call shows what each leg dropped (the console's live page)
+            async with client.get(f"{base}/v1/calls/{call_id}") as response:
+                live_legs = (await response.json())["legs"]
+            if live_legs["caller"]["dropped"] >= 7 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         async with client.delete(f"{base}/v1/calls/{call_id}") as response:
             assert response.status == 202
         manifest = await wait_for_recording(client, base, call_id)
         assert caller.transport is not None
         caller.transport.close()
+
+    assert live_legs["caller"]["dropped"] == 7
+    assert live_legs["agent"]["dropped"] == 0
 
     warnings = [e for e in logs if e["event"] == "rtp.unexpected_payload_type"]
     assert [(w["payload_type"], w["negotiated"]) for w in warnings] == [(0, 101)]

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import aiohttp
 import pytest
 import structlog
 from crash_child import AGENT_HZ, AGENT_MARKER_S, CALLER_HZ, CALLER_MARKER_S
@@ -19,6 +21,8 @@ from mediaserver.storage_backends.local import LocalStore
 
 from audio_oracle import RATE_HZ, assert_valid_opus, decode_ogg, find_onset, tone_amplitude
 from recorder_rig import RecorderRig
+from server_harness import auth, make_settings, running_server
+from speech_call import wait_for_document
 
 CHILD_SCRIPT = Path(__file__).with_name("crash_child.py")
 TIMEOUT_S = 60.0
@@ -261,3 +265,39 @@ async def test_spool_with_garbage_description_is_kept_and_does_not_block_others(
         "conversation_healthy_right.opus",
     ]
     await recorder.close()
+
+
+async def test_mediaserver_recover_queues_the_jobs_the_next_start_runs(
+    tmp_path: Path, spawn: list[Child]
+) -> None:
+    """`mediaserver recover` (server stopped) stores a crashed call and queues its analysis job
+    durably before it lets the spool go; the server's next start runs the job."""
+    await crashed_burst_spool(spawn, tmp_path, "offline", 150)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDIASERVER_", "AUDIO_"))}
+    env |= {
+        "MEDIASERVER_SPOOL_PATH": str(tmp_path / "spool"),
+        "MEDIASERVER_STORAGE_PATH": str(tmp_path / "recordings"),
+        "MEDIASERVER_JOBS_PATH": str(tmp_path / "jobs"),
+        "MEDIASERVER_TRANSCRIPTION_BACKEND": "none",
+        "MEDIASERVER_LOG_FORMAT": "json",
+    }
+    recover = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mediaserver", "recover", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(recover.communicate(), TIMEOUT_S * 2)
+    assert recover.returncode == 0, err.decode(errors="replace")
+    assert out.decode().splitlines() == ["offline: recovered", "1 call(s) recovered"]
+    queued = [path.name for path in (tmp_path / "jobs" / "queue").glob("*.json")]
+    assert [name.split("-", 1)[1] for name in queued] == ["offline-analysis.json"]
+    assert not (tmp_path / "spool" / "offline").exists()
+
+    settings = make_settings(tmp_path, transcription_backend="none")
+    async with (
+        running_server(settings) as (_, base),
+        aiohttp.ClientSession(headers=auth()) as client,
+    ):
+        status, analysis = await wait_for_document(client, f"{base}/v1/recordings/offline/analysis")
+    assert status == 200, analysis
+    assert analysis["call_id"] == "offline"
+    assert analysis["duration_s"] == pytest.approx(3.0, abs=0.05)

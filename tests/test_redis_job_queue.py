@@ -184,6 +184,35 @@ async def test_a_job_cut_short_by_a_shutdown_goes_to_another_worker_at_once(
         await second.close()
 
 
+async def test_queued_jobs_survive_a_redis_restart(redis_server: RedisServer) -> None:
+    """Two jobs of a recording queued, Redis restarted on its append-only file: a worker
+    started afterwards runs both, in the order they were queued."""
+    async with emptied(redis_server) as redis:
+        producer = await started_queue(redis, "node")
+        await producer.enqueue(job("r", JobKind.ANALYSIS, "r1"))
+        await producer.enqueue(job("r", JobKind.TRANSCRIPT, "r2"))
+        await producer.close()
+        await asyncio.to_thread(redis_server.restart)
+        worker = await started_queue(redis, "w1")
+        ran: list[str] = []
+        both = asyncio.Event()
+
+        async def record(item: Job) -> None:
+            ran.append(item.job_id)
+            if len(ran) == 2:
+                both.set()
+
+        running = asyncio.create_task(worker.run(record))
+        try:
+            await asyncio.wait_for(both.wait(), TIMEOUT_S)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        assert ran == ["r1", "r2"]
+        assert (await worker.read_counts()).unfinished == 0
+        await worker.close()
+
+
 def test_the_fixture_keeps_its_files(redis_server: RedisServer, tmp_path: Path) -> None:
     """The server writes its append-only file where a restart finds it."""
     assert any(redis_server.directory.rglob("*.aof*"))

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from mediaserver.errors import SettingsError
-from mediaserver.recording.timeline import Placement, Timeline, TimelineConfig
+from mediaserver.recording.placement_columns import Placement
+from mediaserver.recording.timeline import Timeline, TimelineConfig
 
 from timeline_input import TimedPacket, place
 

@@ -281,7 +281,7 @@ async def test_slow_agent_loses_oldest_audio_never_marks(
     assert [m["event"] for m in received] == ["mark", "media", "media", "media"]
     assert received[0]["mark"]["name"] == "kept"
     assert [m["media"]["chunk"] for m in received[1:]] == ["8", "9", "10"]
-    assert connection.stats.media_dropped == 7
+    assert connection.describe()["media_dropped"] == 7
 
 
 # -- agent messages to the session -------------------------------------------------------------

@@ -130,3 +130,40 @@ async def test_an_upload_failure_sends_recording_failed(tmp_path: Path) -> None:
     assert failed.signature_ok
     assert failed.event["status"] == "upload_failed"
     assert receiver.types(call_id) == ["recording.failed"]
+
+
+async def test_a_call_without_media_sends_recording_stored_with_status_empty(
+    tmp_path: Path,
+) -> None:
+    """A call ended before any audio: recording.stored with status empty and only the
+    recording's link, to the global URL and the call's callback; no job, so no job event."""
+    receiver = WebhookReceiver()
+    callback = WebhookReceiver()
+    await receiver.start()
+    await callback.start()
+    settings = make_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET)
+    try:
+        async with (
+            running_server(settings) as (_, base),
+            aiohttp.ClientSession(headers=auth()) as client,
+        ):
+            async with client.post(
+                f"{base}/v1/calls", json={"status_callback": callback.url}
+            ) as response:
+                call_id = (await response.json())["call_id"]
+            async with client.delete(f"{base}/v1/calls/{call_id}") as response:
+                assert response.status == 202
+            stored = await receiver.wait_for("recording.stored", call_id)
+            called_back = await callback.wait_for("recording.stored", call_id)
+            async with client.get(f"{base}/v1/recordings/{call_id}/analysis") as response:
+                analysis_status = response.status
+    finally:
+        await receiver.stop()
+        await callback.stop()
+    assert stored.signature_ok
+    assert stored.event["status"] == "empty"
+    assert stored.event["duration_s"] == 0
+    assert stored.event["links"] == {"recording": f"/v1/recordings/{call_id}"}
+    assert called_back.event == stored.event
+    assert analysis_status == 404  # an empty recording has nothing to analyse: no job was queued
+    assert receiver.types(call_id) == ["recording.stored"]

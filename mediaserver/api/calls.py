@@ -39,6 +39,11 @@ SDP = "application/sdp"
 # RFC 5761 §4: with RTCP on the RTP port, payload types 64-95 read as RTCP packet types.
 _RTCP_CONFLICT_PAYLOAD_TYPES = range(64, 96)
 _UNSPECIFIED_ADDRESSES = frozenset({"0.0.0.0", "::"})  # RFC 3264 §8.4: put on hold
+# Drop reasons of the agent's leg (its audio towards the caller); every other reason is the
+# caller's leg (its packets towards the recording and the agent). Silence skipped to catch up
+# after late agent audio is not a loss.
+_AGENT_LEG_DROPS = frozenset({"agent_late_frames", "playout_overflow_frames"})
+_NOT_A_LOSS = frozenset({"agent_silence_skipped_frames"})
 
 
 def parse_codec(value: Any, field: str) -> Codec:
@@ -72,6 +77,8 @@ def describe_session(session: CallSession) -> dict[str, Any]:
         "error": session.record.agent_error,
         "connected_at": record.get("connected_at"),
         "frames_played": session.stats.agent_frames_played,
+        # Frames of silence the caller got while the agent said nothing (not journalled).
+        "silence_frames_sent": session.feed.silence_frames_sent,
         "buffered_ms": bridge.buffered_ms if bridge is not None else 0.0,
     }
     if bridge is not None:
@@ -81,6 +88,8 @@ def describe_session(session: CallSession) -> dict[str, Any]:
             caller_frames_sent=bridge.stats.caller_frames_to_agent,
             connection=bridge.agent.describe(),
         )
+    dropped = session.drop_counts()
+    agent["dropped"] = sum(dropped.get(reason, 0) for reason in _AGENT_LEG_DROPS)
     return {
         "call_id": session.call_id,
         "status": "recording",
@@ -100,11 +109,16 @@ def describe_session(session: CallSession) -> dict[str, Any]:
                 "connected": session.caller is not None,
                 "open": session.leg_open(Channel.CALLER),
                 "packets": session.stats.caller_packets,
+                "dropped": sum(
+                    count
+                    for reason, count in dropped.items()
+                    if reason not in _AGENT_LEG_DROPS | _NOT_A_LOSS
+                ),
                 "transport": None if session.caller is None else session.caller.describe(),
             },
             "agent": agent,
         },
-        "dropped": session.drop_counts(),
+        "dropped": dropped,
         "metadata": session.metadata,
     }
 

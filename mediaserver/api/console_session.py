@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import structlog
 from aiohttp import web
 
+from mediaserver.access.sign_in_limiter import SignInLimiter
 from mediaserver.access.tokens import TOKEN_NAME_PATTERN, Principal, TokenTable
 from mediaserver.api.body import check_content_type, decode_utf8, read_json_object
 from mediaserver.api.errors import ApiError
@@ -106,11 +107,13 @@ class ConsoleSessions:
         secret: str,
         ttl_s: float,
         clock: Clock,
+        limiter: SignInLimiter,
     ) -> None:
         """Sign with a key derived from `secret` (random if empty); sessions last `ttl_s`."""
         self._tokens = tokens
         self.ttl_s = ttl_s
         self.clock = clock
+        self.limiter = limiter  # wrong tokens per client address
         self._key = derive_session_key(secret or secrets.token_urlsafe(32))
 
     @property
@@ -174,9 +177,20 @@ async def login(request: web.Request) -> web.Response:
     sessions = request.app[CONSOLE_SESSIONS]
     is_form = request.content_type == _FORM
     token, next_path = await _read_login(request, is_form=is_form)
+    client = request.remote or "unknown"
+    now_s = sessions.clock.monotonic_ns() / 1e9
+    if not sessions.is_open and (wait_s := sessions.limiter.retry_after_s(client, now_s)):
+        log.warning("console.sign_in_throttled", remote=client, retry_after_s=wait_s)
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"Too many wrong tokens from this address: try again in {wait_s} s.",
+            headers={"Retry-After": str(wait_s)},
+        )
     principal = None if sessions.is_open else sessions.authenticate(token)
     if not sessions.is_open and principal is None:
-        log.warning("console.sign_in_refused", remote=request.remote)
+        sessions.limiter.record_failure(client, now_s)
+        log.warning("console.sign_in_refused", remote=client)
         if is_form:
             query = urlencode({"error": "wrong_token", "next": next_path})
             return web.Response(status=303, headers={"Location": f"/login?{query}"})
@@ -187,6 +201,7 @@ async def login(request: web.Request) -> web.Response:
         else web.json_response({"next": next_path})
     )
     if principal is not None:
+        sessions.limiter.record_success(client)
         sessions.set_cookie(request, response, principal)
     log.info("console.signed_in", remote=request.remote, token=principal and principal.name)
     return response

@@ -111,10 +111,14 @@ def build_list_item(view: RecordingView) -> dict[str, Any]:
     }
 
 
+# What a listing shows of each leg; the manifest has the whole record.
+_LISTED_LEG_FIELDS = ("transport", "codec", "payload_type")
+
+
 def _leg_transports(legs: dict[str, Any]) -> dict[str, Any]:
-    """What carried each leg, for a listing (the manifest has the whole record)."""
+    """What carried each leg and in which codec, for a listing (None where the leg never said)."""
     return {
-        name: {"transport": leg.get("transport")}
+        name: {key: leg.get(key) for key in _LISTED_LEG_FIELDS}
         for name, leg in legs.items()
         if isinstance(leg, dict)
     }

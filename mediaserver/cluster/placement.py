@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from mediaserver.admission import AdmissionLimits, LoadSample
+from mediaserver.admission import AdmissionLimits, LoadSample, project_cpu_share
 from mediaserver.cluster.node_record import NodeRecord, NodeState
 
 
@@ -10,12 +10,18 @@ def compute_load(limits: AdmissionLimits, sample: LoadSample) -> float:
     """The share of a node's capacity in use: the highest of calls, CPU and loop lag."""
     shares = [sample.live_calls / limits.max_calls]
     if limits.max_cpu_share:
-        # As admission projects it: measured CPU trails calls admitted a moment ago.
-        per_call = max(sample.cpu_share_per_call, limits.call_cpu_share)
-        projected = max(sample.cpu_share, sample.live_calls * per_call)
+        projected = project_cpu_share(limits, sample, new_calls=0)  # as admission sees it
         shares.append(projected / limits.max_cpu_share)
     if limits.max_loop_lag_ms:
         shares.append(sample.loop_lag_ms / limits.max_loop_lag_ms)
+    return max(shares)
+
+
+def call_load(limits: AdmissionLimits) -> float:
+    """The load one more call adds, as compute_load counts it before the CPU has shown it."""
+    shares = [1 / limits.max_calls]
+    if limits.max_cpu_share:
+        shares.append(limits.call_cpu_share / limits.max_cpu_share)
     return max(shares)
 
 

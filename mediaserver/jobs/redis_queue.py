@@ -19,6 +19,8 @@
 # A worker renews its claim on a running entry every third of the visibility timeout; a worker
 # that dies stops renewing, and after the timeout another takes the entry over. A handler that
 # raises leaves its entry pending without renewal: it runs again after the visibility timeout.
+# The background loops (counts, leases) end on a flag as well as on cancellation: a cancel that
+# lands inside a redis-py command can be lost, and a loop that missed it would never end.
 
 from __future__ import annotations
 
@@ -129,6 +131,7 @@ class RedisJobQueue:
         self._finish = redis.register_script(_FINISH)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._counter: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._reachable = True
         self._stopping = False
         self._in_handler: set[asyncio.Task[None] | None] = set()
@@ -183,6 +186,7 @@ class RedisJobQueue:
 
     async def close(self) -> None:
         """Stop counting; leave the group if nothing is pending for this consumer."""
+        self._closing.set()
         if self._counter is not None:
             self._counter.cancel()
             await asyncio.gather(self._counter, return_exceptions=True)
@@ -261,7 +265,10 @@ class RedisJobQueue:
             log.error("job.unreadable", job_id=delivery.job_id, error=str(exc))
             await self.redis.xack(STREAM_KEY, GROUP, delivery.entry_id)
             return
-        lease = asyncio.create_task(self._renew(delivery), name=f"jobs.lease.{job.job_id}")
+        released = asyncio.Event()
+        lease = asyncio.create_task(
+            self._renew(delivery, released), name=f"jobs.lease.{job.job_id}"
+        )
         try:
             await handler(job)
         except asyncio.CancelledError:
@@ -277,6 +284,7 @@ class RedisJobQueue:
             log.info("job.retry_scheduled", call_id=job.call_id, error=repr(exc))
             return
         finally:
+            released.set()
             lease.cancel()
             await asyncio.gather(lease, return_exceptions=True)
         await self._finish_entry(delivery, job)
@@ -295,11 +303,10 @@ class RedisJobQueue:
                 self._note_reachable(False, exc)
                 await asyncio.sleep(RECONNECT_DELAY_S)
 
-    async def _renew(self, delivery: _Delivery) -> None:
-        """Keep claiming the entry for this worker so that nobody takes it over."""
+    async def _renew(self, delivery: _Delivery, released: asyncio.Event) -> None:
+        """Keep claiming the entry for this worker, so that nobody takes it over, until released."""
         interval_s = self.visibility_timeout_ms / 3000
-        while True:
-            await asyncio.sleep(interval_s)
+        while not await _set_within(released, interval_s):
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.xclaim(
                     STREAM_KEY, GROUP, self.consumer, 0, [delivery.entry_id], justid=True
@@ -314,11 +321,11 @@ class RedisJobQueue:
                 raise
 
     async def _count_forever(self) -> None:
-        """Refresh the counts the metrics read."""
-        while True:
+        """Refresh the counts the metrics read, until the queue closes."""
+        while not self._closing.is_set():
             with contextlib.suppress(RedisError, OSError):
                 self.counts = await self.read_counts()
-            await asyncio.sleep(COUNTS_INTERVAL_S)
+            await _set_within(self._closing, COUNTS_INTERVAL_S)
 
     def _note_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
         """Log when Redis goes away and when it is back, once each."""
@@ -327,6 +334,14 @@ class RedisJobQueue:
         elif not reachable and self._reachable:
             log.warning("jobs.queue_unavailable", consumer=self.consumer, error=str(exc))
         self._reachable = reachable
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for `event`; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
 
 
 def queue_reports(queue: RedisJobQueue) -> Iterator[Report]:

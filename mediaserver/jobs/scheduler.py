@@ -43,7 +43,6 @@ class JobScheduler:
         self.plan = plan
         self._handler = handler
         self._consumer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._queueing: set[str] = set()  # recordings whose planned jobs are being queued
 
     async def start(self) -> None:
@@ -52,28 +51,29 @@ class JobScheduler:
         if self._handler is not None:
             self._consumer = asyncio.create_task(self.queue.run(self._handler), name="jobs.run")
 
-    async def close(self, *, timeout_s: float = 10.0) -> None:
-        """Finish queueing, stop running jobs (unfinished ones stay queued), close the queue."""
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+    async def close(self) -> None:
+        """Stop running jobs (unfinished ones stay queued), close the queue."""
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
         await self.queue.close()
 
-    def on_stored(self, manifest: Manifest) -> None:
-        """Queue a stored recording's jobs in the background (the recorder's callback)."""
+    async def queue_planned(self, manifest: Manifest) -> None:
+        """Queue every planned job of a just-stored recording durably; raise if one cannot be."""
+        # The finalizer awaits this before it releases the recording's spool, so a crash (or a
+        # queue that fails) before every job is queued leaves the spool, and recovery stores the
+        # recording and calls this again: a job is never lost between storing and queueing.
         if not self.plan:
             return
-        call_id = manifest.call_id
-        task = asyncio.create_task(self._queue_plan(manifest), name=f"jobs.queue.{call_id}")
-        self._tasks.add(task)
-        self._queueing.add(call_id)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._queueing.discard(call_id))
+        manifest_key = manifest.storage.get("manifest_key")
+        if not isinstance(manifest_key, str):
+            raise CallStateError(f"recording {manifest.call_id} has no manifest key")
+        self._queueing.add(manifest.call_id)
+        try:
+            for kind, params in self.plan:
+                await self.request(manifest.call_id, manifest_key, kind, params)
+        finally:
+            self._queueing.discard(manifest.call_id)
 
     def locked(self, call_id: str) -> AbstractAsyncContextManager[None]:
         """Hold a recording's lock: no job state is written to its manifest meanwhile."""
@@ -109,15 +109,3 @@ class JobScheduler:
             state = build_queued(kind, job.job_id, self.states.now(), params)
             await self.states.write_state(manifest_key, state)
             return state
-
-    async def _queue_plan(self, manifest: Manifest) -> None:
-        """Queue every planned job of a stored recording."""
-        manifest_key = manifest.storage.get("manifest_key")
-        if not isinstance(manifest_key, str):
-            log.error("jobs.no_manifest_key", call_id=manifest.call_id)
-            return
-        for kind, params in self.plan:
-            try:
-                await self.request(manifest.call_id, manifest_key, kind, params)
-            except Exception:  # a store hiccup must not take the recorder's callback down
-                log.exception("jobs.queue_failed", call_id=manifest.call_id, kind=kind.value)

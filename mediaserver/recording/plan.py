@@ -3,7 +3,10 @@
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from mediaserver.recording.channel import Channel, Codec
+from mediaserver.recording.placement_columns import PlacementColumns
 from mediaserver.recording.timeline import Timeline, TimelineConfig, compute_timeline
 from mediaserver.rtp.media_packet import MediaPacket
 
@@ -146,29 +149,27 @@ def apply_cuts(timeline: Timeline, cuts: Sequence[Cut], codec: Codec) -> tuple[T
     """Move placements up past the cuts before them; those touching a cut are left out."""
     if not cuts:
         return timeline, 0
+    columns = PlacementColumns.of(timeline.placements)
     ratio = OPUS_RATE_HZ // codec.clock_rate_hz  # whole: 1 for Opus, 6 for G.711
-    kept = []
-    left_out = 0
-    shift = 0  # channel clock units removed before the current placement
-    cut_index = 0
-    for placement in timeline.placements:
-        start, end = placement.start * ratio, (placement.start + placement.duration) * ratio
-        while cut_index < len(cuts) and start >= cuts[cut_index].start + cuts[cut_index].removed:
-            shift += cuts[cut_index].removed // ratio
-            cut_index += 1
-        cut = cuts[cut_index] if cut_index < len(cuts) else None
-        if cut is not None and end > cut.start:
-            # Audio journalled at the very edge of a pause: it would overlap what follows the cut.
-            left_out += 1
-            continue
-        kept.append(replace(placement, start=placement.start - shift))
-    return replace(timeline, placements=tuple(kept)), left_out
+    cut_starts = np.array([cut.start for cut in cuts], np.int64)
+    cut_ends = cut_starts + np.array([cut.removed for cut in cuts], np.int64)
+    # Channel clock units removed by the first k cuts, for k = 0 .. len(cuts).
+    removed_before = np.concatenate(([0], np.cumsum([cut.removed // ratio for cut in cuts])))
+    starts, ends = columns.starts * ratio, (columns.starts + columns.durations) * ratio
+    passed = np.searchsorted(cut_ends, starts, side="right")  # cuts wholly before each start
+    upcoming = np.minimum(passed, len(cuts) - 1)
+    # Audio journalled at the very edge of a pause: it would overlap what follows the cut.
+    touching = (passed < len(cuts)) & (ends > cut_starts[upcoming])
+    kept = PlacementColumns(
+        columns.starts - removed_before[passed], columns.durations, columns.indexes
+    ).select(~touching)
+    return replace(timeline, placements=kept), int(touching.sum())
 
 
 def _rebase(timeline: Timeline, lead_in_48k: int, codec: Codec) -> Timeline:
     """Move every placement earlier by a lead-in common to both channels."""
     shift = lead_in_48k * codec.clock_rate_hz // OPUS_RATE_HZ
-    placements = tuple(replace(p, start=p.start - shift) for p in timeline.placements)
+    placements = PlacementColumns.of(timeline.placements).shifted(-shift)
     return replace(timeline, placements=placements)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mediaserver.errors import SettingsError
+from mediaserver.recording.placement_columns import Placement, PlacementColumns
 from mediaserver.rtp.media_packet import MediaPacket
 
 # RFC 3550 §5.1: 16-bit sequence numbers and 32-bit timestamps, both wrapping.
@@ -68,17 +70,6 @@ class TimelineConfig:
             raise SettingsError(f"max_drift_ppm must be positive, got {self.max_drift_ppm}")
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where one packet's audio starts on the timeline, in clock units since the call's origin."""
-
-    # `index` is the packet's position in the sequence given to compute_timeline.
-
-    start: int
-    duration: int
-    index: int
-
-
 @dataclass(frozen=True)
 class TimelineStats:
     """What placement did with a channel's packets; each packet is in exactly one bucket."""
@@ -112,7 +103,8 @@ class TimelineStats:
 class Timeline:
     """A channel's placements, sorted by start and never overlapping, and what happened to it."""
 
-    placements: tuple[Placement, ...]
+    # PlacementColumns from compute_timeline; any sequence of Placement is accepted downstream.
+    placements: Sequence[Placement]
     stats: TimelineStats
 
 
@@ -132,10 +124,11 @@ class _Run:
 class _Split:
     """Which run each packet (by arrival position) belongs to, with its extended numbers."""
 
+    # Typed arrays, not lists: 8 bytes a packet each rather than a pointer and an int object.
     runs: list[_Run]
-    run_of: list[int]  # -1 for packets dropped before placement
-    sequences: list[int]
-    timestamps: list[int]
+    run_of: array[int]  # -1 for packets dropped before placement
+    sequences: array[int]
+    timestamps: array[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +209,10 @@ def compute_timeline(
     counters = _Counters()
     split = _split_runs(packets, durations, config, counters)
     count = len(packets)
-    run_of = np.array(split.run_of, dtype=np.int64)
+    run_of = np.frombuffer(split.run_of, dtype=np.int64) if count else np.zeros(0, np.int64)
     everything = _Columns(
-        sequences=np.array(split.sequences, dtype=np.int64),
-        timestamps=np.array(split.timestamps, dtype=np.int64),
+        sequences=np.frombuffer(split.sequences, dtype=np.int64) if count else run_of,
+        timestamps=np.frombuffer(split.timestamps, dtype=np.int64) if count else run_of,
         arrivals_ns=(
             np.fromiter(map(attrgetter("arrival_ns"), packets), np.int64, count) - origin_ns
         ).astype(np.float64),
@@ -235,12 +228,18 @@ def compute_timeline(
     cursor = _Cursor()
     for run_number in range(len(split.runs)):
         members = by_run[bounds[run_number] : bounds[run_number + 1]]
-        _place_run(everything.take(members), config=config, cursor=cursor, counters=counters)
-    starts = np.concatenate(cursor.starts).tolist() if cursor.starts else []
-    durations = np.concatenate(cursor.durations).tolist() if cursor.durations else []
-    indexes = np.concatenate(cursor.indexes).tolist() if cursor.indexes else []
-    placements = tuple(map(Placement, starts, durations, indexes))
+        # One run holding every packet (the usual call) is all of them in order: no copy.
+        run = everything if len(members) == count else everything.take(members)
+        _place_run(run, config=config, cursor=cursor, counters=counters)
+    placements = PlacementColumns(
+        _join(cursor.starts), _join(cursor.durations), _join(cursor.indexes)
+    )
     return Timeline(placements, _build_stats(count, len(split.runs), placements, config, counters))
+
+
+def _join(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    """The runs' columns as one int64 array."""
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
 
 
 def _split_runs(
@@ -254,7 +253,7 @@ def _split_runs(
     jump_ns = config.jump_threshold_ms * 1_000_000
     reorder_ns = config.reorder_window_ms * 1_000_000
     count = len(packets)
-    split = _Split([], [-1] * count, [0] * count, [0] * count)
+    split = _Split([], array("q", [-1]) * count, array("q", [0]) * count, array("q", [0]) * count)
     runs = split.runs
     current: _Run | None = None
     previous: _Run | None = None
@@ -681,7 +680,7 @@ def _ms_to_units(duration_ms: float, clock_rate_hz: int) -> int:
 def _build_stats(
     packet_count: int,
     run_count: int,
-    placements: tuple[Placement, ...],
+    placements: PlacementColumns,
     config: TimelineConfig,
     counters: _Counters,
 ) -> TimelineStats:
@@ -689,7 +688,7 @@ def _build_stats(
     ms_per_unit = 1000 / config.clock_rate_hz
     start = placements[0].start if placements else 0
     end = placements[-1].start + placements[-1].duration if placements else 0
-    placed_units = sum(placement.duration for placement in placements)
+    placed_units = placements.total_duration()
     drift_ppm = (
         counters.drift_weighted_ppm / counters.drift_weight_ns if counters.drift_weight_ns else 0.0
     )

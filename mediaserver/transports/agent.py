@@ -3,9 +3,8 @@
 import asyncio
 import os
 import secrets
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from aiohttp import web
 from mediaserver.clock import Clock, SystemClock
 from mediaserver.errors import AgentDialError, AgentProtocolError
 from mediaserver.excerpt import excerpt
+from mediaserver.transports.agent_outbox import UNTIMED, AgentOutbox, AgentWebSocket
 from mediaserver.transports.link import AgentMediaSink, Pcm
 from mediaserver.transports.twilio_protocol import (
     CLOSE_GOING_AWAY,
@@ -53,9 +53,6 @@ DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_SEND_QUEUE_MESSAGES = 250
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
 
-AgentWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-_UNTIMED = -1  # a queued message whose latency is not measured
-
 
 def compute_close_code(reason: str) -> int:
     """RFC 6455 §7.4.1: 1001 when the server goes away, 1000 when the call is simply over."""
@@ -79,8 +76,6 @@ class ConnectionState(Enum):
 class AgentConnectionStats:
     """Counters of one agent connection, for the call's manifest and metrics."""
 
-    media_sent: int = 0
-    media_dropped: int = 0
     marks_sent: int = 0
     dtmf_sent: int = 0
     media_received: int = 0
@@ -116,7 +111,6 @@ class AgentConnection:
         self.account_sid = account_sid
         self.custom_parameters = dict(custom_parameters or {})
         self.max_payload_bytes = max_payload_bytes
-        self.max_queued_messages = max_queued_messages
         self.close_timeout_s = close_timeout_s
         self.stats = AgentConnectionStats()
         self.state = ConnectionState.OPEN
@@ -130,14 +124,11 @@ class AgentConnection:
         self._sequence_number = START_SEQUENCE_NUMBER
         self._chunk = 0
         self._next_timestamp_ms = 0
-        # (is_media, text, when the caller audio arrived or _UNTIMED): only media may be
-        # dropped; a lost mark echo would stall the agent.
-        self._outgoing: deque[tuple[bool, str, int]] = deque()
-        self._queued_media = 0
-        self._wakeup = asyncio.Event()
+        self._outbox = AgentOutbox(
+            ws, max_queued_media=max_queued_messages, on_media_written=self._media_written
+        )
         self._closed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
         self._ignored_events: set[str] = set()
         self.log = log.bind(call_id=call_id, stream_sid=self.stream_sid)
 
@@ -160,7 +151,7 @@ class AgentConnection:
             pass
         # Created last, with no await after: a caller that attaches this connection to its
         # session right after `start` returns sees no agent message before it is attached.
-        self._writer = asyncio.create_task(self._write_loop(), name=f"agent-writer-{self.call_id}")
+        self._outbox.start(name=f"agent-writer-{self.call_id}")
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.call_id}")
         self.log.info(
             "agent.connected",
@@ -189,28 +180,18 @@ class AgentConnection:
             timestamp_ms=timestamp_ms,
             payload=encode_payload(pcm, self.audio_format),
         )
-        if self._queued_media >= self.max_queued_messages:
-            self._drop_oldest_media()
-        self._outgoing.append((True, text, _UNTIMED if arrival_ns is None else arrival_ns))
-        self._queued_media += 1
-        self._wakeup.set()
+        self._outbox.put_media(text, UNTIMED if arrival_ns is None else arrival_ns)
 
     def send_mark(self, name: str) -> None:
         """Echo an agent's mark: the audio it sent before the mark has been played."""
         if self.state is not ConnectionState.OPEN:
             return
-        self._outgoing.append(
-            (
-                False,
-                build_mark(
-                    sequence_number=self._next_sequence_number(),
-                    stream_sid=self.stream_sid,
-                    name=name,
-                ),
-                _UNTIMED,
+        self._outbox.put(
+            build_mark(
+                sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, name=name
             )
         )
-        self._wakeup.set()
+        self.stats.marks_sent += 1
 
     def send_dtmf(self, digit: str) -> None:
         """Tell the agent the caller pressed a key; never dropped, like a mark."""
@@ -219,9 +200,8 @@ class AgentConnection:
         text = build_dtmf(
             sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, digit=digit
         )
-        self._outgoing.append((False, text, _UNTIMED))
+        self._outbox.put(text)
         self.stats.dtmf_sent += 1
-        self._wakeup.set()
 
     def describe(self) -> dict[str, Any]:
         """The connection's stream, close and counters, for the API and the call's record."""
@@ -242,37 +222,9 @@ class AgentConnection:
         self._sequence_number += 1
         return self._sequence_number
 
-    def _drop_oldest_media(self) -> None:
-        """Make room by dropping the oldest queued caller audio, never a mark."""
-        for index, (is_media, _, _) in enumerate(self._outgoing):
-            if is_media:
-                del self._outgoing[index]
-                self._queued_media -= 1
-                self.stats.media_dropped += 1
-                return
-
-    async def _write_loop(self) -> None:
-        """Drain the outgoing queue; once closing, drain what is left and stop."""
-        try:
-            while True:
-                while self._outgoing:
-                    is_media, text, arrival_ns = self._outgoing.popleft()
-                    if is_media:
-                        self._queued_media -= 1
-                    await self.ws.send_str(text)
-                    if is_media:
-                        self.stats.media_sent += 1
-                        if arrival_ns != _UNTIMED:
-                            self.sink.on_caller_audio_sent(arrival_ns, self._clock.monotonic_ns())
-                    else:
-                        self.stats.marks_sent += 1
-                if self.state is not ConnectionState.OPEN:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-        except ConnectionError:
-            # The socket went away; the reader sees the same and ends the connection.
-            return
+    def _media_written(self, arrival_ns: int) -> None:
+        """Caller audio reached the agent's socket: the sink learns how long the server held it."""
+        self.sink.on_caller_audio_sent(arrival_ns, self._clock.monotonic_ns())
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -352,7 +304,7 @@ class AgentConnection:
         """Close on a protocol violation, telling the agent what was wrong."""
         self.log.warning("agent.protocol_error", close_code=close_code, reason=reason)
         self._note_close(close_code, reason, "server")
-        await self._stop_writer()
+        await self._outbox.stop()
         await self.ws.close(code=close_code, message=build_close_reason(reason))
 
     async def _end_from_reader(self, reason: str) -> None:
@@ -360,20 +312,13 @@ class AgentConnection:
         if self.state is not ConnectionState.OPEN:
             return  # close() is under way and finishes the job
         self.state = ConnectionState.CLOSED
-        await self._stop_writer()
+        await self._outbox.stop()
         await self.ws.close()
         if self.closed_by is None:  # no close frame: the connection was lost
             self._note_close(self.ws.close_code, reason, "agent")
         self._closed.set()
         self.log.info("agent.ended", reason=reason, **self._stats_fields())
         self.sink.on_agent_ended(reason)
-
-    async def _stop_writer(self) -> None:
-        """Cancel the writer task and wait for it."""
-        writer, self._writer = self._writer, None
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -383,26 +328,15 @@ class AgentConnection:
             await self._closed.wait()
             return
         self.state = ConnectionState.CLOSING
-        self._outgoing.append(
-            (
-                False,
-                build_stop(
-                    sequence_number=self._next_sequence_number(),
-                    stream_sid=self.stream_sid,
-                    call_sid=self.call_id,
-                    account_sid=self.account_sid,
-                ),
-                _UNTIMED,
+        self._outbox.put(
+            build_stop(
+                sequence_number=self._next_sequence_number(),
+                stream_sid=self.stream_sid,
+                call_sid=self.call_id,
+                account_sid=self.account_sid,
             )
         )
-        self._wakeup.set()
-        writer = self._writer
-        if writer is not None:
-            # A slow agent does not hold the call's end hostage: the flush has a deadline.
-            done, _ = await asyncio.wait({writer}, timeout=self.close_timeout_s)
-            if not done:
-                self.stats.media_dropped += self._queued_media
-        await self._stop_writer()
+        await self._outbox.drain(self.close_timeout_s)
         code = compute_close_code(reason)
         self._note_close(code, reason, "server")
         await self.ws.close(code=code, message=build_close_reason(reason))
@@ -419,15 +353,11 @@ class AgentConnection:
 
     def _stats_fields(self) -> dict[str, int]:
         """The counters as log fields."""
+        outbox = self._outbox
         return {
-            "media_sent": self.stats.media_sent,
-            "media_dropped": self.stats.media_dropped,
-            "marks_sent": self.stats.marks_sent,
-            "dtmf_sent": self.stats.dtmf_sent,
-            "media_received": self.stats.media_received,
-            "marks_received": self.stats.marks_received,
-            "clears_received": self.stats.clears_received,
-            "messages_ignored": self.stats.messages_ignored,
+            "media_sent": outbox.media_sent,
+            "media_dropped": outbox.media_dropped,
+            **asdict(self.stats),
         }
 
 

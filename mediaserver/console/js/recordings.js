@@ -116,10 +116,12 @@ function renderRow(item) {
   );
 }
 
+// From the call's record of its caller leg (stored recordings); a call still recording has only
+// its channel codec.
 function callerDescription(item) {
-  const legs = item.legs || {};
-  const transport = (legs.caller && legs.caller.transport) || (item.metadata && item.metadata.caller) || null;
-  const codec = (item.codecs && item.codecs.caller) || null;
+  const caller = (item.legs && item.legs.caller) || {};
+  const transport = caller.transport || null;
+  const codec = caller.codec || (item.codecs && item.codecs.caller) || null;
   return [transport, codec].filter(Boolean).join(" / ") || "—";
 }
 
