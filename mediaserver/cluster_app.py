@@ -8,11 +8,21 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from mediaserver.api.keys import HUB, LOAD, LOCAL_NODE, NODE_CLIENT, REDIS, REGISTRY, SETTINGS
+from mediaserver.api.keys import (
+    HUB,
+    LOAD,
+    LOCAL_NODE,
+    NODE_CLIENT,
+    REDIS,
+    REGISTRY,
+    RESERVATIONS,
+    SETTINGS,
+)
 from mediaserver.cluster.local_node import LocalNode
 from mediaserver.cluster.node_client import NodeClient
 from mediaserver.cluster.redis_connection import open_redis
 from mediaserver.cluster.registry import NodeRegistry
+from mediaserver.cluster.reservations import Reservations
 from mediaserver.settings import resolve_node_id
 
 log = structlog.get_logger(__name__)
@@ -49,6 +59,7 @@ async def cluster_context(app: web.Application) -> AsyncIterator[None]:
         return
     registry = NodeRegistry(app[REDIS], describe=local.record, live_call_ids=local.live_call_ids)
     app[REGISTRY] = registry
+    app[RESERVATIONS] = Reservations()
     async with aiohttp.ClientSession() as session:
         app[NODE_CLIENT] = NodeClient(session, node_id=local.node_id)
         heartbeat = asyncio.create_task(registry.run(), name="cluster.heartbeat")

@@ -90,6 +90,26 @@ class Scenario:
         await live.wait_for(f"!!document.querySelector({json.dumps(other_row)})", timeout_s=8)
         self.seen["live_refresh_s"] = time.monotonic() - shown_at
         await self.screenshot(live, "live")
+        # The filter narrows the rows as one types (call id, metadata, transports).
+        listed = (
+            "[...document.querySelectorAll('[data-testid=live-call-row]')]"
+            ".map(r => r.dataset.callId)"
+        )
+        filtered = {}
+        for text, expected in ((other[:12], 1), ("WebRTC", 1), ('"x":1', 1)):
+            await live.type_into("[data-testid=live-filter]", text)
+            await live.wait_for(f"{listed}.length === {expected}", timeout_s=5)
+            filtered[text] = await live.evaluate(listed)
+        self.seen["live_filter_count"] = await live.evaluate(
+            "document.getElementById('count').textContent"
+        )
+        await live.evaluate(
+            "(() => { const f = document.querySelector('[data-testid=live-filter]');"
+            " f.value = ''; f.dispatchEvent(new Event('input')); return true; })()"
+        )
+        await live.wait_for(f"{listed}.length === 2", timeout_s=5)
+        filtered["(cleared)"] = await live.evaluate(listed)
+        self.seen["live_filtered"] = filtered
         await live.click(f"{other_row} [data-testid=end-call]")
         await live.wait_for(f"!document.querySelector({json.dumps(other_row)})", timeout_s=8)
         async with self.client.get(f"{self.base}/v1/calls/{other}") as r:

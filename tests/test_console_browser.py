@@ -84,6 +84,21 @@ def test_live_page_shows_the_call_and_ends_another(seen: dict[str, Any]) -> None
     assert seen["live_rows_after_end"] == [seen["try_call_id"]]
 
 
+def test_live_page_filter_narrows_the_calls_by_id_transport_and_metadata(
+    seen: dict[str, Any],
+) -> None:
+    """Typing in the filter keeps the matching calls: by id, by transport (any case), by
+    metadata; the count says how many are shown; clearing it shows both again."""
+    filtered = seen["live_filtered"]
+    try_call = seen["try_call_id"]
+    (other,) = [call_id for call_id in filtered["(cleared)"] if call_id != try_call]
+    assert filtered[other[:12]] == [other]
+    assert filtered["WebRTC"] == [try_call]  # the other call has no caller leg yet
+    assert filtered['"x":1'] == [other]  # its metadata
+    assert seen["live_filter_count"] == "2 calls, 1 shown"
+    assert sorted(filtered["(cleared)"]) == sorted([try_call, other])
+
+
 def test_try_it_echo_puts_the_caller_on_the_right_one_delay_later(seen: dict[str, Any]) -> None:
     """The echo agent's answer is the caller's own audio, 1 s (plus the relay) later."""
     assert seen["recording_link"] == f"/recordings/{seen['try_call_id']}"

@@ -19,11 +19,20 @@ from yarl import URL
 from mediaserver.api.auth import PRINCIPAL
 from mediaserver.api.calls import describe_session
 from mediaserver.api.errors import Handler
-from mediaserver.api.keys import HUB, LOCAL_NODE, NODE_CLIENT, REGISTRY, TOKENS
-from mediaserver.cluster.node_client import PLACED_BY_HEADER
+from mediaserver.api.keys import (
+    HUB,
+    LOAD,
+    LOCAL_NODE,
+    NODE_CLIENT,
+    REGISTRY,
+    RESERVATIONS,
+    TOKENS,
+)
+from mediaserver.cluster.node_client import PLACED_BY_HEADER, RECORDED_AT_HEADER
 from mediaserver.cluster.node_record import NodeRecord
-from mediaserver.cluster.placement import rank_nodes
+from mediaserver.cluster.placement import call_load, rank_nodes
 from mediaserver.cluster.redirect_token import QUERY_PARAMETER, build_redirect_token
+from mediaserver.cluster.registry import now_ms
 from mediaserver.errors import ClusterUnavailableError, OverloadedError
 
 log = structlog.get_logger(__name__)
@@ -101,19 +110,28 @@ async def _place_new_call(request: web.Request, handler: Handler) -> web.StreamR
     if PLACED_BY_HEADER in request.headers:
         return await _serve_here(request, handler)  # placed by another node: never bounced on
     local = request.app[LOCAL_NODE]
+    reservations = request.app[RESERVATIONS]
     try:
-        ranked = rank_nodes(await request.app[REGISTRY].nodes(), local.node_id)
+        nodes = await request.app[REGISTRY].nodes()
     except ClusterUnavailableError as exc:
         log.warning("cluster.placed_locally", reason=str(exc))
         return await _serve_here(request, handler)
-    for node in ranked:
+    # Counting the calls other requests are placing right now: a burst spreads too.
+    per_call = call_load(request.app[LOAD].limits)
+    for node in rank_nodes(reservations.apply(nodes, per_call, now_ms()), local.node_id):
         if node.node_id == local.node_id:
             try:
-                return await _serve_here(request, handler)
+                with reservations.hold(node.node_id):  # until the hub holds the call
+                    created = await handler(request)
             except OverloadedError:
                 continue  # admitted by its record a moment ago, full now: try the next node
-        body = await request.read()  # cached: the handler reads it again if this node serves
-        response = await request.app[NODE_CLIENT].forward(node, request, body)
+            return await _claim(request, created)
+        with reservations.hold(node.node_id):
+            body = await request.read()  # cached: the handler reads it again if served here
+            response = await request.app[NODE_CLIENT].forward(node, request, body)
+            if response is not None and response.status == 201:
+                shown_from = response.headers.popall(RECORDED_AT_HEADER, [""])[0]
+                reservations.landed(node.node_id, int(shown_from) if shown_from else now_ms())
         if response is not None:
             log.info("cluster.call_forwarded", node_id=node.node_id, path=request.path)
             return response
@@ -123,10 +141,17 @@ async def _place_new_call(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _serve_here(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Create the call on this node and map it to this node in the registry."""
-    response = await handler(request)
+    return await _claim(request, await handler(request))
+
+
+async def _claim(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Map a call created here to this node in the registry; the creation's response."""
     location = response.headers.get("Location")
     if response.status == 201 and location:
-        await request.app[REGISTRY].claim_call(location.rstrip("/").rsplit("/", 1)[-1])
+        call_id = location.rstrip("/").rsplit("/", 1)[-1]
+        recorded_at_ms = await request.app[REGISTRY].claim_call(call_id)
+        if recorded_at_ms is not None and PLACED_BY_HEADER in request.headers:
+            response.headers[RECORDED_AT_HEADER] = str(recorded_at_ms)
     return response
 
 

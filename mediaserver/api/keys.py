@@ -14,6 +14,7 @@ from mediaserver.calls import CallHub
 from mediaserver.cluster.local_node import LocalNode
 from mediaserver.cluster.node_client import NodeClient
 from mediaserver.cluster.registry import NodeRegistry
+from mediaserver.cluster.reservations import Reservations
 from mediaserver.encryption.keyring import Keyring
 from mediaserver.finalizer import Finalizer
 from mediaserver.jobs.scheduler import JobScheduler
@@ -48,4 +49,5 @@ LOCAL_NODE = web.AppKey("local_node", LocalNode)
 REDIS = web.AppKey("redis", Redis)
 REGISTRY = web.AppKey("registry", NodeRegistry)
 NODE_CLIENT = web.AppKey("node_client", NodeClient)
+RESERVATIONS = web.AppKey("reservations", Reservations)  # new calls being placed from here
 KEYRING = web.AppKey("keyring", Keyring)  # with encryption = envelope only

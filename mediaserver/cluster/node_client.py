@@ -17,6 +17,8 @@ log = structlog.get_logger(__name__)
 
 # The node that placed a call on another sends this: the receiver creates it, never forwards it.
 PLACED_BY_HEADER = "X-Mediaserver-Placed-By"
+# ...and the node that took it answers with the `updated_at_ms` of its first record counting it.
+RECORDED_AT_HEADER = "X-Mediaserver-Recorded-At"
 # What a forwarded request carries over from the client's: its credentials and its body's type.
 FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "Cookie", "Origin", "Accept")
 # What a relayed response leaves out: hop-by-hop headers and those aiohttp sets itself.

@@ -17,6 +17,14 @@ def compute_load(limits: AdmissionLimits, sample: LoadSample) -> float:
     return max(shares)
 
 
+def call_load(limits: AdmissionLimits) -> float:
+    """The load one more call adds, as compute_load counts it before the CPU has shown it."""
+    shares = [1 / limits.max_calls]
+    if limits.max_cpu_share:
+        shares.append(limits.call_cpu_share / limits.max_cpu_share)
+    return max(shares)
+
+
 def rank_nodes(nodes: Sequence[NodeRecord], self_id: str) -> list[NodeRecord]:
     """Nodes that take calls, best first: least loaded, then this node, then by id."""
     candidates = [n for n in nodes if n.state is NodeState.READY and n.admits]

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from mediaserver.cluster.node_record import NodeRecord, parse_node_fields
@@ -96,11 +97,7 @@ class NodeRegistry:
         ended = self._published_calls - live
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                key = node_key(record.node_id)
-                fields: dict[Any, Any] = dict(record.to_fields())
-                pipe.hset(key, mapping=fields)
-                pipe.pexpire(key, NODE_TTL_MS)
-                pipe.zadd(NODES_KEY, {record.node_id: record.updated_at_ms})
+                self._add_record(pipe, record)
                 for call_id in live:
                     pipe.set(call_key(call_id), record.node_id, px=CALL_TTL_MS)
                 if ended:
@@ -117,13 +114,21 @@ class NodeRegistry:
         self._published_calls = live
         return True
 
-    async def claim_call(self, call_id: str) -> None:
-        """Map a new call to this node now (the heartbeat renews it); logged if Redis is away."""
+    async def claim_call(self, call_id: str) -> int | None:
+        """Map a new call to this node and publish the record that counts it, before the call's
+        creation is answered; the heartbeat renews both. That record's `updated_at_ms`, or None
+        (logged) while Redis is away."""
+        record = self._describe()
+        self.publish_soon()
         try:
-            await self.redis.set(call_key(call_id), self.node_id, px=CALL_TTL_MS)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(call_key(call_id), record.node_id, px=CALL_TTL_MS)
+                self._add_record(pipe, record)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cluster.call_claim_failed", call_id=call_id, error=str(exc))
-        self.publish_soon()
+            return None
+        return record.updated_at_ms
 
     async def owner_of(self, call_id: str) -> NodeRecord | None:
         """The node that owns a live call, if any node does."""
@@ -179,6 +184,15 @@ class NodeRegistry:
             log.warning("cluster.leave_failed", error=str(exc))
             return
         log.info("cluster.left", node_id=node_id)
+
+    @staticmethod
+    def _add_record(pipe: Pipeline, record: NodeRecord) -> None:
+        """Queue the commands that write a node's record with its TTL, and index it."""
+        key = node_key(record.node_id)
+        fields: dict[Any, Any] = dict(record.to_fields())
+        pipe.hset(key, mapping=fields)
+        pipe.pexpire(key, NODE_TTL_MS)
+        pipe.zadd(NODES_KEY, {record.node_id: record.updated_at_ms})
 
     async def _read_node(self, node_id: str) -> NodeRecord | None:
         """One node's record, None if it expired."""

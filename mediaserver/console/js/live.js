@@ -8,7 +8,25 @@ import { formatDuration } from "./format.js";
 const REFRESH_S = 2;
 const rows = byId("rows");
 const notice = byId("notice");
+const filter = byId("live-filter");
 const ending = new Set();
+let lastCalls = [];
+filter.value = new URLSearchParams(location.search).get("q") || "";
+
+// What the filter looks in: the call id, its metadata, how each leg is carried, the agent's URL.
+function searchableText(call) {
+  const caller = call.legs.caller;
+  const agent = call.legs.agent;
+  return [call.call_id, JSON.stringify(call.metadata || {}), caller.kind, call.caller_codec, agent.kind, agent.url]
+    .filter(Boolean)
+    .join("\n")
+    .toLowerCase();
+}
+
+function matching(calls) {
+  const words = filter.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+  return calls.filter((call) => words.every((word) => searchableText(call).includes(word)));
+}
 
 function renderRow(call, nowMs) {
   const caller = call.legs.caller;
@@ -53,26 +71,41 @@ async function endCall(callId, button) {
   await refresh();
 }
 
+function render(now) {
+  const calls = lastCalls;
+  const shown = matching(calls);
+  // Rows are rebuilt: keep the keyboard focus on the same call's button.
+  const focused = document.activeElement && document.activeElement.closest("tr[data-call-id]");
+  const focusedId = focused ? focused.dataset.callId : null;
+  rows.replaceChildren(...shown.map((call) => renderRow(call, now)));
+  if (focusedId) {
+    const again = rows.querySelector(`tr[data-call-id="${CSS.escape(focusedId)}"] button`);
+    if (again) again.focus();
+  }
+  byId("empty").hidden = calls.length > 0;
+  const total = calls.length === 1 ? "1 call" : `${calls.length} calls`;
+  byId("count").textContent = shown.length === calls.length ? total : `${total}, ${shown.length} shown`;
+}
+
 async function refresh() {
   try {
     const { body } = await api("/v1/calls");
     const now = Date.now();
-    const calls = [...body.calls].sort((a, b) => b.created_at_ns - a.created_at_ns);
-    // Rows are rebuilt: keep the keyboard focus on the same call's button.
-    const focused = document.activeElement && document.activeElement.closest("tr[data-call-id]");
-    const focusedId = focused ? focused.dataset.callId : null;
-    rows.replaceChildren(...calls.map((call) => renderRow(call, now)));
-    if (focusedId) {
-      const again = rows.querySelector(`tr[data-call-id="${CSS.escape(focusedId)}"] button`);
-      if (again) again.focus();
-    }
-    for (const callId of [...ending]) if (!calls.some((call) => call.call_id === callId)) ending.delete(callId);
-    byId("empty").hidden = calls.length > 0;
-    byId("count").textContent = calls.length === 1 ? "1 call" : `${calls.length} calls`;
+    lastCalls = [...body.calls].sort((a, b) => b.created_at_ns - a.created_at_ns);
+    render(now);
+    for (const callId of [...ending]) if (!lastCalls.some((call) => call.call_id === callId)) ending.delete(callId);
     byId("updated").textContent = `updated ${new Date(now).toLocaleTimeString()}`;
   } catch (error) {
     showNotice(notice, error.message, { error: true });
   }
 }
+
+filter.addEventListener("input", () => {
+  const params = new URLSearchParams(location.search);
+  if (filter.value.trim()) params.set("q", filter.value.trim());
+  else params.delete("q");
+  history.replaceState(null, "", params.toString() ? "?" + params : location.pathname);
+  render(Date.now());
+});
 
 repeat(refresh, REFRESH_S);
