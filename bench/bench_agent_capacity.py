@@ -573,7 +573,12 @@ CATEGORIES = (
         ("playout.py", "calls.py", "session.py", "agent_bridge.py", "sequencer.py"),
     ),
     ("metrics/admission", ("metrics.py", "admission.py", "prometheus")),
-    ("event loop", ("base_events", "selectors.py", "events.py", "selector_events")),
+    # Samples whose innermost Python frame is the loop's runner are in uvloop's C code: polling,
+    # dispatching callbacks, socket writes of the transports.
+    (
+        "event loop",
+        ("base_events", "selectors.py", "events.py", "selector_events", "asyncio/runners.py"),
+    ),
 )
 
 
