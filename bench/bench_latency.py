@@ -55,7 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_agent_capacity import Load, build_agent_chunk, build_speechlike_opus
-from common import print_table
+from common import print_table, set_autogroup_nice
 from loopback_capture import WS_TEXT, Capture, LoopbackCapture, read_websocket_frames
 from webrtc_load import LoadCaller, LoadPlan, build_opus_tone_packets, run_load_process
 
@@ -204,9 +204,12 @@ def start_server(
     if nice:
         command = ["nice", "-n", str(nice), *command]
     log = (work / "server.log").open("wb")
-    return subprocess.Popen(
+    server = subprocess.Popen(
         command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    if nice:
+        set_autogroup_nice(server.pid, nice)  # its own session: nice alone would not rank it
+    return server
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -778,7 +781,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--capacity",
-        default="rtp=100,webrtc=18",
+        default="rtp=60,webrtc=30",
         help="calls per core with agents (bench_agent_capacity.py's figures); half is run",
     )
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per step")
