@@ -319,7 +319,7 @@ class Load:
     """N calls against one server: set up, run, end, and the stored recordings checked."""
 
     def __init__(
-        self, base: str, transport: str, opus: list[bytes], agent_chunk: bytes, phases: int
+        self, base: str, transport: str, opus: list[bytes], agent_chunk: bytes, phases: int = 10
     ) -> None:
         self.base = base
         # Independent calls send at independent moments: call i sends in phase i % phases of

@@ -299,7 +299,7 @@ class BackgroundLoad:
         self._conn.send("stop")
         await asyncio.to_thread(self._conn.recv)
         self._process.join(60)
-        if self._process.is_alive():
+        if self._process.is_alive() and self._process.pid is not None:
             os.killpg(self._process.pid, signal.SIGKILL)
 
 

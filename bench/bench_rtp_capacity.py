@@ -123,10 +123,14 @@ class JournalSink:
 class BenchLeg(Protocol):
     """What the benchmark asks of a caller leg: the shipped transport or the reference."""
 
-    payload_type: int
     packets_in: int
     packets_out: int
     unsent: int
+
+    @property
+    def payload_type(self) -> int:
+        """The payload type the leg sends."""
+        ...
 
     async def start(self) -> int:
         """Bind a port and start reading; returns the port."""
