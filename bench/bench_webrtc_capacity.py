@@ -328,7 +328,7 @@ def run_server_process(
     nice: int,
 ) -> None:
     """The server process's entry point: its own process group, CPU and priority."""
-    os.setpgrp()  # the orchestrator kills the group: the recorder's worker processes too
+    os.setsid()  # the orchestrator kills the group (the recorder's workers too); own autogroup
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     if nice:

@@ -152,6 +152,9 @@ def set_autogroup_nice(pid: int, nice: int) -> None:
 
 
 def renice(nice: int) -> None:
-    """Change this process's niceness by `nice`, its session's autogroup with it."""
+    """Change this process's niceness by `nice`; a session leader's autogroup changes with it."""
     os.nice(nice)
-    set_autogroup_nice(os.getpid(), os.nice(0))
+    if os.getsid(0) == os.getpid():
+        # Only a process that leads its own session owns its autogroup: renicing the autogroup
+        # of a shell's session would change every command that shell runs afterwards.
+        set_autogroup_nice(os.getpid(), os.nice(0))

@@ -423,7 +423,7 @@ async def run_load(conn: Connection, plan: LoadPlan) -> None:
 
 def run_load_process(conn: Connection, plan: LoadPlan) -> None:
     """The load process's entry point: its own process group, CPU and priority, then the load."""
-    os.setpgrp()  # the orchestrator kills the whole group, whatever it spawned
+    os.setsid()  # the orchestrator kills the whole group, whatever it spawned; own autogroup
     if plan.cpu is not None:
         os.sched_setaffinity(0, {plan.cpu})
     if plan.nice:
