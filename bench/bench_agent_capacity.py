@@ -187,9 +187,14 @@ def build_agent_chunk() -> bytes:
 
 
 def start_server(
-    work: Path, port: int, cpu: int | None, extra_env: dict[str, str], nice: int = 0
-) -> Any:
-    """`mediaserver serve` in its own process group, pinned to `cpu`."""
+    work: Path,
+    port: int,
+    cpu: int | None,
+    extra_env: dict[str, str],
+    nice: int = 0,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """`mediaserver serve` in a session of its own, pinned to `cpu`."""
     env = {
         **os.environ,
         "MEDIASERVER_PORT": str(port),
@@ -213,10 +218,10 @@ def start_server(
         command = ["nice", "-n", str(nice), *command]
     log = (work / "server.log").open("wb")
     server = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     if nice:
-        set_autogroup_nice(server.pid, nice)
+        set_autogroup_nice(server.pid, nice)  # its own session: nice alone would not rank it
     return server
 
 

@@ -55,7 +55,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_agent_capacity import Load, build_agent_chunk, build_speechlike_opus
-from common import print_table, set_autogroup_nice
+from bench_agent_capacity import start_server as start_capacity_server
+from common import print_table
 from loopback_capture import WS_TEXT, Capture, LoopbackCapture, read_websocket_frames
 from webrtc_load import LoadCaller, LoadPlan, build_opus_tone_packets, run_load_process
 
@@ -176,40 +177,17 @@ def describe_worktree() -> str:
 def start_server(
     tree: Path, work: Path, port: int, cpu: int | None, nice: int
 ) -> subprocess.Popen[bytes]:
-    """`mediaserver serve` from a source tree, pinned to `cpu`, in its own process group."""
+    """`mediaserver serve` from a source tree, pinned to `cpu`, in a session of its own."""
     env = {
-        **os.environ,
         # Run from the tree: its directory comes first on sys.path, before the installed package.
         "PYTHONPATH": str(tree),
-        "MEDIASERVER_PORT": str(port),
-        "MEDIASERVER_API_TOKEN": TOKEN,
-        "MEDIASERVER_SPOOL_PATH": str(work / "spool"),
-        "AUDIO_STORAGE_PATH": str(work / "recordings"),
-        "MEDIASERVER_LOG_LEVEL": "warning",
-        "MEDIASERVER_LOG_FORMAT": "json",
-        "MEDIASERVER_ICE_HOST_ADDRESSES": HOST,
-        "MEDIASERVER_FINALIZE_WORKERS": "1",
         "MEDIASERVER_DRAIN_TIMEOUT_S": "2",
         "MEDIASERVER_FINALIZE_TIMEOUT_S": "2",
-        # The load is what this bench chooses; the node's admission guards must not refuse it.
-        "MEDIASERVER_MAX_CPU_SHARE": "0",
-        "MEDIASERVER_MAX_LOOP_LAG_MS": "0",
         # Every caller packet goes to the agent, so the k-th packet is the k-th media message
         # even when a starved probe sends a burst (trees without the setting ignore it).
         "MEDIASERVER_CALLER_BACKLOG_MS": "0",
     }
-    command = [sys.executable, "-m", "mediaserver", "serve"]
-    if cpu is not None:
-        command = ["taskset", "-c", str(cpu), *command]
-    if nice:
-        command = ["nice", "-n", str(nice), *command]
-    log = (work / "server.log").open("wb")
-    server = subprocess.Popen(
-        command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    if nice:
-        set_autogroup_nice(server.pid, nice)  # its own session: nice alone would not rank it
-    return server
+    return start_capacity_server(work, port, cpu, env, nice, cwd=tree)
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
