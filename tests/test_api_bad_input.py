@@ -251,6 +251,32 @@ def test_agent_socket_rate_that_is_not_ascii_digits_is_refused(server_port: int)
         assert words in json.loads(body)["error"]["message"]
 
 
+def test_agent_socket_handshake_headers_that_are_not_utf8_are_refused(server_port: int) -> None:
+    """Upgrade, Connection or version headers holding bytes that are not UTF-8: 400, not 500."""
+    created = _raw_request(
+        server_port, "POST", b"/v1/calls", [BEARER_HEADER, b"Content-Type: " + JSON], b"{}"
+    )
+    call_id = json.loads(_status_and_body(created)[1])["call_id"]
+    good = {
+        b"Upgrade": b"websocket",
+        b"Connection": b"Upgrade",
+        b"Sec-WebSocket-Version": b"13",
+    }
+    for name, words in (
+        (b"Upgrade", "Upgrade: websocket"),
+        (b"Connection", "Connection: Upgrade"),
+        (b"Sec-WebSocket-Version", "Sec-WebSocket-Version: 13"),
+    ):
+        headers = [BEARER_HEADER, b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+        headers += [
+            key + b": " + (b"\xfe\xd6" if key == name else value) for key, value in good.items()
+        ]
+        target = f"/v1/calls/{call_id}/agent".encode()
+        status, body = _status_and_body(_raw_request(server_port, "GET", target, headers, b""))
+        assert status == 400, body
+        assert words in json.loads(body)["error"]["message"]
+
+
 # -- the parsers --------------------------------------------------------------------------------
 
 

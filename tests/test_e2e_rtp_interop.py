@@ -400,9 +400,11 @@ async def test_dtmf_one_two_pound_reaches_the_agent_in_order_and_the_manifest(
         ), (event, gaps)
     for start, _ in gaps:
         assert min(abs(event["at_s"] - start) for event in events) <= 0.045, (start, events)
-    # And they are as far apart as they were pressed (250 ms + 300 ms, give or take the sender).
+    # And they are as far apart as they were pressed (250 ms + 300 ms), give or take the sender:
+    # a process that sleeps between keys, late by up to ~0.1 s on a busy machine. Where each key
+    # lies against the audio is checked to 45 ms above.
     spacing = [b["at_s"] - a["at_s"] for a, b in itertools.pairwise(events)]
-    assert all(0.5 <= step <= 0.62 for step in spacing), spacing
+    assert all(0.5 <= step <= 0.7 for step in spacing), spacing
     # The key packets are not audio: the caller channel holds only the Opus packets.
     caller_report = next(c for c in manifest["channels"] if c["channel"] == "caller")
     assert caller_report["stats"]["malformed"] == 0

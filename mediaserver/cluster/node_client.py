@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from mediaserver.cluster.node_record import NodeRecord
 from mediaserver.errors import CallStateError, ClusterUnavailableError, UnknownCallError
+from mediaserver.transports.agent import check_websocket_handshake
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +108,7 @@ class NodeClient:
         self, node: NodeRecord, request: web.Request
     ) -> web.WebSocketResponse:
         """Relay a WebSocket to the same path on `node`, frames and close codes both ways."""
+        check_websocket_handshake(request)  # before asking the owner to take it
         url = websocket_url(node.public_url.rstrip("/")) + request.path_qs
         headers = pick_headers(request.headers, ("Authorization", "Cookie"))
         try:

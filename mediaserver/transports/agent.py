@@ -52,6 +52,7 @@ DEFAULT_HEARTBEAT_S = 15.0
 # 5 s of 20 ms caller chunks: enough to ride out a hiccup, small enough to stay near real time.
 DEFAULT_SEND_QUEUE_MESSAGES = 250
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
+_WEBSOCKET_VERSIONS = ("13", "8", "7")  # what aiohttp accepts: RFC 6455's 13 and two drafts
 
 
 def compute_close_code(reason: str) -> int:
@@ -361,6 +362,20 @@ class AgentConnection:
         }
 
 
+def check_websocket_handshake(request: web.Request) -> None:
+    """Refuse, with AgentProtocolError (400), a request that is no WebSocket handshake."""
+    headers = request.headers
+    # RFC 6455 §4.2.1. aiohttp checks the same but quotes the header in its error text, which
+    # cannot be encoded when the header holds bytes that are not UTF-8: checked here first.
+    if headers.get("Upgrade", "").strip().lower() != "websocket":
+        raise AgentProtocolError("this route takes a WebSocket: send `Upgrade: websocket`")
+    # Connection is a list, and may come in several header lines (RFC 9110 §5.3, §7.6.1).
+    if not any("upgrade" in value.lower() for value in headers.getall("Connection", [])):
+        raise AgentProtocolError("this route takes a WebSocket: send `Connection: Upgrade`")
+    if headers.get("Sec-WebSocket-Version", "") not in _WEBSOCKET_VERSIONS:
+        raise AgentProtocolError("this route takes a WebSocket: send `Sec-WebSocket-Version: 13`")
+
+
 async def accept(
     request: web.Request,
     *,
@@ -378,6 +393,7 @@ async def accept(
     # Without `audio_format` the format comes from the URL query (`?format=l16&rate=16000`); a
     # bad query raises AgentProtocolError before the upgrade, for the handler to answer 400.
     chosen = audio_format or parse_audio_format_query(request.query)
+    check_websocket_handshake(request)
     ws = web.WebSocketResponse(
         heartbeat=heartbeat_s,
         max_msg_size=compute_max_message_bytes(max_payload_bytes),
