@@ -150,6 +150,9 @@ class StepResult:
     drift_corrections: int
     refused: int
     server_drops: dict[str, float] = field(default_factory=dict)
+    # The same counters between the two scrapes around the measured seconds, to tell losses
+    # of the steady state from those of setting calls up or ending them.
+    window_drops: dict[str, float] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -704,6 +707,11 @@ async def run_step(
         drift_corrections=drift,
         refused=load.refused,
         server_drops={k: v for k, v in final.dropped.items() if v},
+        window_drops={
+            k: v - before.dropped.get(k, 0.0)
+            for k, v in after.dropped.items()
+            if v - before.dropped.get(k, 0.0)
+        },
         profile=profile,
     )
 
@@ -777,7 +785,10 @@ async def main_async(args: argparse.Namespace) -> None:
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
             if result.server_drops:
-                print(f"server drop counters {transport} x{count}: {result.server_drops}")
+                print(
+                    f"server drop counters {transport} x{count}: {result.server_drops}"
+                    f" (in the measured seconds: {result.window_drops or 0})"
+                )
             if args.admission:
                 print(overload_verdict(result), flush=True)
             if result.profile:
