@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_timeline_properties import arbitrary_packets, configs
 
 from mediaserver.recording.column_spill import ColumnSpill
 from mediaserver.recording.timeline import Timeline, TimelineConfig, compute_timeline
@@ -20,7 +21,6 @@ from mediaserver.recording.windowed_timeline import (
 )
 from mediaserver.rtp.media_packet import MediaPacket
 
-from test_timeline_properties import arbitrary_packets, configs
 from timeline_input import TimedPacket
 
 TINY = WindowSize(chunk_rows=3, reorder_rows=2, duplicate_span=2)
@@ -83,7 +83,9 @@ def place_both(
 def assert_same(whole: Timeline, windowed: WindowedTimeline, rows: np.ndarray) -> None:
     """Placement for placement and statistic for statistic."""
     assert windowed.stats == whole.stats
-    got = list(zip(rows["start"].tolist(), rows["duration"].tolist(), rows["index"].tolist()))
+    got = list(
+        zip(rows["start"].tolist(), rows["duration"].tolist(), rows["index"].tolist(), strict=True)
+    )
     assert got == [(p.start, p.duration, p.index) for p in whole.placements]
     assert rows["offset"].tolist() == [p.index * 1000 for p in whole.placements]
 
