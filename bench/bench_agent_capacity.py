@@ -150,7 +150,11 @@ class StepResult:
     drift_corrections: int
     refused: int
     server_drops: dict[str, float] = field(default_factory=dict)
+    # The same counters between the two scrapes around the measured seconds, to tell losses
+    # of the steady state from those of setting calls up or ending them.
+    window_drops: dict[str, float] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
+    native_profile: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -243,6 +247,55 @@ def start_profiler(pid: int, duration_s: float, output: Path) -> Any:
         "--nonblocking",
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_native_profiler(pid: int, duration_s: float, output: Path) -> Any:
+    """Linux perf sampling the server for `duration_s` (C and kernel time, which py-spy omits)."""
+    if shutil.which("perf") is None:
+        raise SystemExit("--native needs Linux perf (Debian: linux-perf)")
+    command = ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(output)]
+    command += ["--", "sleep", str(int(duration_s))]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# Kernel entry points of the live path, as `perf report --children` names them: where the
+# kernel's share of the server goes (on loopback a sender also pays for the receiver's TCP work).
+KERNEL_PATHS = (
+    ("kernel: TCP send (agent messages)", "tcp_sendmsg"),
+    ("kernel: UDP send (caller packets)", "udp_sendmsg"),
+    ("kernel: UDP receive (recvmsg)", "__sys_recvmsg"),
+    ("kernel: TCP receive", "tcp_recvmsg"),
+    ("kernel: epoll_wait", "do_epoll_wait"),
+)
+
+
+def summarize_native_profile(data: Path, top: int = 10) -> list[tuple[str, float]]:
+    """Share of perf samples per shared object, the kernel's paths, the busiest symbols."""
+
+    def report(sort: str, *flags: str) -> list[tuple[str, float]]:
+        command = ["perf", "report", "-i", str(data), "--sort", sort, "--stdio", "-q"]
+        text = subprocess.run(
+            [*command, "-g", "none", *flags], capture_output=True, text=True, check=False
+        ).stdout
+        rows = []
+        for line in text.splitlines():
+            fields = line.split()
+            if not fields or not fields[0].endswith("%"):
+                continue
+            try:
+                share = float(fields[0].rstrip("%"))
+            except ValueError:
+                continue
+            # With --children the second column is the self share: the name follows it.
+            self_column = "--children" in flags and fields[1:2] and fields[1].endswith("%")
+            name = fields[2:] if self_column else fields[1:]
+            rows.append((" ".join(name), share))
+        return rows
+
+    by_object = report("dso", "--no-children")[:top]
+    inclusive = dict(report("sym", "--children"))
+    kernel = [(label, inclusive.get(f"[k] {symbol}", 0.0)) for label, symbol in KERNEL_PATHS]
+    return by_object + kernel + report("dso,sym", "--no-children")[:top]
 
 
 def free_port() -> int:
@@ -625,6 +678,7 @@ async def run_step(
         extra.setdefault("MEDIASERVER_MAX_LOOP_LAG_MS", "20")
     server = start_server(work, port, args.server_cpu, extra, args.nice)
     profile: dict[str, float] = {}
+    native: list[tuple[str, float]] = []
     try:
         # Every agent's WebSocket holds a connection: aiohttp's default pool of 100 would
         # leave the 101st call's requests waiting for one of them to end.
@@ -648,12 +702,16 @@ async def run_step(
             raw = work / "profile.txt"
             if args.profile:
                 spy = start_profiler(server.pid, args.duration, raw)
+            elif args.native:
+                spy = start_native_profiler(server.pid, args.duration, work / "perf.data")
             await asyncio.sleep(args.duration)
             after = await snapshot(client, base, server.pid)
             if spy is not None:
                 await asyncio.to_thread(spy.wait)
                 if raw.exists():
                     profile = summarize_profile(raw)
+                elif (work / "perf.data").exists():
+                    native = summarize_native_profile(work / "perf.data")
             await load.end(client)
             manifests = await load.manifests(client)
             final = await snapshot(client, base, server.pid)
@@ -704,7 +762,13 @@ async def run_step(
         drift_corrections=drift,
         refused=load.refused,
         server_drops={k: v for k, v in final.dropped.items() if v},
+        window_drops={
+            k: v - before.dropped.get(k, 0.0)
+            for k, v in after.dropped.items()
+            if v - before.dropped.get(k, 0.0)
+        },
         profile=profile,
+        native_profile=native,
     )
 
 
@@ -777,13 +841,20 @@ async def main_async(args: argparse.Namespace) -> None:
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
             if result.server_drops:
-                print(f"server drop counters {transport} x{count}: {result.server_drops}")
+                print(
+                    f"server drop counters {transport} x{count}: {result.server_drops}"
+                    f" (in the measured seconds: {result.window_drops or 0})"
+                )
             if args.admission:
                 print(overload_verdict(result), flush=True)
             if result.profile:
                 print(f"profile {transport} x{count} (share of server samples):")
                 for name, share in result.profile.items():
                     print(f"  {name:28s} {share:5.1f}%")
+            if result.native_profile:
+                print(f"native profile {transport} x{count} (share of perf samples):")
+                for name, share in result.native_profile:
+                    print(f"  {share:5.1f}%  {name}")
     print_table(
         [
             "step",
@@ -822,6 +893,9 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="py-spy the server each step")
+    parser.add_argument(
+        "--native", action="store_true", help="Linux perf the server each step (C and kernel)"
+    )
     parser.add_argument(
         "--phases",
         type=int,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import json
 import statistics
 import sys
@@ -29,6 +30,13 @@ from common import print_table
 from webrtc_load import build_opus_tone_packets
 
 from mediaserver.audio.g711 import encode_pcmu
+from mediaserver.audio.libopus import (
+    OpusDecoder,
+    OpusFrameEncoder,
+    libopus_candidates,
+    libopus_version,
+    open_libopus,
+)
 from mediaserver.audio.opus_encoder import OpusEncoder
 from mediaserver.audio.transcoder import AgentAudioEncoder, CallerAudioDecoder
 from mediaserver.recording.channel import Codec
@@ -173,6 +181,37 @@ def main() -> None:
         f"codec and message work per call: {total_today / 1e4:.3f} % of a core today,"
         f" {total_earlier / 1e4:.3f} % before ({total_earlier / total_today:.2f}x)"
     )
+    compare_libopus_builds(opus, agent_pcm, args.repeats)
+
+
+def compare_libopus_builds(opus: list[bytes], agent_pcm: np.ndarray, repeats: int) -> None:
+    """Decode and encode cost of each libopus build this machine has; the first is the one used."""
+    rows: list[list[object]] = []
+    for name in libopus_candidates():
+        try:
+            lib = open_libopus(name)
+        except OSError:
+            continue
+        decode_us, encode_us = time_libopus(lib, opus, agent_pcm, repeats)
+        used = "used" if not rows else ""
+        rows.append([libopus_version(lib), name, f"{decode_us:.1f}", f"{encode_us:.1f}", used])
+    print_table(["libopus", "library", "decode -> 8 kHz us", "encode 8 kHz us", ""], rows)
+
+
+def time_libopus(
+    lib: ctypes.CDLL, opus: list[bytes], agent_pcm: np.ndarray, repeats: int
+) -> tuple[float, float]:
+    """Median µs of one decode to 8 kHz and one 8 kHz encode with one libopus build."""
+    decoder = OpusDecoder(8000, lib=lib)
+    encoder = OpusFrameEncoder(8000, lib=lib)
+
+    def decode(index: int) -> None:
+        decoder.decode(opus[index % PACKETS])
+
+    def encode(index: int) -> None:
+        encoder.encode(agent_pcm)
+
+    return per_call_us(decode, 2000, repeats), per_call_us(encode, 2000, repeats)
 
 
 if __name__ == "__main__":

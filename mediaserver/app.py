@@ -72,7 +72,7 @@ from mediaserver.jobs.state_store import JobStateStore
 from mediaserver.lifecycle.deletion import RecordingDeleter
 from mediaserver.lifecycle.gcs_mirror import GcsLifecycleMirror
 from mediaserver.lifecycle.retention import RecordingRetention
-from mediaserver.metrics import LoopLagMonitor, Metrics, Report
+from mediaserver.metrics import GcPauseMonitor, LoopLagMonitor, Metrics, Report
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import CallStatus
 from mediaserver.recording.manifest import Manifest
@@ -410,11 +410,12 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
-    """Measure event-loop lag for the metrics and for admission."""
+    """Measure event-loop lag (and the collector's pauses) for the metrics and for admission."""
     monitor = LoopLagMonitor(app[METRICS].loop_lag)
     app[LOOP_LAG] = monitor
-    async with _owned(monitor.run(), "metrics.loop_lag"):
-        yield
+    with GcPauseMonitor(app[METRICS].gc_pause):
+        async with _owned(monitor.run(), "metrics.loop_lag"):
+            yield
 
 
 def _load(clock: Clock) -> Context:

@@ -1,6 +1,7 @@
 """Prometheus metrics: counters read from the live objects at scrape time, and event-loop lag."""
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -95,6 +96,29 @@ class _LatencyCollector(Collector):
         )
 
 
+class GcPauseMonitor:
+    """Times each garbage collection by generation: a pause that the loop-lag figure shows too."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._started = 0.0
+
+    def __enter__(self) -> "GcPauseMonitor":
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        """gc's callback: called as each collection starts and stops."""
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            pause_s = time.perf_counter() - self._started
+            self.histogram.labels(generation=str(info["generation"])).observe(pause_s)
+
+
 class Metrics:
     """The server's registry (one per application, no global state)."""
 
@@ -103,6 +127,13 @@ class Metrics:
         self.loop_lag = Histogram(
             "mediaserver_event_loop_lag_seconds",
             "How late the event loop woke a sleeping task.",
+            buckets=LAG_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.gc_pause = Histogram(
+            "mediaserver_gc_pause_seconds",
+            "How long each garbage collection held the process, by generation.",
+            ["generation"],
             buckets=LAG_BUCKETS_S,
             registry=self.registry,
         )

@@ -25,6 +25,9 @@ class PlayoutFrame:
     arrival_ns: int = 0  # when the newest audio in the frame arrived (0: not given)
 
 
+_NOTHING = PlayoutFrame(None, ())  # a tick with neither audio nor marks (most silent ticks)
+
+
 class Playout:
     """Agent audio waiting to be played to the caller, paced by whoever calls `next_frame`."""
 
@@ -105,7 +108,7 @@ class Playout:
             if self._buffered_samples:
                 self._held_ticks += 1
             self._note_dry_tick()
-            return PlayoutFrame(None, tuple(marks))
+            return PlayoutFrame(None, tuple(marks)) if marks else _NOTHING
         if self._dry_ticks:
             self.behind_ticks += self._dry_ticks  # the stream resumed: it now plays that late
         self._dry_ticks = 0
@@ -159,6 +162,12 @@ class Playout:
 
     def _take_samples(self, count: int) -> tuple[Pcm, int]:
         """Pop up to `count` samples before the next mark, padded; and when they arrived."""
+        items = self._items
+        if items and not isinstance(head := items[0], str) and head[0].size == count:
+            # The common case: the agent's chunks are whole frames, played as they came.
+            items.popleft()
+            self._buffered_samples -= count
+            return head
         out = np.zeros(count, np.int16)
         filled = 0
         arrival_ns = 0

@@ -1,6 +1,7 @@
 """The server as operators run it: the CLI, graceful shutdown, health, metrics, dialling out."""
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -97,6 +98,7 @@ async def test_health_readiness_and_metrics(tmp_path: Path) -> None:
                 assert response.status == 200
         async with client.post(f"{base}/v1/calls", json={}) as response:
             call_id = (await response.json())["call_id"]
+        gc.collect()  # the server runs in this process: its collector's pauses are timed
         async with client.get(f"{base}/metrics") as response:
             assert response.status == 200
             text = await response.text()
@@ -110,6 +112,7 @@ async def test_health_readiness_and_metrics(tmp_path: Path) -> None:
         'mediaserver_uploads_total{result="failed"}',
         'mediaserver_caller_packets_total{direction="in"}',
         "mediaserver_event_loop_lag_seconds_bucket",
+        'mediaserver_gc_pause_seconds_count{generation="2"}',
         "mediaserver_finalize_seconds_bucket",
     ):
         assert name in text, name

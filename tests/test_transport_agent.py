@@ -267,21 +267,38 @@ async def test_timestamps_rise_through_a_burst_and_show_a_pause(
 async def test_slow_agent_loses_oldest_audio_never_marks(
     endpoint: AgentEndpoint, client: aiohttp.ClientSession
 ) -> None:
-    """With the send queue full, the oldest caller chunks are dropped and counted; marks stay."""
+    """With the socket full, queued caller chunks beyond the limit go oldest first; marks stay."""
     endpoint.accept_options["max_queued_messages"] = 3
     async with dial_in(client, endpoint.url()) as agent:
         connection, _ = await endpoint.next_connection()
         await started(agent)
-        # No await in between: the writer cannot drain, as with an agent that stopped reading.
-        for index in range(10):
-            connection.send_caller_audio(np.full(160, index, np.int16))
-            if index == 1:
-                connection.send_mark("kept")
-        received = [await agent.next_message() for _ in range(4)]
-    assert [m["event"] for m in received] == ["mark", "media", "media", "media"]
-    assert received[0]["mark"]["name"] == "kept"
-    assert [m["media"]["chunk"] for m in received[1:]] == ["8", "9", "10"]
-    assert connection.describe()["media_dropped"] == 7
+        agent.stop_reading()
+        chunks = 0
+        # Written at once while the socket takes them; the kernel's buffers fill, then the
+        # server's transport pauses and messages queue behind the write that waits.
+        while connection.describe()["media_dropped"] == 0:
+            connection.send_caller_audio(np.full(160, chunks % 100, np.int16))
+            chunks += 1
+            if chunks % 100 == 0:
+                await asyncio.sleep(0)  # the loop flushes what the transport holds
+            assert chunks < 200_000, "the agent's socket never filled"
+        connection.send_mark("kept")
+        for _ in range(10):
+            connection.send_caller_audio(np.full(160, 1, np.int16))
+            chunks += 1
+        agent.resume_reading()
+        mark = await agent.wait_for("mark")
+        following = [await agent.next_message() for _ in range(3)]
+        stats = connection.describe()
+    assert mark["mark"]["name"] == "kept"
+    media = [m for m in agent.messages if m["event"] == "media"]
+    numbers = [int(m["media"]["chunk"]) for m in media]
+    assert numbers == sorted(numbers)
+    # The newest three were queued behind the mark and are never dropped for older ones.
+    assert [int(m["media"]["chunk"]) for m in following] == [chunks - 2, chunks - 1, chunks]
+    assert stats["media_dropped"] >= 8
+    assert stats["media_sent"] + stats["media_dropped"] == chunks
+    assert len(media) == stats["media_sent"]
 
 
 # -- agent messages to the session -------------------------------------------------------------

@@ -94,12 +94,23 @@ class TwilioTestAgent:
         self.close_code: int | None = None
         self.close_reason = ""
         self.start_message: Message | None = None
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._reader = asyncio.create_task(self._read())
+
+    def stop_reading(self) -> None:
+        """Read nothing more, as an agent that hangs: the socket's buffers fill up."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        """Read again after stop_reading."""
+        self._reading.set()
 
     async def _read(self) -> None:
         """Record text messages until the server closes."""
         try:
             while True:
+                await self._reading.wait()
                 msg = await self.ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     message = json.loads(msg.data)

@@ -4,7 +4,9 @@
 # encode ~70 µs, most of it conversion and frame bookkeeping around the codec; calling libopus
 # itself costs ~22 µs each (bench_agent_capacity.py profiles it). libopus decodes to and encodes
 # from 8/12/16/24/48 kHz natively (RFC 6716 §2), so the agent's audio is never resampled.
-# The library is the system's libopus0, or else the copy PyAV's wheel carries.
+# The library is the copy PyAV's wheel carries (pinned with PyAV: libopus 1.6 in av 18), or else
+# the system's libopus0: at 8 kHz the wheel's 1.6 encodes in ~29 µs where Debian's 1.3 takes
+# ~48 µs, and decodes in ~31 µs against ~41 µs (bench_agent_path.py prints each build's cost).
 
 import ctypes
 import ctypes.util
@@ -19,13 +21,12 @@ from mediaserver.errors import OpusPacketError
 
 # opus_defines.h
 _OPUS_OK = 0
-_RESET_STATE = 4028  # the decoder ctl that forgets all history
+_RESET_STATE = 4028  # the ctl that forgets all history (decoder and encoder)
 _APPLICATION_VOIP = 2048
 _SET_BITRATE_REQUEST = 4002
 _SET_COMPLEXITY_REQUEST = 4010
 _SET_INBAND_FEC_REQUEST = 4012
 _SET_SIGNAL_REQUEST = 4024
-_RESET_STATE = 4028
 _SIGNAL_VOICE = 3001
 # RFC 6716 §2: the sample rates libopus encodes from and decodes to.
 OPUS_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
@@ -36,22 +37,36 @@ _MAX_PACKET_BYTES = 1500  # one datagram
 Pcm = npt.NDArray[np.int16]
 
 
-@cache
-def load_libopus() -> ctypes.CDLL:
-    """The libopus shared library, with the signatures used here declared."""
-    candidates = []
+def libopus_candidates() -> list[str]:
+    """The libopus builds this process can load, preferred first: PyAV's copy, the system's."""
+    bundled = Path(av.__file__).parent.parent / "av.libs"
+    candidates = [str(p) for p in sorted(bundled.glob("libopus*.so*"))]
     found = ctypes.util.find_library("opus")
     if found:
         candidates.append(found)
-    bundled = Path(av.__file__).parent.parent / "av.libs"
-    candidates.extend(str(p) for p in sorted(bundled.glob("libopus*.so*")))
-    for name in candidates:
+    return candidates
+
+
+def open_libopus(name: str) -> ctypes.CDLL:
+    """One libopus build, with the signatures used here declared; OSError if it cannot load."""
+    lib = ctypes.CDLL(name)
+    _declare(lib)
+    return lib
+
+
+def libopus_version(lib: ctypes.CDLL) -> str:
+    """The build's own version string, e.g. "libopus 1.6.1"."""
+    return bytes(lib.opus_get_version_string()).decode("ascii", "replace")
+
+
+@cache
+def load_libopus() -> ctypes.CDLL:
+    """The preferred libopus build this process can load."""
+    for name in libopus_candidates():
         try:
-            lib = ctypes.CDLL(name)
+            return open_libopus(name)
         except OSError:
             continue
-        _declare(lib)
-        return lib
     raise OSError("libopus not found: install libopus0 (Debian) or PyAV's wheel")
 
 
@@ -77,12 +92,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
     lib.opus_encode.argtypes = [
         ctypes.c_void_p,
-        ctypes.c_void_p,
+        ctypes.c_char_p,  # the int16 samples as bytes: cheaper to pass than an array's address
         ctypes.c_int,
         ctypes.c_char_p,
         ctypes.c_int32,
     ]
     lib.opus_encode.restype = ctypes.c_int32
+    lib.opus_get_version_string.argtypes = []
+    lib.opus_get_version_string.restype = ctypes.c_char_p
     lib.opus_strerror.argtypes = [ctypes.c_int]
     lib.opus_strerror.restype = ctypes.c_char_p
 
@@ -95,10 +112,10 @@ def _error(lib: ctypes.CDLL, code: int) -> str:
 class OpusDecoder:
     """A mono Opus decoder whose output is int16 PCM at `rate_hz`."""
 
-    def __init__(self, rate_hz: int) -> None:
+    def __init__(self, rate_hz: int, *, lib: ctypes.CDLL | None = None) -> None:
         if rate_hz not in OPUS_RATES_HZ:
             raise ValueError(f"Opus cannot decode to {rate_hz} Hz")
-        self._lib = load_libopus()
+        self._lib = lib or load_libopus()
         error = ctypes.c_int()
         self._state = self._lib.opus_decoder_create(rate_hz, 1, ctypes.byref(error))
         if error.value != _OPUS_OK or not self._state:
@@ -148,13 +165,19 @@ class OpusFrameEncoder:
     """A mono VoIP Opus encoder taking exactly one frame of int16 PCM at `rate_hz` per call."""
 
     def __init__(
-        self, rate_hz: int, *, frame_ms: int = 20, bitrate_bps: int = 32000, complexity: int = 0
+        self,
+        rate_hz: int,
+        *,
+        frame_ms: int = 20,
+        bitrate_bps: int = 32000,
+        complexity: int = 0,
+        lib: ctypes.CDLL | None = None,
     ) -> None:
         if rate_hz not in OPUS_RATES_HZ:
             raise ValueError(f"Opus cannot encode from {rate_hz} Hz")
         if not 0 <= complexity <= 10:
             raise ValueError(f"Opus complexity must be 0..10, got {complexity}")
-        self._lib = load_libopus()
+        self._lib = lib or load_libopus()
         error = ctypes.c_int()
         self._state = self._lib.opus_encoder_create(
             rate_hz, 1, _APPLICATION_VOIP, ctypes.byref(error)
@@ -179,9 +202,8 @@ class OpusFrameEncoder:
         """Encode exactly one frame."""
         if pcm.size != self.frame_samples or pcm.dtype != np.int16:
             raise ValueError(f"expected {self.frame_samples} int16 samples, got {pcm.size}")
-        samples = np.ascontiguousarray(pcm)
         size = self._lib.opus_encode(
-            self._state, samples.ctypes.data, self.frame_samples, self._out, _MAX_PACKET_BYTES
+            self._state, pcm.tobytes(), self.frame_samples, self._out, _MAX_PACKET_BYTES
         )
         if size < 0:
             raise OSError(f"opus_encode failed: {_error(self._lib, size)}")

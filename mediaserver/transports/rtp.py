@@ -273,7 +273,15 @@ class RtpCallerTransport:
         self.packets_out += 1
         self.bytes_out += len(datagram)
         self._sink.on_audio_sent(
-            packet._replace(arrival_ns=sent_ns, payload_type=self.payload_type)
+            MediaPacket(
+                sent_ns,
+                packet.rtp_timestamp,
+                packet.sequence,
+                packet.ssrc,
+                self.payload_type,
+                packet.marker,
+                packet.payload,
+            )
         )
 
     # -- internals ------------------------------------------------------------------------------
