@@ -126,6 +126,7 @@ class Snapshot:
     lag_buckets: dict[float, float]
     rcvbuf_errors: int
     dropped: dict[str, float]
+    gc_pauses: dict[str, float]  # "count" and "sum" (s) of the collector's pauses, all generations
 
 
 @dataclass(slots=True)
@@ -153,6 +154,7 @@ class StepResult:
     # The same counters between the two scrapes around the measured seconds, to tell losses
     # of the steady state from those of setting calls up or ending them.
     window_drops: dict[str, float] = field(default_factory=dict)
+    gc_pauses_ms: tuple[int, float] = (0, 0.0)  # collections in the measured seconds, their total
     profile: dict[str, float] = field(default_factory=dict)
     native_profile: list[tuple[str, float]] = field(default_factory=list)
 
@@ -343,7 +345,17 @@ def parse_lag_buckets(text: str) -> dict[float, float]:
     return buckets
 
 
+_GC_PAUSE = re.compile(r'^mediaserver_gc_pause_seconds_(count|sum)\{generation="\d"\} (\S+)$')
 _DROPPED = re.compile(r'^mediaserver_packets_dropped_total\{reason="([^"]+)"\} (\S+)$')
+
+
+def parse_gc_pauses(text: str) -> dict[str, float]:
+    """The garbage collector's pauses so far: their count and total seconds."""
+    totals = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        if match := _GC_PAUSE.match(line):
+            totals[match[1]] += float(match[2])
+    return totals
 
 
 def parse_drops(text: str) -> dict[str, float]:
@@ -594,6 +606,7 @@ async def snapshot(client: aiohttp.ClientSession, base: str, pid: int) -> Snapsh
         parse_lag_buckets(text),
         read_rcvbuf_errors(),
         parse_drops(text),
+        parse_gc_pauses(text),
     )
 
 
@@ -762,6 +775,10 @@ async def run_step(
         drift_corrections=drift,
         refused=load.refused,
         server_drops={k: v for k, v in final.dropped.items() if v},
+        gc_pauses_ms=(
+            int(after.gc_pauses["count"] - before.gc_pauses["count"]),
+            1000 * (after.gc_pauses["sum"] - before.gc_pauses["sum"]),
+        ),
         window_drops={
             k: v - before.dropped.get(k, 0.0)
             for k, v in after.dropped.items()
@@ -840,6 +857,8 @@ async def main_async(args: argparse.Namespace) -> None:
             passes = sum(r.passed for r in runs)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
+            collections, paused_ms = result.gc_pauses_ms
+            print(f"garbage collections {transport} x{count}: {collections}, {paused_ms:.1f} ms")
             if result.server_drops:
                 print(
                     f"server drop counters {transport} x{count}: {result.server_drops}"

@@ -759,7 +759,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--capacity",
-        default="rtp=60,webrtc=30",
+        default="rtp=90,webrtc=45",
         help="calls per core with agents (bench_agent_capacity.py's figures); half is run",
     )
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per step")

@@ -24,25 +24,18 @@ from mediaserver.transports.twilio_protocol import (
     CLOSE_UNSUPPORTED_DATA,
     DEFAULT_MAX_PAYLOAD_BYTES,
     MULAW_8K,
-    START_SEQUENCE_NUMBER,
     AgentClear,
     AgentIgnored,
     AgentMark,
     AgentMedia,
     AudioFormat,
     build_close_reason,
-    build_connected,
-    build_dtmf,
-    build_mark,
-    build_media,
-    build_start,
-    build_stop,
     compute_max_message_bytes,
     decode_payload,
-    encode_payload,
     parse_agent_message,
     parse_audio_format_query,
 )
+from mediaserver.transports.twilio_stream import OutboundStream
 
 log = structlog.get_logger(__name__)
 
@@ -109,8 +102,6 @@ class AgentConnection:
         self.audio_format = audio_format
         self.sample_rate_hz = audio_format.sample_rate_hz
         self.stream_sid = stream_sid or new_stream_sid()
-        self.account_sid = account_sid
-        self.custom_parameters = dict(custom_parameters or {})
         self.max_payload_bytes = max_payload_bytes
         self.close_timeout_s = close_timeout_s
         self.stats = AgentConnectionStats()
@@ -122,9 +113,13 @@ class AgentConnection:
         self.closed_by: str | None = None  # "agent" or "server"
         self._clock = clock or SystemClock()
         self._started_ns = 0
-        self._sequence_number = START_SEQUENCE_NUMBER
-        self._chunk = 0
-        self._next_timestamp_ms = 0
+        self._stream = OutboundStream(
+            stream_sid=self.stream_sid,
+            call_sid=call_id,
+            account_sid=account_sid,
+            audio_format=audio_format,
+            custom_parameters=custom_parameters or {},
+        )
         self._outbox = AgentOutbox(
             ws, max_queued_media=max_queued_messages, on_media_written=self._media_written
         )
@@ -137,16 +132,8 @@ class AgentConnection:
         """Send `connected` and `start`, then begin reading and writing in owned tasks."""
         self._started_ns = self._clock.monotonic_ns()
         try:
-            await self.ws.send_str(build_connected())
-            await self.ws.send_str(
-                build_start(
-                    stream_sid=self.stream_sid,
-                    call_sid=self.call_id,
-                    account_sid=self.account_sid,
-                    audio_format=self.audio_format,
-                    custom_parameters=self.custom_parameters,
-                )
-            )
+            await self.ws.send_str(self._stream.connected())
+            await self.ws.send_str(self._stream.start())
         except ConnectionError:
             # An agent gone this early is reported like any disconnect, by the reader.
             pass
@@ -169,39 +156,21 @@ class AgentConnection:
         if self.state is not ConnectionState.OPEN or pcm.size == 0:
             return
         elapsed_ms = (self._clock.monotonic_ns() - self._started_ns) // 1_000_000
-        # A presentation time: never before the end of the previous chunk, so timestamps rise
-        # even when packets arrive in a burst, and a pause in the caller's audio shows as a gap.
-        timestamp_ms = max(elapsed_ms, self._next_timestamp_ms)
-        self._next_timestamp_ms = timestamp_ms + pcm.size * 1000 // self.sample_rate_hz
-        self._chunk += 1
-        text = build_media(
-            sequence_number=self._next_sequence_number(),
-            stream_sid=self.stream_sid,
-            chunk=self._chunk,
-            timestamp_ms=timestamp_ms,
-            payload=encode_payload(pcm, self.audio_format),
-        )
+        text = self._stream.media(pcm, elapsed_ms)
         self._outbox.put_media(text, UNTIMED if arrival_ns is None else arrival_ns)
 
     def send_mark(self, name: str) -> None:
         """Echo an agent's mark: the audio it sent before the mark has been played."""
         if self.state is not ConnectionState.OPEN:
             return
-        self._outbox.put(
-            build_mark(
-                sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, name=name
-            )
-        )
+        self._outbox.put(self._stream.mark(name))
         self.stats.marks_sent += 1
 
     def send_dtmf(self, digit: str) -> None:
         """Tell the agent the caller pressed a key; never dropped, like a mark."""
         if self.state is not ConnectionState.OPEN:
             return
-        text = build_dtmf(
-            sequence_number=self._next_sequence_number(), stream_sid=self.stream_sid, digit=digit
-        )
-        self._outbox.put(text)
+        self._outbox.put(self._stream.dtmf(digit))
         self.stats.dtmf_sent += 1
 
     def describe(self) -> dict[str, Any]:
@@ -217,11 +186,6 @@ class AgentConnection:
             "closed_by": self.closed_by,
             **self._stats_fields(),
         }
-
-    def _next_sequence_number(self) -> int:
-        """Number the next message after `start`'s 1."""
-        self._sequence_number += 1
-        return self._sequence_number
 
     def _media_written(self, arrival_ns: int) -> None:
         """Caller audio reached the agent's socket: the sink learns how long the server held it."""
@@ -329,14 +293,7 @@ class AgentConnection:
             await self._closed.wait()
             return
         self.state = ConnectionState.CLOSING
-        self._outbox.put(
-            build_stop(
-                sequence_number=self._next_sequence_number(),
-                stream_sid=self.stream_sid,
-                call_sid=self.call_id,
-                account_sid=self.account_sid,
-            )
-        )
+        self._outbox.put(self._stream.stop())
         await self._outbox.drain(self.close_timeout_s)
         code = compute_close_code(reason)
         self._note_close(code, reason, "server")
