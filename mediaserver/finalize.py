@@ -42,6 +42,7 @@ from mediaserver.recording.plan import (
     ChannelInput,
     RecordingPlan,
 )
+from mediaserver.recording.spilled_runs import PACKET_ROW
 from mediaserver.recording.spool import CallSpool
 from mediaserver.recording.windowed_plan import (
     ChannelSpill,
@@ -49,7 +50,6 @@ from mediaserver.recording.windowed_plan import (
     close_plan,
     plan_windowed,
 )
-from mediaserver.recording.windowed_timeline import PACKET_ROW
 from mediaserver.rtp.media_packet import MediaPacket
 
 log = structlog.get_logger(__name__)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from test_timeline_properties import arbitrary_packets, configs
 
 from mediaserver.recording.column_spill import ColumnSpill
+from mediaserver.recording.spilled_runs import PACKET_ROW
 from mediaserver.recording.timeline import Timeline, TimelineConfig, compute_timeline
 from mediaserver.recording.windowed_timeline import (
-    PACKET_ROW,
     WindowedTimeline,
     WindowSize,
     place_windowed,

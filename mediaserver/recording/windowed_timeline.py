@@ -14,14 +14,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 
 from mediaserver.recording.column_spill import ColumnSpill, Rows
+from mediaserver.recording.spilled_runs import CARRIED, MEMBER_ROW, MemberReader, split_spilled
 from mediaserver.recording.timeline import (
     _NS_PER_S,
     TimelineConfig,
@@ -34,24 +34,9 @@ from mediaserver.recording.timeline import (
     _ms_to_units,
     _place_run,
     _Placed,
-    _Split,
-    _split_runs,
     _window_packets,
 )
-from mediaserver.rtp.media_packet import MediaPacket
 
-# A channel's decodable packets in arrival order, and where each payload is in the journal.
-PACKET_ROW = np.dtype(
-    [
-        ("arrival_ns", "<i8"),
-        ("offset", "<i8"),
-        ("rtp_timestamp", "<u4"),
-        ("ssrc", "<u4"),
-        ("duration", "<i4"),
-        ("sequence", "<u2"),
-        ("length", "<u2"),
-    ]
-)
 # One placement, in timeline order, with what writing and DTMF placement need of its packet.
 PLACED_ROW = np.dtype(
     [
@@ -64,19 +49,7 @@ PLACED_ROW = np.dtype(
         ("length", "<u2"),
     ]
 )
-_SPLIT_ROW = np.dtype([("run", "<i8"), ("sequence", "<i8"), ("timestamp", "<i8")])
-_CARRIED = [
-    ("duration", "<i8"),
-    ("index", "<i8"),
-    ("offset", "<i8"),
-    ("ssrc", "<u4"),
-    ("rtp_timestamp", "<u4"),
-    ("length", "<u2"),
-    ("hint", "?"),
-    ("reordered", "?"),
-]
-_MEMBER_ROW = np.dtype([("sequence", "<i8"), ("timestamp", "<i8"), ("arrival", "<f8"), *_CARRIED])
-_MEDIA_ROW = np.dtype([("media", "<i8"), ("delay", "<f8"), ("order", "<i8"), *_CARRIED])
+_MEDIA_ROW = np.dtype([("media", "<i8"), ("delay", "<f8"), ("order", "<i8"), *CARRIED])
 _FLOAT_ROW = np.dtype("<f8")
 
 
@@ -114,202 +87,20 @@ def place_windowed(
 ) -> WindowedTimeline:
     """Place a spill of PACKET_ROW packets exactly as compute_timeline places them."""
     counters = _Counters()
-    count = len(packets)
-    split_spill = ColumnSpill(work / "split.rows", _SPLIT_ROW)
-    sink = _SplitSink(split_spill, count, window.chunk_rows)
-    split = _Split([], sink.column("run"), sink.column("sequence"), sink.column("timestamp"))
-    cache = _RowCache(packets, window.chunk_rows)
-    _split_runs(_PacketView(cache), _DurationView(cache), config, counters, split)
-    sink.finish()
-    run_count = len(split.runs)
-    firsts = _first_positions(split_spill, run_count, window.chunk_rows)
+    runs = split_spilled(packets, config, counters, work, window.chunk_rows)
+    run_count = len(runs)
     out = _PlacedWriter(ColumnSpill(work / "placed.rows", PLACED_ROW))
     cursor = _Cursor()
     for run_number in range(run_count):
-        stop = int(firsts[run_number + 2]) if run_number + 2 < run_count else count
-        members = _MemberReader(
-            packets, split_spill, run_number, int(firsts[run_number]), stop, origin_ns, config
-        )
+        members = runs.members(run_number, origin_ns, config)
         try:
             _place_run_windowed(members, config, cursor, counters, out, work, window)
         except _UnboundedError:
             _place_run_whole(members, config, cursor, counters, out, window)
-    split_spill.close()
+    runs.split.close()
     placed = _Placed(out.count, out.start, out.end, out.units)
-    return WindowedTimeline(out.spill, _build_stats(count, run_count, placed, config, counters))
-
-
-class _RowCache:
-    """The packet spill's rows near the one being read, as Python lists."""
-
-    def __init__(self, spill: ColumnSpill, chunk_rows: int) -> None:
-        self._spill = spill
-        self._chunk_rows = chunk_rows
-        self._first = 0
-        self._stop = 0
-        self._columns: list[list[int]] = []
-
-    def row(self, index: int) -> tuple[int, int, int, int, int]:
-        """Arrival, timestamp, sequence, SSRC and duration of one packet."""
-        if not self._first <= index < self._stop:
-            self._first = max(0, index - 16)  # _split_runs never looks back, but cheap to keep
-            rows = self._spill.read(self._first, index + self._chunk_rows)
-            self._stop = self._first + len(rows)
-            fields = ("arrival_ns", "rtp_timestamp", "sequence", "ssrc", "duration")
-            self._columns = [rows[name].tolist() for name in fields]
-        at = index - self._first
-        arrival, timestamp, sequence, ssrc, duration = (column[at] for column in self._columns)
-        return arrival, timestamp, sequence, ssrc, duration
-
-
-class _PacketView(Sequence[MediaPacket]):
-    """The spilled packets as MediaPacket (empty payloads: placement never reads them)."""
-
-    def __init__(self, cache: _RowCache) -> None:
-        self._cache = cache
-        self._length = len(cache._spill)
-
-    def __len__(self) -> int:
-        """How many packets."""
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> MediaPacket: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[MediaPacket]: ...
-
-    def __getitem__(self, index: int | slice) -> MediaPacket | list[MediaPacket]:
-        """One packet, or a list for a slice."""
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        if not 0 <= index < self._length:
-            raise IndexError(index)
-        arrival, timestamp, sequence, ssrc, _ = self._cache.row(index)
-        return MediaPacket(arrival, timestamp, sequence, ssrc, 0, False, b"")
-
-
-class _DurationView(Sequence[int]):
-    """The spilled packets' durations."""
-
-    def __init__(self, cache: _RowCache) -> None:
-        self._cache = cache
-        self._length = len(cache._spill)
-
-    def __len__(self) -> int:
-        """How many packets."""
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | list[int]:
-        """One duration, or a list for a slice."""
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        return self._cache.row(index)[4]
-
-
-class _SplitSink:
-    """The run, sequence and timestamp of each packet, written in position order to a spill."""
-
-    def __init__(self, spill: ColumnSpill, count: int, chunk_rows: int) -> None:
-        self._spill = spill
-        self._count = count
-        self._chunk_rows = chunk_rows
-        self._first = 0
-        self._rows = self._fresh()
-
-    def _fresh(self) -> Rows:
-        """Defaults for the next chunk: not placed (-1)."""
-        rows = np.zeros(min(self._chunk_rows, self._count - self._first), _SPLIT_ROW)
-        rows["run"] = -1
-        return rows
-
-    def column(self, name: str) -> _SinkColumn:
-        """One column to write by position."""
-        return _SinkColumn(self, name)
-
-    def set(self, name: str, index: int, value: int) -> None:
-        """Write one value; positions only ever move forward."""
-        while index >= self._first + len(self._rows):
-            self._spill.append(self._rows)
-            self._first += len(self._rows)
-            self._rows = self._fresh()
-        self._rows[name][index - self._first] = value
-
-    def finish(self) -> None:
-        """Write what is left, defaults included, up to the last packet."""
-        while self._first < self._count:
-            self._spill.append(self._rows)
-            self._first += len(self._rows)
-            self._rows = self._fresh()
-
-
-class _SinkColumn:
-    """A column of a _SplitSink, assigned like an array."""
-
-    def __init__(self, sink: _SplitSink, name: str) -> None:
-        self._sink = sink
-        self._name = name
-
-    def __setitem__(self, index: int, value: int, /) -> None:
-        """Write one value."""
-        self._sink.set(self._name, index, value)
-
-
-def _first_positions(split: ColumnSpill, run_count: int, chunk_rows: int) -> Rows:
-    """The position of each run's first packet."""
-    firsts = np.full(run_count, -1, np.int64)
-    base = 0
-    for rows in split.chunks(chunk_rows):
-        values, where = np.unique(rows["run"], return_index=True)
-        for value, at in zip(values.tolist(), where.tolist(), strict=True):
-            if value >= 0 and firsts[value] < 0:
-                firsts[value] = base + at
-        base += len(rows)
-    return firsts
-
-
-@dataclass(frozen=True, slots=True)
-class _MemberReader:
-    """A run's packets in arrival order, re-read from the spills on each call."""
-
-    # A run's packets all arrive before the run after next begins (stragglers go back one run
-    # only), so reading from the run's first packet to that point finds every one of them.
-    packets: ColumnSpill
-    split: ColumnSpill
-    run_number: int
-    first: int
-    stop: int
-    origin_ns: int
-    config: TimelineConfig
-
-    def chunks(self, chunk_rows: int) -> Iterator[Rows]:
-        """MEMBER rows, a chunk of positions at a time."""
-        for start in range(self.first, self.stop, chunk_rows):
-            stop = min(start + chunk_rows, self.stop)
-            packets = self.packets.read(start, stop)
-            split = self.split.read(start, stop)
-            mine = np.flatnonzero(split["run"] == self.run_number)
-            if not len(mine):
-                continue
-            packets, split = packets[mine], split[mine]
-            rows = np.zeros(len(mine), _MEMBER_ROW)
-            rows["sequence"] = split["sequence"]
-            rows["timestamp"] = split["timestamp"]
-            rows["arrival"] = (packets["arrival_ns"].astype(np.int64) - self.origin_ns).astype(
-                np.float64
-            )
-            rows["duration"] = packets["duration"]
-            rows["index"] = mine + start
-            for name in ("offset", "ssrc", "rtp_timestamp", "length"):
-                rows[name] = packets[name]
-            rows["hint"] = packets["length"] <= self.config.silence_payload_bytes
-            yield rows
+    stats = _build_stats(len(packets), run_count, placed, config, counters)
+    return WindowedTimeline(out.spill, stats)
 
 
 class _PlacedWriter:
@@ -344,7 +135,7 @@ def _placed_rows(members: Rows, starts: Sequence[int]) -> Rows:
 
 
 def _place_run_whole(
-    members: _MemberReader,
+    members: MemberReader,
     config: TimelineConfig,
     cursor: _Cursor,
     counters: _Counters,
@@ -353,7 +144,7 @@ def _place_run_whole(
 ) -> None:
     """Place a run the way compute_timeline does, holding all its packets."""
     parts = list(members.chunks(window.chunk_rows))
-    rows = np.concatenate(parts) if parts else np.zeros(0, _MEMBER_ROW)
+    rows = np.concatenate(parts) if parts else np.zeros(0, MEMBER_ROW)
     columns = _Columns(
         sequences=rows["sequence"].copy(),
         timestamps=rows["timestamp"].copy(),
@@ -383,7 +174,7 @@ class _RunFigures:
 
 
 def _place_run_windowed(
-    members: _MemberReader,
+    members: MemberReader,
     config: TimelineConfig,
     cursor: _Cursor,
     counters: _Counters,
@@ -415,9 +206,9 @@ def _place_run_windowed(
     floor.close()
 
 
-def _pass_unique(members: _MemberReader, work: Path, window: WindowSize) -> _RunFigures:
+def _pass_unique(members: MemberReader, work: Path, window: WindowSize) -> _RunFigures:
     """Pass A: first copies of each sequence number, with the run's global figures."""
-    kept = ColumnSpill(work / "kept.rows", _MEMBER_ROW)
+    kept = ColumnSpill(work / "kept.rows", MEMBER_ROW)
     seen: set[int] = set()
     forgotten_below: int | None = None
     highest: int | None = None
@@ -513,7 +304,7 @@ def _pass_delays(
         sorted_rows["delay"] = delay
         sorted_rows["order"] = np.arange(order, order + len(rows))
         order += len(rows)
-        for name, _ in _CARRIED:
+        for name, _ in CARRIED:
             sorted_rows[name] = rows[name]
         sorter.add(sorted_rows)
     sorter.finish()
