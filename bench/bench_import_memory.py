@@ -20,6 +20,10 @@ from common import print_table
 from mediaserver.pcap_import import import_pcap, read_rtp_streams
 
 RATE_HZ = 48000
+# Peak RSS of import-pcap may differ by this much between the shortest and longest capture and
+# still count as flat (allocator noise); a build holding ~0.2 KB a packet grows ~30 MB from 5 to
+# 30 minutes.
+FLAT_SPREAD_MB = 5.0
 FRAME_SAMPLES = 960  # 20 ms
 CALLER = ("10.0.0.1", 40000)
 AGENT = ("10.0.0.2", 40002)
@@ -110,7 +114,7 @@ def measure(capture: Path, out_dir: Path, how: str) -> tuple[float, float]:
 def main() -> None:
     """Print peak memory of short and long captures."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 30.0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 30.0, 60.0])
     parser.add_argument(
         "--child", nargs=3, metavar=("HOW", "CAPTURE", "OUT"), help=argparse.SUPPRESS
     )
@@ -119,6 +123,7 @@ def main() -> None:
         child(Path(args.child[1]), Path(args.child[2]), args.child[0])
         return
     rows = []
+    import_peaks_mb: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-import-") as work:
         for minutes in args.minutes:
             capture = Path(work) / f"call-{minutes:g}min.pcap"
@@ -127,6 +132,8 @@ def main() -> None:
             for how in ("read all (before)", "import-pcap"):
                 key = "import" if how == "import-pcap" else "read"
                 peak_mb, elapsed_s = measure(capture, Path(work) / f"out-{minutes:g}-{key}", key)
+                if key == "import":
+                    import_peaks_mb.append((minutes, peak_mb))
                 rows.append(
                     [
                         how,
@@ -138,6 +145,20 @@ def main() -> None:
                     ]
                 )
     print_table(["what", "minutes", "packets", "capture MB", "peak RSS MB", "seconds"], rows)
+    print(verdict(import_peaks_mb))
+
+
+def verdict(peaks_mb: list[tuple[float, float]]) -> str:
+    """One line: is import-pcap's peak memory flat in the capture's length?"""
+    figures = ", ".join(f"{peak:.1f} MB at {minutes:g} min" for minutes, peak in peaks_mb)
+    values = [peak for _, peak in peaks_mb]
+    spread = max(values) - min(values)
+    flat = spread <= FLAT_SPREAD_MB
+    word = "flat" if flat else "NOT flat"
+    return (
+        f"verdict: import-pcap peak RSS {word} ({figures}; spread {spread:.1f} MB,"
+        f" {'within' if flat else 'beyond'} {FLAT_SPREAD_MB:g} MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Build a call's files from its spool: channel files, the stereo file and the manifest."""
 
 import hashlib
+import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import structlog
@@ -26,27 +29,36 @@ from mediaserver.recording.call_events import (
     compute_paused_spans,
     compute_skip_spans,
     describe_paused_spans,
-    place_dtmf_events,
+    place_dtmf_keys,
 )
 from mediaserver.recording.channel import Channel, Codec
-from mediaserver.recording.journal import JournalHeader, read_journal_columns
+from mediaserver.recording.column_spill import ColumnSpill
+from mediaserver.recording.journal import JournalHeader, read_journal_columns, read_journal_stream
 from mediaserver.recording.manifest import ChannelReport, FileEntry, Manifest, format_utc
 from mediaserver.recording.placement_columns import Placement
 from mediaserver.recording.plan import (
     LOSSLESS_GRANULARITY,
     OPUS_RATE_HZ,
     ChannelInput,
-    ChannelPlan,
     RecordingPlan,
-    plan_recording,
-    to_48k,
 )
+from mediaserver.recording.spilled_runs import PACKET_ROW
 from mediaserver.recording.spool import CallSpool
+from mediaserver.recording.windowed_plan import (
+    ChannelSpill,
+    PlacedChannel,
+    close_plan,
+    plan_windowed,
+)
 from mediaserver.rtp.media_packet import MediaPacket
 
 log = structlog.get_logger(__name__)
 
 G711_CHUNK_SAMPLES = 8000
+PACKET_CHUNK_ROWS = 8192
+# A placed packet as a channel file is written: its start and duration (channel clock units)
+# and its payload.
+PlacedPayload = tuple[int, int, bytes]
 REMUX_PRE_SKIP = 960  # one 20 ms silence packet: keeps both channels on the lossless packet grid
 
 
@@ -115,6 +127,18 @@ def write_opus_channel(
     silence_packet_samples: int | None = None,
 ) -> None:
     """Remux placed Opus payloads into Ogg Opus, silence in the gaps, `span` samples long."""
+    placed = ((p.start, p.duration, records[p.index].payload) for p in placements)
+    write_opus_placed(out_path, placed, span, silence_packet_samples=silence_packet_samples)
+
+
+def write_opus_placed(
+    out_path: Path,
+    placed: Iterable[PlacedPayload],
+    span: int,
+    *,
+    silence_packet_samples: int | None = None,
+) -> None:
+    """Remux Opus payloads placed in time line order into Ogg Opus, silence in the gaps."""
     with out_path.open("wb") as out:
         # RTP playout starts with the first decoded sample, so the file must too: the pre-skip
         # (which opusinfo requires to be non-zero) discards exactly one leading silence packet.
@@ -122,10 +146,10 @@ def write_opus_channel(
         fill = silence_packet_samples
         _write_silence(writer, REMUX_PRE_SKIP, fill)
         cursor = 0
-        for placement in placements:
-            _write_silence(writer, placement.start - cursor, fill)
-            writer.write_packet(records[placement.index].payload, placement.duration)
-            cursor = placement.start + placement.duration
+        for start, duration, payload in placed:
+            _write_silence(writer, start - cursor, fill)
+            writer.write_packet(payload, duration)
+            cursor = start + duration
         _write_silence(writer, span - cursor, fill)
         writer.close()
 
@@ -152,12 +176,20 @@ def write_g711_channel(
     span_8k: int,
 ) -> None:
     """Decode placed G.711 payloads and encode them to an Ogg Opus file `span_8k` samples long."""
+    placed = ((p.start, p.duration, records[p.index].payload) for p in placements)
+    write_g711_placed(out_path, codec, placed, span_8k)
+
+
+def write_g711_placed(
+    out_path: Path, codec: Codec, placed: Iterable[PlacedPayload], span_8k: int
+) -> None:
+    """Decode G.711 payloads placed in time line order and encode them to Ogg Opus."""
     decode = decode_pcmu if codec is Codec.PCMU else decode_pcma
     encoder = OpusEncoder(input_rate_hz=codec.clock_rate_hz)
     with out_path.open("wb") as out:
         writer = OggOpusWriter(out, channel_count=1, pre_skip_samples=encoder.pre_skip)
         total = 0
-        for chunk in _g711_pcm(decode, records, placements, span_8k):
+        for chunk in _g711_pcm(decode, placed, span_8k):
             for packet in encoder.encode(chunk):
                 writer.write_packet(packet.payload, packet.duration_samples)
                 total += packet.duration_samples
@@ -168,17 +200,14 @@ def write_g711_channel(
 
 
 def _g711_pcm(
-    decode: Callable[[bytes], np.ndarray],
-    records: Sequence[MediaPacket],
-    placements: Sequence[Placement],
-    span_8k: int,
+    decode: Callable[[bytes], np.ndarray], placed: Iterable[PlacedPayload], span_8k: int
 ) -> Iterator[np.ndarray]:
     """Yield the channel's 8 kHz PCM in order: silence for gaps, decoded payloads in place."""
     cursor = 0
-    for placement in placements:
-        yield from _silence_chunks(placement.start - cursor)
-        yield decode(records[placement.index].payload)
-        cursor = placement.start + placement.duration
+    for start, duration, payload in placed:
+        yield from _silence_chunks(start - cursor)
+        yield decode(payload)
+        cursor = start + duration
     yield from _silence_chunks(span_8k - cursor)
 
 
@@ -212,28 +241,50 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     call = spool.read_description()
     record = spool.read_record()  # None after a crash: the call never ended
     events = spool.read_events()
-    inputs = [
-        read_channel(spool, c, call.codecs[c], options.journal_key)
-        for c in (Channel.CALLER, Channel.AGENT)
-    ]
-    last_ns = max((p.arrival_ns for i in inputs for p in i.packets), default=call.mono_start_ns)
-    end_ns = record.ended_mono_ns if record is not None else last_ns
-    paused = compute_paused_spans(events, end_ns)
-    plan = plan_recording(
-        inputs,
-        mono_start_ns=call.mono_start_ns,
-        stereo_mode=options.stereo_mode,
-        skip_spans_ns=compute_skip_spans(paused),
-    )
+    # Packets and placements are spilled beside the journals and read back a chunk at a time,
+    # so what the build holds does not grow with the call (see recording/windowed_plan.py).
+    with (
+        tempfile.TemporaryDirectory(prefix=".build-", dir=spool.directory) as work_name,
+        ExitStack() as stack,
+    ):
+        work = Path(work_name)
+        spills, journals = [], []
+        for channel in (Channel.CALLER, Channel.AGENT):
+            journal = spool.open_journal(channel, options.journal_key)
+            if journal is not None:
+                stack.callback(journal.close)
+            path = work / f"{channel.value}.packets"
+            spills.append(spill_channel(journal, channel, call.codecs[channel], path))
+            journals.append(journal)
+        arrivals = [s.last_arrival_ns for s in spills if len(s.packets)]
+        last_ns = max(arrivals, default=call.mono_start_ns)
+        end_ns = record.ended_mono_ns if record is not None else last_ns
+        paused = compute_paused_spans(events, end_ns)
+        plan = plan_windowed(
+            spills,
+            mono_start_ns=call.mono_start_ns,
+            stereo_mode=options.stereo_mode,
+            work=work,
+            skip_spans_ns=compute_skip_spans(paused),
+        )
+        stack.callback(close_plan, plan)
+        frame = plan.frame
+        has_media, span_samples, origin_ns = frame.has_media, frame.span_samples, frame.origin_ns
+        files = []
+        if has_media:
+            for item, journal in zip(plan.channels, journals, strict=True):
+                files.append(_write_channel(spool, item, frame, journal))
+        reports = [_channel_report(item, frame) for item in plan.channels]
+        caller = plan.channels[0]
+        dtmf = (
+            tuple(
+                place_dtmf_keys(events, frame, caller.source.codec, lambda: _placed_packets(caller))
+            )
+            if has_media
+            else ()
+        )
+        paused_spans = tuple(describe_paused_spans(paused, frame)) if has_media else ()
     notes: list[str] = [] if record is None else list(record.notes)
-    has_media, span_samples, origin_ns = plan.has_media, plan.span_samples, plan.origin_ns
-    files = [_write_channel(spool, item, plan) for item in plan.channels] if has_media else []
-    reports = [_channel_report(item, plan) for item in plan.channels]
-    dtmf = tuple(place_dtmf_events(events, plan)) if has_media else ()
-    paused_spans = tuple(describe_paused_spans(paused, plan)) if has_media else ()
-    # The journals' packets and their placements grow with the call; the stereo merge reads the
-    # channel files instead, so they are let go before it (the peak is the larger of the two).
-    del plan, inputs
     if has_media:
         peaks = PeaksBuilder(choose_samples_per_pixel(span_samples), 2)  # fed by the merge
         stereo_mode, stereo_notes = _write_stereo(spool, options, peaks)
@@ -283,30 +334,106 @@ def build_recording(spool: CallSpool, options: FinalizeOptions) -> Manifest:
     return manifest
 
 
-def _write_channel(spool: CallSpool, item: ChannelPlan, plan: RecordingPlan) -> FileEntry:
-    """Write one channel's Ogg Opus file as planned."""
-    source = item.input
+def spill_channel(
+    journal: BinaryIO | None, channel: Channel, codec: Codec, path: Path
+) -> ChannelSpill:
+    """Read a channel's journal into a spill of its decodable packets (none if no journal)."""
+    spill = ColumnSpill(path, PACKET_ROW)
+    if journal is None:
+        return ChannelSpill(channel, codec, spill)
+    header, entries = read_journal_stream(journal)
+    _check_header(header, channel, codec)
+    malformed = 0
+    first_ns = last_ns = None
+    whole_packets = True
+    pending: list[tuple[int, int, int, int, int, int, int]] = []
+    for offset, packet in entries:
+        try:
+            duration = _packet_duration(codec, packet.payload)
+        except OpusPacketError:
+            malformed += 1
+            continue
+        arrival_ns = packet.arrival_ns
+        first_ns = arrival_ns if first_ns is None else min(first_ns, arrival_ns)
+        last_ns = arrival_ns if last_ns is None else max(last_ns, arrival_ns)
+        whole_packets = whole_packets and duration % LOSSLESS_GRANULARITY == 0
+        pending.append(
+            (
+                arrival_ns,
+                offset,
+                packet.rtp_timestamp,
+                packet.ssrc,
+                duration,
+                packet.sequence,
+                len(packet.payload),
+            )
+        )
+        if len(pending) == PACKET_CHUNK_ROWS:
+            spill.append(np.array(pending, PACKET_ROW))
+            pending.clear()
+    spill.append(np.array(pending, PACKET_ROW))
+    return ChannelSpill(
+        channel,
+        codec,
+        spill,
+        malformed=malformed,
+        first_arrival_ns=first_ns or 0,
+        last_arrival_ns=last_ns or 0,
+        whole_packets=whole_packets,
+    )
+
+
+def _write_channel(
+    spool: CallSpool, item: PlacedChannel, frame: RecordingPlan, journal: BinaryIO | None
+) -> FileEntry:
+    """Write one channel's Ogg Opus file as planned, payloads read back from its journal."""
+    source = item.source
     path = spool.output_path(source.channel.side)
-    placements = item.timeline.placements
+    placed = _placed_payloads(item, journal)
     if source.codec is Codec.OPUS:
         # Lossless muxing pairs the channels' packets one to one: keep gaps in 20 ms packets.
         fill = LOSSLESS_GRANULARITY if item.grid == LOSSLESS_GRANULARITY else None
-        write_opus_channel(
-            path, source.packets, placements, plan.span_samples, silence_packet_samples=fill
-        )
+        write_opus_placed(path, placed, frame.span_samples, silence_packet_samples=fill)
     else:
-        write_g711_channel(path, source.codec, source.packets, placements, plan.span_samples // 6)
-    return _file_entry(path, source.channel.side, 1, plan.span_samples)
+        write_g711_placed(path, source.codec, placed, frame.span_samples // 6)
+    return _file_entry(path, source.channel.side, 1, frame.span_samples)
 
 
-def _channel_report(item: ChannelPlan, plan: RecordingPlan) -> ChannelReport:
+def _placed_payloads(item: PlacedChannel, journal: BinaryIO | None) -> Iterator[PlacedPayload]:
+    """Each placement's start, duration and payload, in time line order."""
+    for rows in item.rows():
+        if journal is None:  # no journal, no placements
+            return
+        for start, duration, offset, length in zip(
+            rows["start"].tolist(),
+            rows["duration"].tolist(),
+            rows["offset"].tolist(),
+            rows["length"].tolist(),
+            strict=True,
+        ):
+            journal.seek(offset)
+            yield start, duration, journal.read(length)
+
+
+def _placed_packets(item: PlacedChannel) -> Iterator[tuple[int, int, int]]:
+    """Each placement's start, SSRC and RTP timestamp (where DTMF keys are placed by)."""
+    for rows in item.rows():
+        yield from zip(
+            rows["start"].tolist(),
+            rows["ssrc"].tolist(),
+            rows["rtp_timestamp"].tolist(),
+            strict=True,
+        )
+
+
+def _channel_report(item: PlacedChannel, frame: RecordingPlan) -> ChannelReport:
     """A channel's placement statistics for the manifest."""
-    source = item.input
-    stats = asdict(item.timeline.stats)
+    source = item.source
+    stats = asdict(item.stats)
     stats["malformed"] = source.malformed
-    placed_48k = sum(to_48k(p.duration, source.codec) for p in item.timeline.placements)
-    stats["silence_inserted_ms"] = round((plan.span_samples - placed_48k) * 1000 / OPUS_RATE_HZ, 3)
-    if plan.cuts:
+    silence_48k = frame.span_samples - item.placed_48k
+    stats["silence_inserted_ms"] = round(silence_48k * 1000 / OPUS_RATE_HZ, 3)
+    if frame.cuts:
         stats["cut_at_pause_edges"] = item.cut_packets
     return ChannelReport(source.channel.value, source.channel.side, source.codec.value, stats)
 

@@ -22,7 +22,8 @@ POINT_STEP_SAMPLES = 480
 MAX_POINTS = 8000
 # Samples reduced at once: large enough that numpy's per-call cost vanishes, small enough to stay
 # a few MB.
-_BATCH_SAMPLES = 1 << 19
+_BATCH_SAMPLES = 1 << 16
+_MERGE_PARTS = 64  # reduced batches kept apart before they are joined into one array
 # Sample frames per row in the first reduction (the largest that divides samples_per_pixel).
 _ROW_FRAMES = (240, 48, 16, 1)
 
@@ -176,12 +177,17 @@ class PeaksBuilder:
             minima, maxima = _reduce_points(pcm[:whole], spp)
             self._minima.append(minima)
             self._maxima.append(maxima)
+            if len(self._minima) >= _MERGE_PARTS:
+                # Thousands of tiny arrays cost more than their points: keep one of each.
+                self._minima = [np.concatenate(self._minima)]
+                self._maxima = [np.concatenate(self._maxima)]
         rest = pcm[whole:]
         if final and rest.shape[0]:
             self._minima.append(rest.min(axis=0, keepdims=True))
             self._maxima.append(rest.max(axis=0, keepdims=True))
             rest = rest[:0]
-        self._pending = [rest] if rest.shape[0] else []
+        # A copy: a view would keep the whole batch alive until the next one.
+        self._pending = [rest.copy()] if rest.shape[0] else []
         self._pending_samples = rest.shape[0]
 
 

@@ -31,6 +31,9 @@ _OPUS_HEAD_MAGIC = b"OpusHead"
 # What FFmpeg's Opus decoder produces, used to describe a channel that has no audio at all.
 _DECODED_FORMAT = "fltp"
 _DECODED_LAYOUT = "mono"
+# The merge reads each channel once, front to back, and never seeks: the demuxer's seek index
+# (up to 1 MB per stream by default, growing with the call) is kept small.
+_DEMUX_OPTIONS = {"indexmem": "65536"}
 # The sink hands out 100 ms blocks so the encode loop runs a Python iteration per five frames.
 _SINK_FRAME_SAMPLES = 4800
 
@@ -107,7 +110,7 @@ class _ChannelSource:
         if not path.is_file():
             raise MergeError(f"{name} channel file {path} does not exist")
         try:
-            container = av.open(str(path), "r")
+            container = av.open(str(path), "r", options=_DEMUX_OPTIONS)
         except av.error.EOFError as exc:
             # FFmpeg cannot probe a stream that ends right after its headers; such a file is
             # an empty channel (nobody spoke), not a broken one.

@@ -6,11 +6,11 @@
 # audio packet of nearby timestamp was placed. A key sent on a stream of its own falls back to
 # its arrival: when its last packet came, less its duration.
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mediaserver.recording.channel import Channel
+from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.plan import OPUS_RATE_HZ, RecordingPlan, to_48k
 
 _TIMESTAMP_MODULUS = 1 << 32
@@ -70,12 +70,31 @@ def place_dtmf_events(
     events: Sequence[dict[str, Any]], plan: RecordingPlan
 ) -> list[dict[str, Any]]:
     """Keys pressed as the manifest lists them: digit, start on the time line, duration."""
-    keys = [event for event in events if event.get("type") == "dtmf"]
-    if not keys:
+    if not any(event.get("type") == "dtmf" for event in events):
         return []
     caller = next(c for c in plan.channels if c.input.channel is Channel.CALLER)
     packets = caller.input.packets
-    rate_hz = caller.input.codec.clock_rate_hz
+
+    def placed() -> Iterator[tuple[int, int, int]]:
+        for placement in caller.timeline.placements:
+            packet = packets[placement.index]
+            yield placement.start, packet.ssrc, packet.rtp_timestamp
+
+    return place_dtmf_keys(events, plan, caller.input.codec, placed)
+
+
+def place_dtmf_keys(
+    events: Sequence[dict[str, Any]],
+    frame: RecordingPlan,
+    caller_codec: Codec,
+    caller_placed: Callable[[], Iterable[tuple[int, int, int]]],
+) -> list[dict[str, Any]]:
+    """place_dtmf_events given the caller's placements as (start, SSRC, RTP timestamp)."""
+    # `frame` gives the time line (origin, span, cuts); its channels are not read.
+    keys = [event for event in events if event.get("type") == "dtmf"]
+    if not keys:
+        return []
+    rate_hz = caller_codec.clock_rate_hz
     max_distance = int(MAX_MEDIA_DISTANCE_S * rate_hz)
     placed = []
     for event in keys:
@@ -84,19 +103,18 @@ def place_dtmf_events(
         timestamp, ssrc = event.get("rtp_timestamp"), event.get("ssrc")
         if isinstance(timestamp, int) and isinstance(ssrc, int):
             best: tuple[int, int] | None = None  # (distance, start in clock units)
-            for placement in caller.timeline.placements:
-                packet = packets[placement.index]
-                if packet.ssrc != ssrc:
+            for start, packet_ssrc, packet_timestamp in caller_placed():
+                if packet_ssrc != ssrc:
                     continue
-                offset = (timestamp - packet.rtp_timestamp + _TIMESTAMP_HALF) % _TIMESTAMP_MODULUS
+                offset = (timestamp - packet_timestamp + _TIMESTAMP_HALF) % _TIMESTAMP_MODULUS
                 offset -= _TIMESTAMP_HALF
                 if abs(offset) <= max_distance and (best is None or abs(offset) < best[0]):
-                    best = (abs(offset), placement.start + offset)
+                    best = (abs(offset), start + offset)
             if best is not None:
-                at_48k = min(max(0, to_48k(best[1], caller.input.codec)), plan.span_samples)
+                at_48k = min(max(0, to_48k(best[1], caller_codec)), frame.span_samples)
         if at_48k is None:
-            ended_ns = int(event.get("ended_ns", plan.origin_ns))
-            at_48k = plan.position_48k(ended_ns - int(duration_ms * 1_000_000))
+            ended_ns = int(event.get("ended_ns", frame.origin_ns))
+            at_48k = frame.position_48k(ended_ns - int(duration_ms * 1_000_000))
         entry: dict[str, Any] = {
             "type": "dtmf",
             "digit": event.get("digit"),

@@ -3,7 +3,7 @@
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from mediaserver.errors import JournalError
 from mediaserver.recording.channel import Channel, Codec
@@ -184,3 +184,55 @@ def read_journal_columns(data: bytes) -> tuple[JournalHeader, PacketColumns]:
         )
         offset = start + length
     return header, columns
+
+
+class JournalEntry(NamedTuple):
+    """One record read from a journal stream, with where its payload starts in the stream."""
+
+    payload_offset: int
+    packet: MediaPacket
+
+
+def read_journal_stream(
+    stream: BinaryIO, block_bytes: int = 1 << 20
+) -> tuple[JournalHeader, Iterator[JournalEntry]]:
+    """A journal's header and its records read a block at a time (a torn last record ends it)."""
+    header = parse_journal_header(stream.read(HEADER_SIZE))
+    return header, _iter_stream_records(stream, block_bytes)
+
+
+def _iter_stream_records(stream: BinaryIO, block_bytes: int) -> Iterator[JournalEntry]:
+    """Records after the header, holding one block of the stream at a time."""
+    buffer = b""
+    base = HEADER_SIZE  # stream offset of buffer[0]
+    at = 0
+    unpack_from = _RECORD.unpack_from
+    while True:
+        block = stream.read(block_bytes)
+        if block:
+            buffer = buffer[at:] + block
+            base += at
+            at = 0
+        end = len(buffer)
+        while at + RECORD_HEADER_SIZE <= end:
+            arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(
+                buffer, at
+            )
+            start = at + RECORD_HEADER_SIZE
+            if start + length > end:
+                break
+            yield JournalEntry(
+                base + start,
+                MediaPacket(
+                    arrival_ns,
+                    timestamp,
+                    sequence,
+                    ssrc,
+                    payload_type,
+                    bool(flags & _FLAG_MARKER),
+                    buffer[start : start + length],
+                ),
+            )
+            at = start + length
+        if not block:
+            return  # whatever is left is a record cut short by a crash

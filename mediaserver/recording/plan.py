@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from mediaserver.recording.channel import Channel, Codec
 from mediaserver.recording.placement_columns import PlacementColumns
@@ -76,11 +77,17 @@ def to_48k(samples: int, codec: Codec) -> int:
 
 def compute_grid(item: ChannelInput, stereo_mode: str) -> int:
     """Placement grid of a channel, in its clock units."""
+    whole_packets = all(d % LOSSLESS_GRANULARITY == 0 for d in item.durations)
+    return choose_grid(item.codec, stereo_mode, whole_packets=whole_packets)
+
+
+def choose_grid(codec: Codec, stereo_mode: str, *, whole_packets: bool) -> int:
+    """Placement grid of a channel whose packets are (or not) all whole 20 ms, in clock units."""
     # Opus snaps to its shortest frame; for lossless muxing to the 20 ms packet grid, but only
     # when every packet is whole 20 ms (otherwise muxing fails and the precise grid is better).
-    if item.codec is not Codec.OPUS:
+    if codec is not Codec.OPUS:
         return 1
-    if stereo_mode == "lossless" and all(d % LOSSLESS_GRANULARITY == 0 for d in item.durations):
+    if stereo_mode == "lossless" and whole_packets:
         return LOSSLESS_GRANULARITY
     return PRECISE_GRANULARITY
 
@@ -150,20 +157,29 @@ def apply_cuts(timeline: Timeline, cuts: Sequence[Cut], codec: Codec) -> tuple[T
     if not cuts:
         return timeline, 0
     columns = PlacementColumns.of(timeline.placements)
+    moved, touching = cut_starts(columns.starts, columns.durations, cuts, codec)
+    kept = PlacementColumns(moved, columns.durations, columns.indexes).select(~touching)
+    return replace(timeline, placements=kept), int(touching.sum())
+
+
+def cut_starts(
+    starts: npt.NDArray[np.int64],
+    durations: npt.NDArray[np.int64],
+    cuts: Sequence[Cut],
+    codec: Codec,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Placements' starts moved up past the cuts before them, and which ones touch a cut."""
     ratio = OPUS_RATE_HZ // codec.clock_rate_hz  # whole: 1 for Opus, 6 for G.711
-    cut_starts = np.array([cut.start for cut in cuts], np.int64)
-    cut_ends = cut_starts + np.array([cut.removed for cut in cuts], np.int64)
+    cut_begins = np.array([cut.start for cut in cuts], np.int64)
+    cut_ends = cut_begins + np.array([cut.removed for cut in cuts], np.int64)
     # Channel clock units removed by the first k cuts, for k = 0 .. len(cuts).
     removed_before = np.concatenate(([0], np.cumsum([cut.removed // ratio for cut in cuts])))
-    starts, ends = columns.starts * ratio, (columns.starts + columns.durations) * ratio
-    passed = np.searchsorted(cut_ends, starts, side="right")  # cuts wholly before each start
+    begins, ends = starts * ratio, (starts + durations) * ratio
+    passed = np.searchsorted(cut_ends, begins, side="right")  # cuts wholly before each start
     upcoming = np.minimum(passed, len(cuts) - 1)
     # Audio journalled at the very edge of a pause: it would overlap what follows the cut.
-    touching = (passed < len(cuts)) & (ends > cut_starts[upcoming])
-    kept = PlacementColumns(
-        columns.starts - removed_before[passed], columns.durations, columns.indexes
-    ).select(~touching)
-    return replace(timeline, placements=kept), int(touching.sum())
+    touching = (passed < len(cuts)) & (ends > cut_begins[upcoming])
+    return starts - removed_before[passed], touching
 
 
 def _rebase(timeline: Timeline, lead_in_48k: int, codec: Codec) -> Timeline:

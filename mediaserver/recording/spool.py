@@ -1,11 +1,12 @@
 """The spool: where a call's journals, description and built files live until they are stored."""
 
+import io
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mediaserver.encryption.sealed_journal import is_sealed_journal, open_sealed_journal
 from mediaserver.errors import EncryptionKeyUnavailableError, JournalError
@@ -132,6 +133,24 @@ class CallSpool:
                 " cannot be unwrapped here: recover it where encryption_private_key_path is set"
             )
         return open_sealed_journal(data, data_key, self.journal_identity(channel))
+
+    def open_journal(self, channel: Channel, data_key: bytes | None) -> BinaryIO | None:
+        """A channel's journal to read from the start (unsealed in memory); None if missing."""
+        path = self.journal_path(channel)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            return None
+        prefix = handle.read(16)
+        if not prefix:  # created but never written: a channel that sent nothing
+            handle.close()
+            return None
+        if not is_sealed_journal(prefix):
+            handle.seek(0)
+            return handle
+        handle.close()
+        # Sealed segments are opened as a whole: such a journal is held in memory.
+        return io.BytesIO(self.read_journal(channel, data_key))
 
     def write_envelope(self, envelope_json: str) -> None:
         """Keep the wrapped data key the journals are sealed with (a crash's recovery needs it)."""

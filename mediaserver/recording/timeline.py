@@ -7,6 +7,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -120,15 +121,21 @@ class _Run:
     last_timestamp: int
 
 
+class _Column(Protocol):
+    """Where _split_runs writes one number per packet (an array, or a spill's column)."""
+
+    def __setitem__(self, index: int, value: int, /) -> None:
+        """Set the number of the packet at `index`."""
+
+
 @dataclass(slots=True)
 class _Split:
     """Which run each packet (by arrival position) belongs to, with its extended numbers."""
 
-    # Typed arrays, not lists: 8 bytes a packet each rather than a pointer and an int object.
     runs: list[_Run]
-    run_of: array[int]  # -1 for packets dropped before placement
-    sequences: array[int]
-    timestamps: array[int]
+    run_of: _Column  # -1 for packets dropped before placement
+    sequences: _Column
+    timestamps: _Column
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,12 +214,15 @@ def compute_timeline(
     if len(durations) != len(packets):
         raise ValueError(f"{len(packets)} packets but {len(durations)} durations")
     counters = _Counters()
-    split = _split_runs(packets, durations, config, counters)
     count = len(packets)
-    run_of = np.frombuffer(split.run_of, dtype=np.int64) if count else np.zeros(0, np.int64)
+    # Typed arrays, not lists: 8 bytes a packet each rather than a pointer and an int object.
+    run_numbers, sequences, timestamps = (array("q", [v]) * count for v in (-1, 0, 0))
+    split = _Split([], run_numbers, sequences, timestamps)
+    _split_runs(packets, durations, config, counters, split)
+    run_of = np.frombuffer(run_numbers, dtype=np.int64) if count else np.zeros(0, np.int64)
     everything = _Columns(
-        sequences=np.frombuffer(split.sequences, dtype=np.int64) if count else run_of,
-        timestamps=np.frombuffer(split.timestamps, dtype=np.int64) if count else run_of,
+        sequences=np.frombuffer(sequences, dtype=np.int64) if count else run_of,
+        timestamps=np.frombuffer(timestamps, dtype=np.int64) if count else run_of,
         arrivals_ns=(
             np.fromiter(map(attrgetter("arrival_ns"), packets), np.int64, count) - origin_ns
         ).astype(np.float64),
@@ -234,7 +244,10 @@ def compute_timeline(
     placements = PlacementColumns(
         _join(cursor.starts), _join(cursor.durations), _join(cursor.indexes)
     )
-    return Timeline(placements, _build_stats(count, len(split.runs), placements, config, counters))
+    start = placements[0].start if placements else 0
+    end = placements[-1].start + placements[-1].duration if placements else 0
+    placed = _Placed(len(placements), start, end, placements.total_duration())
+    return Timeline(placements, _build_stats(count, len(split.runs), placed, config, counters))
 
 
 def _join(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
@@ -247,13 +260,14 @@ def _split_runs(
     durations: Sequence[int],
     config: TimelineConfig,
     counters: _Counters,
-) -> _Split:
+    split: _Split,
+) -> None:
     """Assign packets to runs of one SSRC with a continuous clock, dropping timing outliers."""
+    # Every entry of `split` is written at the position being read, in increasing order, so a
+    # caller may hand in columns that stream to disk (see windowed_timeline).
     ns_per_unit = _NS_PER_S / config.clock_rate_hz
     jump_ns = config.jump_threshold_ms * 1_000_000
     reorder_ns = config.reorder_window_ms * 1_000_000
-    count = len(packets)
-    split = _Split([], array("q", [-1]) * count, array("q", [0]) * count, array("q", [0]) * count)
     runs = split.runs
     current: _Run | None = None
     previous: _Run | None = None
@@ -328,7 +342,6 @@ def _split_runs(
         current.highest_sequence = sequence
         current.last_arrival_ns = packet.arrival_ns
         current.last_timestamp = timestamp
-    return split
 
 
 def _is_catch_up(packets: Sequence[MediaPacket], position: int, ns_per_unit: float) -> bool:
@@ -453,8 +466,8 @@ def _place_run(
     # Delay of each packet relative to its media time: it can only be late, never early, so the
     # smallest delays trace the network's floor and the sender's clock against ours.
     delay = run.arrivals_ns - media_ns
-    window = _window_packets(run.durations, config)
-    slope = _drift_slope(run.arrivals_ns, delay, window, config)
+    window = _window_packets(float(np.median(run.durations)), config)
+    slope = _fit_drift(*_drift_minima(run.arrivals_ns, delay, window), config)
     if slope is not None:
         span_ns = float(run.arrivals_ns.max() - run.arrivals_ns.min())
         # Delay falling over time means the sender's timestamps run ahead of our clock.
@@ -622,25 +635,28 @@ def _resolve_conflicts(
     return starts, placed
 
 
-def _window_packets(durations: npt.NDArray[np.int64], config: TimelineConfig) -> int:
-    """Number of packets in one drift window while the sender talks (packets of typical length)."""
-    typical_ms = float(np.median(durations)) * 1000 / config.clock_rate_hz
+def _window_packets(median_duration: float, config: TimelineConfig) -> int:
+    """Number of packets in one drift window while the sender talks (packets of median length)."""
+    typical_ms = median_duration * 1000 / config.clock_rate_hz
     return max(2, round(config.drift_window_ms / typical_ms))
 
 
-def _drift_slope(
-    arrival: _FloatArray, delay: _FloatArray, window: int, config: TimelineConfig
-) -> float | None:
+def _drift_minima(
+    arrival: _FloatArray, delay: _FloatArray, window: int
+) -> tuple[_FloatArray, _FloatArray]:
+    """Arrival and delay of each whole window's lowest-delay packet (the first, on a tie)."""
+    chunks = len(delay) // window
+    shaped = delay[: chunks * window].reshape(chunks, window)
+    lowest = shaped.argmin(axis=1) + np.arange(chunks) * window
+    return arrival[lowest], delay[lowest]
+
+
+def _fit_drift(times: _FloatArray, floors: _FloatArray, config: TimelineConfig) -> float | None:
     """Slope (ns of delay per ns) of the lower delay envelope by least squares, if measurable."""
     # Each window of packets contributes its minimum delay; the fit is repeated on the points at
     # or under the first line, because congested windows only ever sit above the true floor.
-    chunks = len(delay) // window
-    if chunks < 3:
+    if len(floors) < 3:
         return None
-    shaped = delay[: chunks * window].reshape(chunks, window)
-    lowest = shaped.argmin(axis=1) + np.arange(chunks) * window
-    times = arrival[lowest]
-    floors = delay[lowest]
     if float(times.max() - times.min()) < _MIN_DRIFT_SPAN_WINDOWS * config.drift_window_ms * 1e6:
         return None
     slope, intercept = np.polyfit(times - times.mean(), floors, 1)
@@ -677,24 +693,28 @@ def _ms_to_units(duration_ms: float, clock_rate_hz: int) -> int:
     return math.floor(duration_ms * clock_rate_hz / 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """What the statistics need of a channel's placements: count, extent and audio placed."""
+
+    count: int
+    start: int
+    end: int
+    units: int
+
+
 def _build_stats(
-    packet_count: int,
-    run_count: int,
-    placements: PlacementColumns,
-    config: TimelineConfig,
-    counters: _Counters,
+    packet_count: int, run_count: int, placed: _Placed, config: TimelineConfig, counters: _Counters
 ) -> TimelineStats:
     """Freeze the tallies into the JSON-friendly statistics."""
     ms_per_unit = 1000 / config.clock_rate_hz
-    start = placements[0].start if placements else 0
-    end = placements[-1].start + placements[-1].duration if placements else 0
-    placed_units = placements.total_duration()
+    start, end, placed_units = placed.start, placed.end, placed.units
     drift_ppm = (
         counters.drift_weighted_ppm / counters.drift_weight_ns if counters.drift_weight_ns else 0.0
     )
     return TimelineStats(
         packets=packet_count,
-        placed=len(placements),
+        placed=placed.count,
         duplicates=counters.duplicates,
         late_dropped=counters.late_dropped,
         overlaps_dropped=counters.overlaps_dropped,
