@@ -93,7 +93,7 @@ class Settings:
     max_calls: int = 500
     max_cpu_share: float = 0.85
     max_loop_lag_ms: float = 20.0
-    call_cpu_share: float = 0.015
+    call_cpu_share: float = 0.02
     http_keepalive_timeout_s: float = 15.0
     http_header_timeout_s: float = 10.0
     max_connections: int = 4096
