@@ -128,27 +128,24 @@ class JournalWriter:
 
 def iter_journal_records(data: bytes | memoryview) -> Iterator[MediaPacket]:
     """Yield the records after the header, stopping silently at a torn last record."""
-    view = memoryview(data)
-    offset = HEADER_SIZE
-    end = len(view)
+    for _, packet in _whole_records(memoryview(data), HEADER_SIZE):
+        yield packet
+
+
+def _whole_records(buffer: bytes | memoryview, at: int) -> Iterator[tuple[int, MediaPacket]]:
+    """The complete records of `buffer` from `at` on, each with where its payload starts."""
+    end = len(buffer)
     unpack_from = _RECORD.unpack_from
-    while offset + RECORD_HEADER_SIZE <= end:
-        arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(
-            view, offset
-        )
-        start = offset + RECORD_HEADER_SIZE
+    while at + RECORD_HEADER_SIZE <= end:
+        arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(buffer, at)
+        start = at + RECORD_HEADER_SIZE
         if start + length > end:
-            return  # a record cut short by a crash: everything before it is whole
-        yield MediaPacket(
-            arrival_ns,
-            timestamp,
-            sequence,
-            ssrc,
-            payload_type,
-            bool(flags & _FLAG_MARKER),
-            bytes(view[start : start + length]),
-        )
-        offset = start + length
+            return  # cut short: by a crash, or by the end of the block read so far
+        payload = bytes(buffer[start : start + length])
+        marker = bool(flags & _FLAG_MARKER)
+        packet = MediaPacket(arrival_ns, timestamp, sequence, ssrc, payload_type, marker, payload)
+        yield start, packet
+        at = start + length
 
 
 def parse_journal(data: bytes) -> tuple[JournalHeader, list[MediaPacket]]:
@@ -206,33 +203,14 @@ def _iter_stream_records(stream: BinaryIO, block_bytes: int) -> Iterator[Journal
     buffer = b""
     base = HEADER_SIZE  # stream offset of buffer[0]
     at = 0
-    unpack_from = _RECORD.unpack_from
     while True:
         block = stream.read(block_bytes)
         if block:
             buffer = buffer[at:] + block
             base += at
             at = 0
-        end = len(buffer)
-        while at + RECORD_HEADER_SIZE <= end:
-            arrival_ns, timestamp, ssrc, sequence, payload_type, flags, length = unpack_from(
-                buffer, at
-            )
-            start = at + RECORD_HEADER_SIZE
-            if start + length > end:
-                break
-            yield JournalEntry(
-                base + start,
-                MediaPacket(
-                    arrival_ns,
-                    timestamp,
-                    sequence,
-                    ssrc,
-                    payload_type,
-                    bool(flags & _FLAG_MARKER),
-                    buffer[start : start + length],
-                ),
-            )
-            at = start + length
+        for start, packet in _whole_records(buffer, at):
+            yield JournalEntry(base + start, packet)
+            at = start + len(packet.payload)
         if not block:
             return  # whatever is left is a record cut short by a crash

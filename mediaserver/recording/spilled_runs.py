@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import TypeVar, overload
 
 import numpy as np
 
@@ -42,6 +42,7 @@ CARRIED = [
     ("hint", "?"),
     ("reordered", "?"),
 ]
+T = TypeVar("T")
 MEMBER_ROW = np.dtype([("sequence", "<i8"), ("timestamp", "<i8"), ("arrival", "<f8"), *CARRIED])
 
 
@@ -68,11 +69,12 @@ class _RowCache:
         return arrival, timestamp, sequence, ssrc, duration
 
 
-class _PacketView(Sequence[MediaPacket]):
-    """The spilled packets as MediaPacket (empty payloads: placement never reads them)."""
+class _RowView(Sequence[T]):
+    """The spilled packets as a sequence of what `item` makes of each cached row."""
 
-    def __init__(self, cache: _RowCache) -> None:
+    def __init__(self, cache: _RowCache, item: Callable[[tuple[int, int, int, int, int]], T]):
         self._cache = cache
+        self._item = item
         self._length = len(cache._spill)
 
     def __len__(self) -> int:
@@ -80,43 +82,29 @@ class _PacketView(Sequence[MediaPacket]):
         return self._length
 
     @overload
-    def __getitem__(self, index: int) -> MediaPacket: ...
+    def __getitem__(self, index: int) -> T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[MediaPacket]: ...
+    def __getitem__(self, index: slice) -> list[T]: ...
 
-    def __getitem__(self, index: int | slice) -> MediaPacket | list[MediaPacket]:
-        """One packet, or a list for a slice."""
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        """One item, or a list for a slice."""
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._length))]
         if not 0 <= index < self._length:
             raise IndexError(index)
-        arrival, timestamp, sequence, ssrc, _ = self._cache.row(index)
-        return MediaPacket(arrival, timestamp, sequence, ssrc, 0, False, b"")
+        return self._item(self._cache.row(index))
 
 
-class _DurationView(Sequence[int]):
-    """The spilled packets' durations."""
+def _packet_of(row: tuple[int, int, int, int, int]) -> MediaPacket:
+    """A spilled row as a MediaPacket (empty payload: placement never reads it)."""
+    arrival, timestamp, sequence, ssrc, _ = row
+    return MediaPacket(arrival, timestamp, sequence, ssrc, 0, False, b"")
 
-    def __init__(self, cache: _RowCache) -> None:
-        self._cache = cache
-        self._length = len(cache._spill)
 
-    def __len__(self) -> int:
-        """How many packets."""
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
-
-    def __getitem__(self, index: int | slice) -> int | list[int]:
-        """One duration, or a list for a slice."""
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        return self._cache.row(index)[4]
+def _duration_of(row: tuple[int, int, int, int, int]) -> int:
+    """A spilled row's duration."""
+    return row[4]
 
 
 class _SplitSink:
@@ -250,7 +238,7 @@ def split_spilled(
     sink = _SplitSink(split_spill, len(packets), chunk_rows)
     split = _Split([], sink.column("run"), sink.column("sequence"), sink.column("timestamp"))
     cache = _RowCache(packets, chunk_rows)
-    _split_runs(_PacketView(cache), _DurationView(cache), config, counters, split)
+    _split_runs(_RowView(cache, _packet_of), _RowView(cache, _duration_of), config, counters, split)
     sink.finish()
     return SpilledRuns(
         packets, split_spill, first_positions(split_spill, len(split.runs), chunk_rows)
