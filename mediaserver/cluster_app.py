@@ -62,6 +62,9 @@ async def cluster_context(app: web.Application) -> AsyncIterator[None]:
     app[RESERVATIONS] = Reservations()
     async with aiohttp.ClientSession() as session:
         app[NODE_CLIENT] = NodeClient(session, node_id=local.node_id)
+        # In the registry before the listener opens: a peer that lists the nodes, or is asked to
+        # place a call, as soon as this one answers must find it there.
+        await registry.publish()
         heartbeat = asyncio.create_task(registry.run(), name="cluster.heartbeat")
         log.info("cluster.joined", node_id=local.node_id, public_url=local.public_url)
         yield
