@@ -166,20 +166,27 @@ class StepResult:
     @property
     def passed(self) -> bool:
         """No loss anywhere, loop lag p99 under target, recordings the call's length."""
-        return (
-            self.lost == 0
-            and self.rcvbuf_errors == 0
-            and self.lag_p99_ms < TARGET_LAG_P99_MS
-            and self.duration_error_ms < 100
-            and self.drift_corrections == 0
+        return not self.failures
+
+    @property
+    def failures(self) -> list[str]:
+        """What failed the step's criteria, in words (empty when it passed)."""
+        checks = (
+            (self.lost == 0, f"{self.lost} lost"),
+            (self.rcvbuf_errors == 0, f"{self.rcvbuf_errors} receive-buffer drops"),
+            (self.lag_p99_ms < TARGET_LAG_P99_MS, f"lag p99 {self.lag_p99_ms:.1f} ms"),
+            (self.duration_error_ms < 100, f"length off by {self.duration_error_ms:.0f} ms"),
+            (self.drift_corrections == 0, f"{self.drift_corrections} drift corrections"),
         )
+        return [failure for ok, failure in checks if not ok]
 
 
 # -- audio ---------------------------------------------------------------------------------------
 
 
 def build_speechlike_opus(count: int) -> list[bytes]:
-    """Opus packets of a warbling two-tone signal: real libopus output the server must decode."""
+    """Opus packets of a steady tone: real libopus output the server must decode (hybrid
+    fullband, ~29 kb/s: the mode browsers send speech in)."""
     return build_opus_tone_packets(310.0, count)
 
 
@@ -855,6 +862,9 @@ async def main_async(args: argparse.Namespace) -> None:
             rows.append(row(result, spread))
             print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # as each step ends
             passes = sum(r.passed for r in runs)
+            if len(runs) > 1:  # each run's verdict: noise shows as one failing run of several
+                verdicts = ["pass" if r.passed else f"FAIL ({', '.join(r.failures)})" for r in runs]
+                print(f"runs {transport} x{count}: {'; '.join(verdicts)}", flush=True)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
             collections, paused_ms = result.gc_pauses_ms

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from common import print_table, quiet_logging, renice
 
 from mediaserver.call_recording import CallRecording
-from mediaserver.calls import TICKS_PER_SLICE
+from mediaserver.calls import SLICE_NS
 from mediaserver.errors import RtpParseError
 from mediaserver.recorder import Recorder
 from mediaserver.recording.call import EndReason
@@ -373,9 +373,11 @@ async def tick_agent_audio(calls: list[BenchCall]) -> None:
     while True:
         tick += 1
         await asyncio.sleep(max(0.0, started_s + tick * PACKET_INTERVAL_S - loop.time()))
-        for index, call in enumerate(calls):
-            if index and index % TICKS_PER_SLICE == 0:
+        slice_ends_ns = time.monotonic_ns() + SLICE_NS
+        for call in calls:
+            if time.monotonic_ns() >= slice_ends_ns:
                 await asyncio.sleep(0)
+                slice_ends_ns = time.monotonic_ns() + SLICE_NS
             leg = call.leg
             leg.send_audio(call.sequencer.number(tick, PCMU_PAYLOAD, leg.payload_type))
 

@@ -27,7 +27,10 @@ FRAME_NS = 20_000_000
 # call's next tick either way: 0-20 ms, whichever phase the call is in.)
 PHASES = 4
 PHASE_NS = FRAME_NS // PHASES
-TICKS_PER_SLICE = 8  # sessions ticked between two yields to the event loop
+# The longest the pacer ticks sessions before it lets the loop read packets and requests in
+# between: a budget of time, not of sessions, so a busy loop cannot starve the pacer (each yield
+# waits behind a whole iteration of I/O) while a light one pays for no yield at all.
+SLICE_NS = 1_000_000
 # A late pacer plays the ticks it missed back to back, up to this many (200 ms: a preempted
 # process or a slow callback; the caller's jitter buffer absorbs the burst and real time is
 # restored at once). Beyond, the missed audio is dropped and counted: a stalled loop must not
@@ -268,12 +271,15 @@ class CallHub:
                 session.skip(ticks)
 
     async def _tick_all(self, tick: int, sessions: list[CallSession]) -> None:
-        """Tick sessions once, yielding to the loop between slices."""
-        for index, session in enumerate(sessions):
-            if index and index % TICKS_PER_SLICE == 0:
+        """Tick sessions once, yielding to the loop after each slice of `SLICE_NS`."""
+        clock = self.clock
+        slice_ends_ns = clock.monotonic_ns() + SLICE_NS
+        for session in sessions:
+            if clock.monotonic_ns() >= slice_ends_ns:
                 # Each tick encodes a frame: let packets and requests in between slices,
                 # so a round over hundreds of calls never holds the loop for milliseconds.
                 await asyncio.sleep(0)
+                slice_ends_ns = clock.monotonic_ns() + SLICE_NS
                 if session.closed:
                     continue
             try:

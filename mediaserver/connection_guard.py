@@ -120,9 +120,18 @@ class _GuardedProtocol(asyncio.Protocol):
             if _END_OF_HEADERS in seen:
                 self._timer.cancel()
                 self._timer = None
+                self._read_directly()
             else:
                 self._tail = seen[-3:]
         self._inner.data_received(data)
+
+    def _read_directly(self) -> None:
+        """The deadline is met: the transport hands later reads to aiohttp's handler itself."""
+        # An agent's WebSocket carries ~25 messages a second for the whole call: a call less
+        # each. Only reads bypass the guard; the end of the connection still comes here.
+        self.data_received = self._inner.data_received  # type: ignore[method-assign]
+        if self._transport is not None:
+            self._transport.set_protocol(self)  # uvloop looks data_received up only here
 
     def eof_received(self) -> bool | None:
         """Hand the end of input on."""

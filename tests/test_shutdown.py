@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from rtp_caller import RtpCaller, open_caller
 from rtp_sender import silence_payload
@@ -229,8 +230,22 @@ async def test_slow_and_surplus_connections_are_closed(tmp_path: Path) -> None:
         assert await asyncio.wait_for(loop.sock_recv(slow, 100), 5) == b""  # closed by the server
         closed_after_s = time.monotonic() - started
         slow.close()
+        # Headers in time: the connection is served past the deadline (keep-alive), and its
+        # place is given back when it closes (the six below all fit under the cap).
+        served = socket.create_connection((host, int(port)))
+        served.setblocking(False)
+        for _ in range(2):
+            await loop.sock_sendall(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await asyncio.wait_for(loop.sock_recv(served, 4096), 5)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            await asyncio.sleep(0.7)
+        served.close()
         idle = [socket.create_connection((host, int(port))) for _ in range(6)]
         await asyncio.sleep(0.1)
+        for sock in idle:  # admitted: nothing to read yet (a refusal would be a 503 by now)
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(100)
         surplus = socket.create_connection((host, int(port)))
         surplus.setblocking(False)
         answer = await asyncio.wait_for(loop.sock_recv(surplus, 4096), 5)

@@ -77,6 +77,7 @@ class RtpCallerTransport:
             dtmf=dtmf_payload_type,
             clock_rate_hz=codec.clock_rate_hz,
         )
+        self.payload_type = self._types.audio  # negotiated: the caller's and ours
         self.host = host
         self.media_timeout_s = media_timeout_s
         self._sink = sink
@@ -112,11 +113,6 @@ class RtpCallerTransport:
     def port(self) -> int | None:
         """The local port, once started."""
         return self._udp.port
-
-    @property
-    def payload_type(self) -> int:
-        """The audio payload type negotiated (the caller's and ours)."""
-        return self._types.audio
 
     @property
     def dtmf_payload_type(self) -> int | None:

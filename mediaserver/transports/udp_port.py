@@ -159,7 +159,7 @@ class UdpPort:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                 # The kernel stamps arrivals on the wall clock; audio is placed on the monotonic
                 # one. Never later than now: a stamp from a clock stepped meanwhile is ignored.
-                offset_ns = time.time_ns() - time.monotonic_ns()
+                offset_ns = time.time_ns() - now_ns
                 arrival_ns = min(now_ns, seconds * _NS_PER_S + nanoseconds - offset_ns)
             elif kind == SO_RXQ_OVFL and len(value) >= _OVERFLOW_COUNT.size:
                 self._note_kernel_drops(_OVERFLOW_COUNT.unpack_from(value)[0])
