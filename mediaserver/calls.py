@@ -244,16 +244,13 @@ class CallHub:
         clock = self.clock
         started_ns = clock.monotonic_ns()
         step = PHASES - 1  # steps of 5 ms: the first is tick 1, phase 0, 20 ms after the start
-        slice_ends_ns = 0
         while True:
             step += 1
             due_ns = started_ns + step * PHASE_NS
             now_ns = clock.monotonic_ns()
             if due_ns > now_ns:
                 await clock.sleep((due_ns - now_ns) / 1e9)
-                slice_ends_ns = clock.monotonic_ns() + SLICE_NS
             else:
-                # Catching up runs steps back to back, within the slice the last one began.
                 behind = (now_ns - due_ns) // PHASE_NS
                 if behind >= PHASES and step % PHASES == 0:
                     self.pacer_late_ticks += 1  # a whole frame late, counted once per round
@@ -263,8 +260,7 @@ class CallHub:
                     self._skip(step, skipped)
                     step += skipped
             tick, phase = divmod(step, PHASES)
-            sessions = list(self._phases[phase].values())
-            slice_ends_ns = await self._tick_all(tick, sessions, slice_ends_ns)
+            await self._tick_all(tick, list(self._phases[phase].values()))
 
     def _skip(self, first_step: int, steps: int) -> None:
         """The pacer missed `steps` steps from `first_step` on: each phase skips its ticks."""
@@ -274,10 +270,10 @@ class CallHub:
             for session in list(self._phases[(first_step + offset) % PHASES].values()):
                 session.skip(ticks)
 
-    async def _tick_all(self, tick: int, sessions: list[CallSession], slice_ends_ns: int) -> int:
-        """Tick sessions once, yielding to the loop whenever the slice (`SLICE_NS` long) that
-        ends at `slice_ends_ns` is used up; when the last slice begun ends."""
+    async def _tick_all(self, tick: int, sessions: list[CallSession]) -> None:
+        """Tick sessions once, yielding to the loop after each slice of `SLICE_NS`."""
         clock = self.clock
+        slice_ends_ns = clock.monotonic_ns() + SLICE_NS
         for session in sessions:
             if clock.monotonic_ns() >= slice_ends_ns:
                 # Each tick encodes a frame: let packets and requests in between slices,
@@ -291,4 +287,3 @@ class CallHub:
             except Exception:  # one broken call must not stop the others' audio
                 log.exception("calls.tick_failed", call_id=session.call_id)
                 session.end(EndReason.INTERNAL_ERROR)
-        return slice_ends_ns
