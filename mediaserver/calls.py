@@ -30,6 +30,9 @@ PHASE_NS = FRAME_NS // PHASES
 # The longest the pacer ticks sessions before it lets the loop read packets and requests in
 # between: a budget of time, not of sessions, so a busy loop cannot starve the pacer (each yield
 # waits behind a whole iteration of I/O) while a light one pays for no yield at all.
+# A pacer catching up gives each step a fresh slice: it runs ahead of reads, which wait in the
+# kernel with their arrival stamps (carrying one slice across the steps measured worse: more
+# late frames and a higher loop lag, the pacer falling further behind at each yield).
 SLICE_NS = 1_000_000
 # A late pacer plays the ticks it missed back to back, up to this many (200 ms: a preempted
 # process or a slow callback; the caller's jitter buffer absorbs the burst and real time is
