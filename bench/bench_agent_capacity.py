@@ -40,6 +40,7 @@ from common import print_table, renice, set_autogroup_nice
 from webrtc_load import LoadCaller, build_opus_tone_packets
 
 from mediaserver.audio.g711 import encode_pcmu
+from mediaserver.audio.libopus import OpusDecoder
 
 HOST = "127.0.0.1"
 TOKEN = "bench-token-0123456789"
@@ -157,6 +158,9 @@ class StepResult:
     gc_pauses_ms: tuple[int, float] = (0, 0.0)  # collections in the measured seconds, their total
     profile: dict[str, float] = field(default_factory=dict)
     native_profile: list[tuple[str, float]] = field(default_factory=list)
+    # The machine's speed just before the step: µs to decode one of the callers' Opus packets
+    # (this VM's speed drifts by a fifth within an hour; a slow run shows it here).
+    reference_us: float = 0.0
 
     @property
     def lost(self) -> int:
@@ -684,10 +688,23 @@ def summarize_profile(raw: Path) -> dict[str, float]:
 # -- steps ---------------------------------------------------------------------------------------
 
 
+def measure_reference_us(opus: list[bytes]) -> float:
+    """The machine's speed now: µs per caller packet decoded to 8 kHz (best of 5 rounds)."""
+    decoder = OpusDecoder(8000)
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for payload in opus:
+            decoder.decode(payload)
+        rounds.append((time.perf_counter() - started) / len(opus) * 1e6)
+    return min(rounds)
+
+
 async def run_step(
     transport: str, count: int, args: argparse.Namespace, opus: list[bytes], chunk: bytes
 ) -> StepResult:
     """Start a server, run `count` calls, stop everything, return the figures."""
+    reference_us = measure_reference_us(opus)
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     port = free_port()
     base = f"http://{HOST}:{port}"
@@ -791,6 +808,7 @@ async def run_step(
             for k, v in after.dropped.items()
             if v - before.dropped.get(k, 0.0)
         },
+        reference_us=reference_us,
         profile=profile,
         native_profile=native,
     )
@@ -862,9 +880,14 @@ async def main_async(args: argparse.Namespace) -> None:
             rows.append(row(result, spread))
             print("  ".join(str(cell) for cell in rows[-1]), flush=True)  # as each step ends
             passes = sum(r.passed for r in runs)
-            if len(runs) > 1:  # each run's verdict: noise shows as one failing run of several
-                verdicts = ["pass" if r.passed else f"FAIL ({', '.join(r.failures)})" for r in runs]
-                print(f"runs {transport} x{count}: {'; '.join(verdicts)}", flush=True)
+            # Each run's verdict beside the machine's speed: noise shows as one failing run of
+            # several, or as a slower reference; a regression as a higher cost at the same speed.
+            verdicts = [
+                ("pass" if r.passed else f"FAIL ({', '.join(r.failures)})")
+                + f" [{r.cpu_per_call_percent:.2f} %/call, reference {r.reference_us:.1f} µs]"
+                for r in runs
+            ]
+            print(f"runs {transport} x{count}: {'; '.join(verdicts)}", flush=True)
             if passes * 2 > len(runs):
                 best[transport] = max(best.get(transport, 0), count)
             collections, paused_ms = result.gc_pauses_ms
