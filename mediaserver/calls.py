@@ -28,8 +28,8 @@ FRAME_NS = 20_000_000
 PHASES = 4
 PHASE_NS = FRAME_NS // PHASES
 # The longest the pacer ticks sessions before it lets the loop read packets and requests in
-# between: a budget of time, not of sessions, so a busy loop cannot starve the pacer (each yield
-# waits behind a whole iteration of I/O) while a light one pays for no yield at all.
+# between: a budget of time, not of sessions. A round of cheap ticks runs without a yield (each
+# waits behind a whole iteration of I/O); a costly one still yields every millisecond.
 # A pacer catching up gives each step a fresh slice: it runs ahead of reads, which wait in the
 # kernel with their arrival stamps (carrying one slice across the steps measured worse: more
 # late frames and a higher loop lag, the pacer falling further behind at each yield).

@@ -1,8 +1,10 @@
 """Sealed objects and journals: ranges byte-exact, tampering refused, keys wrapped with RSA."""
 
 import hashlib
+import io
 import os
 import random
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +17,12 @@ from hypothesis import strategies as st
 
 from mediaserver.encryption.envelope import parse_envelope, unwrap_data_key
 from mediaserver.encryption.keyring import Keyring
-from mediaserver.encryption.sealed_journal import SealedJournalStream, open_sealed_journal
+from mediaserver.encryption.sealed_journal import (
+    TAG_BYTES,
+    SealedJournalReader,
+    SealedJournalStream,
+    open_sealed_journal,
+)
 from mediaserver.encryption.sealed_object import (
     CHUNK_OVERHEAD_BYTES,
     HEADER_BYTES,
@@ -24,6 +31,8 @@ from mediaserver.encryption.sealed_object import (
     plan_range,
 )
 from mediaserver.errors import EncryptionError, EncryptionKeyUnavailableError
+from mediaserver.recording.channel import Channel
+from mediaserver.recording.spool import CallSpool
 from mediaserver.storage_backends.envelope_store import EnvelopeStore
 from mediaserver.storage_backends.keys import build_recording_keys
 from mediaserver.storage_backends.local import LocalStore
@@ -192,3 +201,79 @@ def test_a_journal_is_sealed_per_flush_and_a_torn_tail_is_dropped(tmp_path: Path
     with pytest.raises(EncryptionError, match="failed authentication"):
         open_sealed_journal(sealed, data_key, "call1/agent")  # another journal's identity
     assert hashlib.sha256(sealed).digest() != hashlib.sha256(whole).digest()
+
+
+def _seal_journal(path: Path, data_key: bytes, pieces: list[bytes], flushes: list[bool]) -> bytes:
+    """Write `pieces` through a SealedJournalStream, flushing after those marked; the plain."""
+    with path.open("wb", buffering=0) as raw:
+        stream = SealedJournalStream(raw, data_key, "call1/caller")  # type: ignore[arg-type]
+        for piece, flush in zip(pieces, flushes, strict=True):
+            stream.write(piece)
+            if flush:
+                stream.flush()
+        stream.close()
+    return b"".join(pieces)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=40),
+    flush_seed=st.integers(0, 2**32 - 1),
+    reads=st.lists(st.tuples(st.integers(0, 70_000), st.integers(0, 9_000)), max_size=30),
+)
+def test_a_sealed_journal_reads_and_seeks_as_its_plain_bytes(
+    tmp_path_factory: pytest.TempPathFactory,
+    pieces: list[bytes],
+    flush_seed: int,
+    reads: list[tuple[int, int]],
+) -> None:
+    """Any mix of writes and flushes (segments of every size, some past SEGMENT_MAX_BYTES):
+    whole, and at any seek and length, the reader gives the plain journal's bytes."""
+    rng = random.Random(flush_seed)
+    flushes = [rng.random() < 0.3 for _ in pieces]
+    data_key = AESGCM.generate_key(bit_length=256)
+    path = tmp_path_factory.mktemp("sealed") / "caller.journal"
+    plain = _seal_journal(path, data_key, pieces, flushes)
+    assert open_sealed_journal(path.read_bytes(), data_key, "call1/caller") == plain
+    with io.BufferedReader(SealedJournalReader(path.open("rb"), data_key, "call1/caller")) as r:
+        assert r.read() == plain
+        for offset, length in reads:
+            assert r.seek(offset) == offset
+            assert r.read(length) == plain[offset : offset + length]
+        assert r.seek(-1, io.SEEK_END) == len(plain) - 1
+
+
+def test_a_sealed_journal_is_authenticated_whole_when_opened(tmp_path: Path) -> None:
+    """A bit flipped in the last segment is refused before the first byte is read."""
+    data_key = AESGCM.generate_key(bit_length=256)
+    path = tmp_path / "caller.journal"
+    _seal_journal(path, data_key, [b"a" * 100, b"b" * 100, b"c" * 100], [True, True, True])
+    sealed = bytearray(path.read_bytes())
+    sealed[-TAG_BYTES - 3] ^= 1  # inside the third segment's ciphertext
+    path.write_bytes(bytes(sealed))
+    with pytest.raises(EncryptionError, match="segment 2 of journal call1/caller failed"):
+        SealedJournalReader(path.open("rb"), data_key, "call1/caller")
+
+
+def test_reading_a_long_sealed_journal_holds_one_segment(tmp_path: Path) -> None:
+    """16 MiB of journal (an hour of a call's packets is ~10) opened from the call's spool as
+    a build opens it, read a block at a time: under one MiB held, not the journal's size."""
+    data_key = AESGCM.generate_key(bit_length=256)
+    spool = CallSpool(tmp_path / "call1")
+    spool.directory.mkdir()
+    pieces = [os.urandom(4096) for _ in range(4096)]
+    flushes = [i % 4 == 3 for i in range(4096)]
+    plain = _seal_journal(spool.journal_path(Channel.CALLER), data_key, pieces, flushes)
+    digest = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        reader = spool.open_journal(Channel.CALLER, data_key)
+        assert reader is not None
+        with reader:
+            while block := reader.read(1 << 16):
+                digest.update(block)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest.digest() == hashlib.sha256(plain).digest()
+    assert peak < 1 << 20, f"{peak} bytes held"

@@ -12,11 +12,14 @@
 # the segment's index: segments cannot be reordered or moved between journals. A crash leaves at
 # most a torn last segment, which the reader skips, as it skips a torn last plain record.
 
+import bisect
+import io
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -108,30 +111,108 @@ class SealedJournalStream:
 
 def open_sealed_journal(data: bytes, data_key: bytes, identity: str) -> bytes:
     """The plain journal a sealed one holds, up to its last whole segment."""
-    if len(data) < HEADER_BYTES or not is_sealed_journal(data):
-        raise EncryptionError(f"journal {identity} is not sealed")
-    _, version, _ = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise EncryptionError(f"sealed journal version {version} is not supported")
-    header = data[:HEADER_BYTES]
-    cipher = AESGCM(data_key)
-    plain = bytearray()
-    offset = HEADER_BYTES
-    index = 0
-    while offset + _LENGTH.size + NONCE_BYTES <= len(data):
-        (length,) = _LENGTH.unpack_from(data, offset)
-        start = offset + _LENGTH.size + NONCE_BYTES
-        if length < TAG_BYTES or start + length > len(data):
-            break  # a segment cut short by a crash: everything before it is whole
-        nonce = data[offset + _LENGTH.size : start]
+    with SealedJournalReader(io.BytesIO(data), data_key, identity) as reader:
+        return reader.read()
+
+
+class SealedJournalReader(io.RawIOBase):
+    """The plain journal a sealed file holds, read and sought one segment at a time."""
+
+    # Every segment is authenticated when the reader opens (a journal altered anywhere is
+    # refused before anything is built from it); then only the segment being read is held, so
+    # reading a long call's journal takes memory of one segment, not of the call.
+
+    def __init__(self, raw: BinaryIO, data_key: bytes, identity: str) -> None:
+        """Index and authenticate the sealed file `raw` (which the reader then owns)."""
+        super().__init__()
+        self._raw = raw
+        self._identity = identity
+        size = raw.seek(0, io.SEEK_END)
+        raw.seek(0)
+        self._header = raw.read(HEADER_BYTES)
+        if len(self._header) < HEADER_BYTES or not is_sealed_journal(self._header):
+            raise EncryptionError(f"journal {identity} is not sealed")
+        _, version, _ = _HEADER.unpack(self._header)
+        if version != VERSION:
+            raise EncryptionError(f"sealed journal version {version} is not supported")
+        self._cipher = AESGCM(data_key)
+        # Per whole segment: where its nonce starts in the file, its sealed length, and where
+        # its plain bytes start in the journal. A segment cut short by a crash ends the list.
+        self._nonce_at = array("q")
+        self._sealed_length = array("q")
+        self._plain_start = array("q")
+        plain_bytes = 0
+        offset = HEADER_BYTES
+        while offset + _LENGTH.size + NONCE_BYTES <= size:
+            raw.seek(offset)
+            (length,) = _LENGTH.unpack(raw.read(_LENGTH.size))
+            nonce_at = offset + _LENGTH.size
+            if length < TAG_BYTES or nonce_at + NONCE_BYTES + length > size:
+                break
+            self._nonce_at.append(nonce_at)
+            self._sealed_length.append(length)
+            self._plain_start.append(plain_bytes)
+            plain_bytes += length - TAG_BYTES
+            offset = nonce_at + NONCE_BYTES + length
+        self._size = plain_bytes
+        self._position = 0
+        self._held: tuple[int, bytes] = (-1, b"")
+        for index in range(len(self._nonce_at)):
+            self._segment(index)
+
+    def readable(self) -> bool:
+        """A reader."""
+        return True
+
+    def seekable(self) -> bool:
+        """Seeks anywhere in the plain journal."""
+        return True
+
+    def tell(self) -> int:
+        """The position in the plain journal."""
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move in the plain journal (as `io.IOBase.seek`); the new position."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        """Read from the segment holding the position, up to its end; 0 at the journal's end."""
+        if self._position >= self._size:
+            return 0
+        index = bisect.bisect_right(self._plain_start, self._position) - 1
+        plain = self._segment(index)
+        at = self._position - self._plain_start[index]
+        count = min(len(buffer), len(plain) - at)
+        memoryview(buffer).cast("B")[:count] = plain[at : at + count]
+        self._position += count
+        return count
+
+    def close(self) -> None:
+        """Close the sealed file."""
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def _segment(self, index: int) -> bytes:
+        """Segment `index` opened (the last one opened is kept)."""
+        held_index, plain = self._held
+        if held_index == index:
+            return plain
+        self._raw.seek(self._nonce_at[index])
+        nonce = self._raw.read(NONCE_BYTES)
+        sealed = self._raw.read(self._sealed_length[index])
         try:
-            plain += cipher.decrypt(
-                nonce, data[start : start + length], _segment_aad(header, identity, index)
+            plain = self._cipher.decrypt(
+                nonce, sealed, _segment_aad(self._header, self._identity, index)
             )
         except InvalidTag:  # altered, reordered, or not this journal's key
             raise EncryptionError(
-                f"segment {index} of journal {identity} failed authentication"
+                f"segment {index} of journal {self._identity} failed authentication"
             ) from None
-        offset = start + length
-        index += 1
-    return bytes(plain)
+        self._held = (index, plain)
+        return plain

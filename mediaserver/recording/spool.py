@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mediaserver.encryption.sealed_journal import is_sealed_journal, open_sealed_journal
+from mediaserver.encryption.sealed_journal import (
+    SealedJournalReader,
+    is_sealed_journal,
+    open_sealed_journal,
+)
 from mediaserver.errors import EncryptionKeyUnavailableError, JournalError
 from mediaserver.recording.call_record import (
     CallRecord,
@@ -128,10 +132,7 @@ class CallSpool:
         if not is_sealed_journal(data):
             return data
         if data_key is None:
-            raise EncryptionKeyUnavailableError(
-                f"the {channel.value} journal of call {self.call_id} is sealed and its data key"
-                " cannot be unwrapped here: recover it where encryption_private_key_path is set"
-            )
+            raise self._key_unavailable(channel)
         return open_sealed_journal(data, data_key, self.journal_identity(channel))
 
     def open_journal(self, channel: Channel, data_key: bytes | None) -> BinaryIO | None:
@@ -145,12 +146,25 @@ class CallSpool:
         if not prefix:  # created but never written: a channel that sent nothing
             handle.close()
             return None
+        handle.seek(0)
         if not is_sealed_journal(prefix):
-            handle.seek(0)
             return handle
-        handle.close()
-        # Sealed segments are opened as a whole: such a journal is held in memory.
-        return io.BytesIO(self.read_journal(channel, data_key))
+        try:
+            if data_key is None:
+                raise self._key_unavailable(channel)
+            # Authenticated whole, then read a segment at a time: memory of one segment.
+            reader = SealedJournalReader(handle, data_key, self.journal_identity(channel))
+        except BaseException:
+            handle.close()
+            raise
+        return io.BufferedReader(reader)
+
+    def _key_unavailable(self, channel: Channel) -> EncryptionKeyUnavailableError:
+        """The error for a sealed journal whose data key cannot be unwrapped here."""
+        return EncryptionKeyUnavailableError(
+            f"the {channel.value} journal of call {self.call_id} is sealed and its data key"
+            " cannot be unwrapped here: recover it where encryption_private_key_path is set"
+        )
 
     def write_envelope(self, envelope_json: str) -> None:
         """Keep the wrapped data key the journals are sealed with (a crash's recovery needs it)."""
