@@ -569,6 +569,39 @@ def _next_correction(
     return None
 
 
+@dataclass(slots=True)
+class ConflictStep:
+    """Where a packet goes against the one before it: a small overlap is pushed past it, a
+    large one dropped, an absurd gap shortened (everything after it moving back as much)."""
+
+    granularity: int
+    max_gap: int
+    end: int  # the end of the last placement
+    shift: int = 0  # silence removed by gaps capped within this run
+    # After an anchor moved earlier: the audio it overlaps is what the move removes, so pushing
+    # it later would only carry the old anchor on, packet by packet. Ends at the next placement.
+    drop_overlaps: bool = False
+
+    def place(self, natural: int, duration: int, counters: _Counters) -> int | None:
+        """The start of a packet wanted at `natural`, or None when it is dropped as an overlap."""
+        start = natural - self.shift
+        if start - self.end > self.max_gap:
+            excess = (start - self.end - self.max_gap) // self.granularity * self.granularity
+            self.shift += excess
+            start -= excess
+            counters.gap_capped += 1
+        if start < self.end:
+            if self.drop_overlaps or 2 * (self.end - start) > duration:
+                counters.overlaps_dropped += 1
+                counters.dropped_units += duration
+                return None
+            # Small overlaps come from rounding: push the packet just past the previous one.
+            start = -(-self.end // self.granularity) * self.granularity
+        self.drop_overlaps = False
+        self.end = start + duration
+        return start
+
+
 def _resolve_conflicts(
     natural: npt.NDArray[np.int64],
     durations: npt.NDArray[np.int64],
@@ -580,46 +613,27 @@ def _resolve_conflicts(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Final starts and which packets are placed, resolving overlaps and capping absurd gaps."""
     # Only packets that conflict with the one before (and those a conflict pushes out of place)
-    # are visited one by one; stretches in step with their natural place are taken whole.
-    granularity = config.granularity
+    # are stepped one by one; stretches in step with their natural place are taken whole.
     max_gap = _ms_to_units(config.max_gap_ms, config.clock_rate_hz)
+    step = ConflictStep(config.granularity, max_gap, cursor.end)
     count = len(natural)
     gaps = natural[1:] - (natural[:-1] + durations[:-1])
     conflicts = (np.flatnonzero((gaps < 0) | (gaps > max_gap)) + 1).tolist()
     conflicts.append(count)
     starts = natural.copy()
     placed = np.ones(count, dtype=np.bool_)
-    end = cursor.end
-    shift = 0  # silence removed by gaps capped within this run
-    drop_overlaps = False
     next_conflict = 0
     position = 0
     while position < count:
-        duration = int(durations[position])
         if position in moved_earlier:
-            # The audio the earlier anchor overlaps is what the move removes: pushing it later
-            # would only carry the old anchor on, packet by packet.
-            drop_overlaps = True
-        start = int(natural[position]) - shift
-        if start - end > max_gap:
-            # An absurd gap is shortened; everything after it moves back by the same amount.
-            excess = (start - end - max_gap) // granularity * granularity
-            shift += excess
-            start -= excess
-            counters.gap_capped += 1
-        if start < end:
-            if drop_overlaps or 2 * (end - start) > duration:
-                placed[position] = False
-                counters.overlaps_dropped += 1
-                counters.dropped_units += duration
-                position += 1
-                continue
-            # Small overlaps come from rounding: push the packet just past the previous one.
-            start = -(-end // granularity) * granularity
-        drop_overlaps = False
+            step.drop_overlaps = True
+        start = step.place(int(natural[position]), int(durations[position]), counters)
+        if start is None:
+            placed[position] = False
+            position += 1
+            continue
         starts[position] = start
-        end = start + duration
-        if start != int(natural[position]) - shift:
+        if start != int(natural[position]) - step.shift:
             position += 1
             continue
         # In step again: everything up to the next natural conflict follows as it is.
@@ -627,11 +641,11 @@ def _resolve_conflicts(
             next_conflict += 1
         following = conflicts[next_conflict]
         if following > position + 1:
-            starts[position + 1 : following] = natural[position + 1 : following] - shift
-            end = int(natural[following - 1]) - shift + int(durations[following - 1])
+            starts[position + 1 : following] = natural[position + 1 : following] - step.shift
+            step.end = int(natural[following - 1]) - step.shift + int(durations[following - 1])
         position = following
-    cursor.end = end
-    cursor.cap_shift += shift
+    cursor.end = step.end
+    cursor.cap_shift += step.shift
     return starts, placed
 
 

@@ -24,6 +24,7 @@ from mediaserver.recording.column_spill import ColumnSpill, Rows
 from mediaserver.recording.spilled_runs import CARRIED, MEMBER_ROW, MemberReader, split_spilled
 from mediaserver.recording.timeline import (
     _NS_PER_S,
+    ConflictStep,
     TimelineConfig,
     TimelineStats,
     _build_stats,
@@ -406,34 +407,28 @@ def _pass_place(
         placed, starts = state.resolve(natural, on_time["duration"], moved, counters)
         counters.reordered += int(on_time["reordered"][placed].sum())
         out.add(_placed_rows(on_time[placed], starts))
-    cursor.end = state.end
-    cursor.cap_shift += state.shift
+    cursor.end = state.step.end
+    cursor.cap_shift += state.step.shift
 
 
 @dataclass(slots=True)
 class _PlaceState:
     """Pass E's state carried from chunk to chunk."""
 
-    end: int
     cap_shift: int
-    shift: int
-    granularity: int
-    max_gap: int
+    step: ConflictStep
     soft_ns: float
     hard_ns: float
     anchor_ns: float | None = None
     media_end: int | None = None  # the furthest end of on-time audio so far (media units)
-    drop_overlaps: bool = False
 
     @classmethod
     def begin(cls, cursor: _Cursor, config: TimelineConfig) -> _PlaceState:
         """The state at a run's first packet."""
+        max_gap = _ms_to_units(config.max_gap_ms, config.clock_rate_hz)
         return cls(
-            end=cursor.end,
             cap_shift=cursor.cap_shift,
-            shift=0,
-            granularity=config.granularity,
-            max_gap=_ms_to_units(config.max_gap_ms, config.clock_rate_hz),
+            step=ConflictStep(config.granularity, max_gap, cursor.end),
             soft_ns=config.drift_soft_bound_ms * 1e6,
             hard_ns=config.drift_hard_bound_ms * 1e6,
         )
@@ -474,30 +469,16 @@ class _PlaceState:
         self, natural: Rows, durations: Rows, moved: list[bool], counters: _Counters
     ) -> tuple[Rows, list[int]]:
         """timeline._resolve_conflicts, packet by packet: which are placed, and where."""
-        granularity, max_gap = self.granularity, self.max_gap
+        step = self.step
         placed = np.zeros(len(natural), np.bool_)
         starts: list[int] = []
-        end, shift, drop_overlaps = self.end, self.shift, self.drop_overlaps
         for at, (wanted, duration, earlier) in enumerate(
             zip(natural.tolist(), durations.tolist(), moved, strict=True)
         ):
             if earlier:
-                drop_overlaps = True
-            start = wanted - shift
-            if start - end > max_gap:
-                excess = (start - end - max_gap) // granularity * granularity
-                shift += excess
-                start -= excess
-                counters.gap_capped += 1
-            if start < end:
-                if drop_overlaps or 2 * (end - start) > duration:
-                    counters.overlaps_dropped += 1
-                    counters.dropped_units += duration
-                    continue
-                start = -(-end // granularity) * granularity
-            drop_overlaps = False
-            placed[at] = True
-            starts.append(start)
-            end = start + duration
-        self.end, self.shift, self.drop_overlaps = end, shift, drop_overlaps
+                step.drop_overlaps = True
+            start = step.place(wanted, duration, counters)
+            if start is not None:
+                placed[at] = True
+                starts.append(start)
         return placed, starts
