@@ -30,8 +30,10 @@ PACKET_ROW = np.dtype(
         ("length", "<u2"),
     ]
 )
-# One placement, in timeline order, with what writing and DTMF placement need of its packet.
+# A packet's run (-1: none) and its sequence number and timestamp unwrapped within that run.
 SPLIT_ROW = np.dtype([("run", "<i8"), ("sequence", "<i8"), ("timestamp", "<i8")])
+# What a packet carries through the passes to its placement: the first six are what writing and
+# DTMF placement need of it (PLACED_ROW), the flags what the passes decide with.
 CARRIED = [
     ("duration", "<i8"),
     ("index", "<i8"),

@@ -39,17 +39,7 @@ from mediaserver.recording.timeline import (
 )
 
 # One placement, in timeline order, with what writing and DTMF placement need of its packet.
-PLACED_ROW = np.dtype(
-    [
-        ("start", "<i8"),
-        ("duration", "<i8"),
-        ("index", "<i8"),
-        ("offset", "<i8"),
-        ("ssrc", "<u4"),
-        ("rtp_timestamp", "<u4"),
-        ("length", "<u2"),
-    ]
-)
+PLACED_ROW = np.dtype([("start", "<i8"), *CARRIED[:6]])
 _MEDIA_ROW = np.dtype([("media", "<i8"), ("delay", "<f8"), ("order", "<i8"), *CARRIED])
 _FLOAT_ROW = np.dtype("<f8")
 
